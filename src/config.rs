@@ -1,0 +1,289 @@
+//! The TOML configuration: schema, defaults and the checks that name key, file and line.
+use crate::event::Kind;
+use crate::state::tracker::{PushProxyAgents, Servers, TrackerConfig};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sip_servers: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    sip_ports: Option<Vec<u16>>,
+    #[serde(default)]
+    default_tenant: Option<Spanned<String>>,
+    #[serde(default)]
+    max_call_duration_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    tenants: BTreeMap<String, Spanned<RawTenant>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_call_legs: Option<usize>,
+    max_devices: Option<usize>,
+    max_fragments: Option<usize>,
+    max_tcp_streams: Option<usize>,
+    max_tcp_buffer_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    domains: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    push_proxy_user_agents: Option<Vec<String>>,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+/// Per-event naming: a string renames, `false` disables, `true` keeps the default name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    signup: Option<Spanned<EventName>>,
+    login: Option<Spanned<EventName>>,
+    app_start: Option<Spanned<EventName>>,
+    callout: Option<Spanned<EventName>>,
+    callin: Option<Spanned<EventName>>,
+    callend: Option<Spanned<EventName>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum EventName {
+    Name(String),
+    Enabled(bool),
+}
+
+/// One tenant (brand): its domains and event names.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub domains: Vec<String>,
+    /// Name per kind; `None` = disabled.
+    pub names: HashMap<Kind, Option<String>>,
+    pub push_proxy_user_agents: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_call_legs: usize,
+    pub max_devices: usize,
+    pub max_fragments: usize,
+    pub max_tcp_streams: usize,
+    pub max_tcp_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub servers: Vec<(IpAddr, Option<u16>)>,
+    pub sip_ports: Vec<u16>,
+    pub default_tenant: Option<String>,
+    pub max_call_duration_secs: u64,
+    pub limits: Limits,
+    pub tenants: Vec<Tenant>,
+}
+
+pub const DEFAULT_PUSH_PROXY_AGENTS: &[&str] = &["Acrobits SIPIS"];
+/// Names GA4 reserves for its own events (Measurement Protocol reference).
+const RESERVED_NAMES: &[&str] = &[
+    "ad_activeview", "ad_click", "ad_exposure", "ad_impression", "ad_query", "ad_reward", "adunit_exposure",
+    "app_background", "app_clear_data", "app_exception", "app_remove", "app_store_refund",
+    "app_store_subscription_cancel", "app_store_subscription_convert", "app_store_subscription_renew",
+    "app_update", "app_upgrade", "dynamic_link_app_open", "dynamic_link_app_update", "dynamic_link_first_open",
+    "error", "first_open", "first_visit", "in_app_purchase", "notification_dismiss", "notification_foreground",
+    "notification_open", "notification_receive", "os_update", "session_start", "session_start_with_rollout",
+    "screen_view", "user_engagement",
+];
+
+/// A configuration error, rendered as `file:line: key: message`.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, key: &str, msg: String| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            ConfigError(format!("{}:{line}: {key}: {msg}", path.display()))
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().to_string();
+            match line {
+                Some(l) => ConfigError(format!("{}:{l}: {msg}", path.display())),
+                None => ConfigError(format!("{}: {msg}", path.display())),
+            }
+        })?;
+
+        if raw.sip_servers.get_ref().is_empty() {
+            return Err(at(raw.sip_servers.span(), "sip_servers", "must name at least one SIP server address".into()));
+        }
+        let mut servers = Vec::new();
+        for s in raw.sip_servers.get_ref() {
+            let v = s.get_ref().trim();
+            let parsed = if let Ok(sa) = v.parse::<SocketAddr>() {
+                Some((sa.ip(), Some(sa.port())))
+            } else {
+                v.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| (ip, None))
+            };
+            match parsed {
+                Some(p) => servers.push(p),
+                None => {
+                    return Err(at(
+                        s.span(),
+                        "sip_servers",
+                        format!("`{v}` is not an address (IP, IP:port, or [IPv6]:port)"),
+                    ));
+                }
+            }
+        }
+
+        let mut tenants = Vec::new();
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (id, t) in &raw.tenants {
+            let key = format!("tenants.{id}");
+            let span = t.span();
+            let t = t.get_ref();
+            if t.domains.get_ref().is_empty() {
+                return Err(at(t.domains.span(), &format!("{key}.domains"), "must list at least one SIP domain".into()));
+            }
+            let mut domains = Vec::new();
+            for d in t.domains.get_ref() {
+                let dom = d.get_ref().trim().to_ascii_lowercase();
+                if dom.is_empty() || dom.contains('@') || dom.contains(' ') {
+                    return Err(at(d.span(), &format!("{key}.domains"), format!("`{}` is not a domain", d.get_ref())));
+                }
+                if let Some(other) = owner.insert(dom.clone(), id.clone()) {
+                    return Err(at(
+                        d.span(),
+                        &format!("{key}.domains"),
+                        format!("domain `{dom}` is already claimed by tenant `{other}`"),
+                    ));
+                }
+                domains.push(dom);
+            }
+            let mut names = HashMap::new();
+            let ev = &t.events;
+            for (kind, v) in [
+                (Kind::AccountCreated, &ev.signup),
+                (Kind::AccountRegistered, &ev.login),
+                (Kind::AppStarted, &ev.app_start),
+                (Kind::OutgoingCall, &ev.callout),
+                (Kind::IncomingCall, &ev.callin),
+                (Kind::CallEnded, &ev.callend),
+            ] {
+                let ekey = format!("{key}.events.{}", kind.default_name());
+                let name = match v.as_ref().map(|s| (s.get_ref(), s.span())) {
+                    None | Some((EventName::Enabled(true), _)) => Some(kind.default_name().to_string()),
+                    Some((EventName::Enabled(false), _)) => None,
+                    Some((EventName::Name(n), sp)) => {
+                        check_event_name(n).map_err(|m| at(sp, &ekey, m))?;
+                        Some(n.clone())
+                    }
+                };
+                names.insert(kind, name);
+            }
+            let _ = span;
+            tenants.push(Tenant {
+                id: id.clone(),
+                domains,
+                names,
+                push_proxy_user_agents: t
+                    .push_proxy_user_agents
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PUSH_PROXY_AGENTS.iter().map(|s| s.to_string()).collect()),
+            });
+        }
+        let default_tenant = match &raw.default_tenant {
+            Some(d) if !raw.tenants.contains_key(d.get_ref()) => {
+                return Err(at(d.span(), "default_tenant", format!("no tenant `{}` is defined", d.get_ref())));
+            }
+            Some(d) => Some(d.get_ref().clone()),
+            None => None,
+        };
+        let max_call = match &raw.max_call_duration_secs {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(at(v.span(), "max_call_duration_secs", "must be greater than 0".into()));
+            }
+            Some(v) => *v.get_ref(),
+            None => 4 * 3600,
+        };
+        let l = &raw.limits;
+        Ok(Config {
+            path: path.to_path_buf(),
+            servers,
+            sip_ports: raw.sip_ports.unwrap_or_else(|| vec![5060, 5061, 5080]),
+            default_tenant,
+            max_call_duration_secs: max_call,
+            limits: Limits {
+                max_call_legs: l.max_call_legs.unwrap_or(200_000).max(1),
+                max_devices: l.max_devices.unwrap_or(2_000_000).max(1),
+                max_fragments: l.max_fragments.unwrap_or(4096).max(1),
+                max_tcp_streams: l.max_tcp_streams.unwrap_or(65_536).max(1),
+                max_tcp_buffer_bytes: l.max_tcp_buffer_bytes.unwrap_or(256 * 1024).max(4096),
+            },
+            tenants,
+        })
+    }
+
+    pub fn tracker_config(&self) -> TrackerConfig {
+        let mut by_domain = HashMap::new();
+        for t in &self.tenants {
+            for d in &t.domains {
+                by_domain.insert(d.clone(), t.push_proxy_user_agents.clone());
+            }
+        }
+        let default = self
+            .default_tenant
+            .as_ref()
+            .and_then(|id| self.tenants.iter().find(|t| &t.id == id))
+            .map(|t| t.push_proxy_user_agents.clone())
+            .unwrap_or_else(|| DEFAULT_PUSH_PROXY_AGENTS.iter().map(|s| s.to_string()).collect());
+        let mut tc = TrackerConfig::new(Servers(self.servers.clone()));
+        tc.push_proxies = PushProxyAgents { by_domain, default };
+        tc.max_call_secs = self.max_call_duration_secs;
+        tc.max_legs = self.limits.max_call_legs;
+        tc.max_devices = self.limits.max_devices;
+        tc
+    }
+}
+
+/// GA4 event-name rules: 1-40 characters, letters, digits and underscores, starting with a
+/// letter; not reserved, no reserved prefix.
+pub fn check_event_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 40 {
+        return Err(format!("event name `{n}` must be 1 to 40 characters"));
+    }
+    if !n.starts_with(|c: char| c.is_ascii_alphabetic()) || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("event name `{n}` must be letters, digits and underscores, starting with a letter"));
+    }
+    let lower = n.to_ascii_lowercase();
+    if RESERVED_NAMES.contains(&lower.as_str()) {
+        return Err(format!("event name `{n}` is reserved by Google Analytics"));
+    }
+    if ["firebase_", "ga_", "google_"].iter().any(|p| lower.starts_with(p)) {
+        return Err(format!("event name `{n}` uses a prefix reserved by Google Analytics"));
+    }
+    Ok(())
+}

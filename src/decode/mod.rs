@@ -1,0 +1,360 @@
+//! Frames -> SIP message bytes with their endpoints: link layers, IPv4/IPv6 (with fragment
+//! reassembly), tunnels (IP-in-IP, GRE, ERSPAN, VXLAN, GTP-U), UDP, TCP (stream reassembly) and
+//! SCTP. Sans-IO: time is the frame's timestamp.
+pub mod defrag;
+pub mod link;
+pub mod tcp;
+
+use crate::capture::{Frame, Micros};
+use defrag::{Defrag, FragKey};
+use link::{LinkError, Net};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tcp::{FlowKey, Segment, TcpReassembly};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Sctp,
+}
+
+/// One SIP message's bytes as they crossed the network.
+#[derive(Debug, Clone, Copy)]
+pub struct SipBytes<'a> {
+    pub ts: Micros,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    pub data: &'a [u8],
+}
+
+/// Counters for what decoding met and skipped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DecodeStats {
+    pub frames: u64,
+    pub unknown_linktype: u64,
+    pub truncated: u64,
+    pub not_ip: u64,
+    pub tunnelled: u64,
+    pub udp: u64,
+    pub udp_not_sip: u64,
+    pub sctp_chunks: u64,
+    pub other_ip_proto: u64,
+    pub too_deep: u64,
+}
+
+/// Limits for the decoder's tables.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_fragments: usize,
+    pub fragment_timeout_secs: u64,
+    pub max_tcp_streams: usize,
+    pub max_tcp_buffer: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_fragments: 4096, fragment_timeout_secs: 30, max_tcp_streams: 65_536, max_tcp_buffer: 256 * 1024 }
+    }
+}
+
+pub struct Decoder {
+    pub defrag: Defrag,
+    pub tcp: TcpReassembly,
+    pub stats: DecodeStats,
+    sip_ports: Vec<u16>,
+    last_expire: Micros,
+}
+
+const MAX_DEPTH: u8 = 6;
+
+impl Decoder {
+    /// `sip_ports`: TCP ports whose streams are followed even when first seen mid-message.
+    pub fn new(limits: DecodeLimits, sip_ports: Vec<u16>) -> Self {
+        Decoder {
+            defrag: Defrag::new(limits.max_fragments, limits.fragment_timeout_secs),
+            tcp: TcpReassembly::new(limits.max_tcp_streams, limits.max_tcp_buffer),
+            stats: DecodeStats::default(),
+            sip_ports,
+            last_expire: 0,
+        }
+    }
+
+    /// Decodes one frame; calls `out` for every SIP message it yields (none, one or several).
+    pub fn decode(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(SipBytes<'_>)) {
+        self.stats.frames += 1;
+        if frame.ts - self.last_expire > 1_000_000 {
+            self.defrag.expire(frame.ts);
+            self.tcp.expire(frame.ts);
+            self.last_expire = frame.ts;
+        }
+        match link::strip(frame.linktype, frame.data) {
+            Ok((net, rest)) => self.net(frame.ts, net, rest, 0, out),
+            Err(e) => self.link_error(e),
+        }
+    }
+
+    fn link_error(&mut self, e: LinkError) {
+        match e {
+            LinkError::UnknownLinkType => self.stats.unknown_linktype += 1,
+            LinkError::Truncated => self.stats.truncated += 1,
+            LinkError::NotIp => self.stats.not_ip += 1,
+        }
+    }
+
+    fn net(&mut self, ts: Micros, net: Net, data: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        if depth > MAX_DEPTH {
+            self.stats.too_deep += 1;
+            return;
+        }
+        match net {
+            Net::Ipv4 => self.ipv4(ts, data, depth, out),
+            Net::Ipv6 => self.ipv6(ts, data, depth, out),
+            Net::Ethernet => match link::ethernet(data) {
+                Ok((n, rest)) if n != Net::Ethernet => self.net(ts, n, rest, depth + 1, out),
+                Ok((_, rest)) => self.net(ts, Net::Ethernet, rest, depth + 1, out),
+                Err(e) => self.link_error(e),
+            },
+        }
+    }
+
+    fn ipv4(&mut self, ts: Micros, d: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        if d.len() < 20 || d[0] >> 4 != 4 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let ihl = usize::from(d[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([d[2], d[3]]));
+        if ihl < 20 || d.len() < ihl {
+            self.stats.truncated += 1;
+            return;
+        }
+        // tolerate a total length of 0 (TSO on the capturing host) or past the frame (snaplen)
+        let end = if total >= ihl && total <= d.len() { total } else { d.len() };
+        let proto = d[9];
+        let src = IpAddr::V4(Ipv4Addr::new(d[12], d[13], d[14], d[15]));
+        let dst = IpAddr::V4(Ipv4Addr::new(d[16], d[17], d[18], d[19]));
+        let flags_off = u16::from_be_bytes([d[6], d[7]]);
+        let more = flags_off & 0x2000 != 0;
+        let offset = usize::from(flags_off & 0x1fff) * 8;
+        let payload = &d[ihl..end];
+        if more || offset != 0 {
+            let key = FragKey { src, dst, id: u32::from(u16::from_be_bytes([d[4], d[5]])), proto };
+            if let Some(whole) = self.defrag.push(ts, key, offset, more, payload) {
+                self.transport(ts, proto, src, dst, &whole, depth, out);
+            }
+            return;
+        }
+        self.transport(ts, proto, src, dst, payload, depth, out);
+    }
+
+    fn ipv6(&mut self, ts: Micros, d: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        if d.len() < 40 || d[0] >> 4 != 6 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let plen = usize::from(u16::from_be_bytes([d[4], d[5]]));
+        let end = if plen > 0 && 40 + plen <= d.len() { 40 + plen } else { d.len() };
+        let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[8..24]).expect("16 bytes")));
+        let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[24..40]).expect("16 bytes")));
+        let mut next = d[6];
+        let mut pos = 40;
+        // walk the extension headers
+        for _ in 0..8 {
+            match next {
+                0 | 43 | 60 => {
+                    let Some(h) = d.get(pos..pos + 2) else { break };
+                    next = h[0];
+                    pos += (usize::from(h[1]) + 1) * 8;
+                }
+                44 => {
+                    let Some(h) = d.get(pos..pos + 8) else { break };
+                    let off_m = u16::from_be_bytes([h[2], h[3]]);
+                    let key = FragKey { src, dst, id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]), proto: h[0] };
+                    let offset = usize::from(off_m >> 3) * 8;
+                    let more = off_m & 1 == 1;
+                    let Some(payload) = d.get(pos + 8..end) else { break };
+                    if let Some(whole) = self.defrag.push(ts, key, offset, more, payload) {
+                        self.transport(ts, h[0], src, dst, &whole, depth, out);
+                    }
+                    return;
+                }
+                _ => {
+                    let Some(payload) = d.get(pos..end) else { break };
+                    self.transport(ts, next, src, dst, payload, depth, out);
+                    return;
+                }
+            }
+        }
+        self.stats.truncated += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transport(&mut self, ts: Micros, proto: u8, src: IpAddr, dst: IpAddr, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        match proto {
+            17 => self.udp(ts, src, dst, p, depth, out),
+            6 => self.tcp(ts, src, dst, p, out),
+            132 => self.sctp(ts, src, dst, p, out),
+            4 => {
+                self.stats.tunnelled += 1;
+                self.net(ts, Net::Ipv4, p, depth + 1, out)
+            }
+            41 => {
+                self.stats.tunnelled += 1;
+                self.net(ts, Net::Ipv6, p, depth + 1, out)
+            }
+            47 => self.gre(ts, p, depth, out),
+            _ => self.stats.other_ip_proto += 1,
+        }
+    }
+
+    fn udp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        if p.len() < 8 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let sport = u16::from_be_bytes([p[0], p[1]]);
+        let dport = u16::from_be_bytes([p[2], p[3]]);
+        let ulen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+        let end = if ulen >= 8 && ulen <= p.len() { ulen } else { p.len() };
+        let payload = &p[8..end];
+        self.stats.udp += 1;
+        // tunnels carried over UDP
+        if dport == 4789 && payload.len() > 8 && payload[0] & 0x08 != 0 {
+            self.stats.tunnelled += 1;
+            return self.net(ts, Net::Ethernet, &payload[8..], depth + 1, out);
+        }
+        if (dport == 2152 || sport == 2152) && payload.len() >= 8 && payload[0] >> 5 == 1 && payload[1] == 0xff {
+            return self.gtp_u(ts, payload, depth, out);
+        }
+        if !tcp::starts_with_sip(payload) {
+            self.stats.udp_not_sip += 1;
+            return;
+        }
+        out(SipBytes { ts, src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport), transport: Transport::Udp, data: payload });
+    }
+
+    fn gtp_u(&mut self, ts: Micros, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        let flags = p[0];
+        let mut pos = 8;
+        if flags & 0x07 != 0 {
+            pos += 4; // sequence number, N-PDU number, next extension header type
+            let mut next_ext = p.get(pos - 1).copied().unwrap_or(0);
+            while next_ext != 0 {
+                let Some(&len) = p.get(pos) else { return };
+                if len == 0 {
+                    return;
+                }
+                pos += usize::from(len) * 4;
+                next_ext = p.get(pos - 1).copied().unwrap_or(0);
+            }
+        }
+        let Some(inner) = p.get(pos..) else { return };
+        self.stats.tunnelled += 1;
+        match inner.first().map(|b| b >> 4) {
+            Some(4) => self.net(ts, Net::Ipv4, inner, depth + 1, out),
+            Some(6) => self.net(ts, Net::Ipv6, inner, depth + 1, out),
+            _ => self.stats.not_ip += 1,
+        }
+    }
+
+    fn gre(&mut self, ts: Micros, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+        if p.len() < 4 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let flags = p[0];
+        let version = p[1] & 0x07;
+        let proto = u16::from_be_bytes([p[2], p[3]]);
+        let mut pos = 4;
+        if flags & 0x80 != 0 || flags & 0x40 != 0 {
+            pos += 4; // checksum (+ offset)
+        }
+        if flags & 0x20 != 0 {
+            pos += 4; // key
+        }
+        if flags & 0x10 != 0 {
+            pos += 4; // sequence number
+        }
+        if version == 1 && p[1] & 0x80 != 0 {
+            pos += 4; // enhanced GRE (PPTP) acknowledgment number
+        }
+        let Some(inner) = p.get(pos..) else {
+            self.stats.truncated += 1;
+            return;
+        };
+        self.stats.tunnelled += 1;
+        let res = match proto {
+            0x88BE => inner.get(8..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated), // ERSPAN type II
+            0x22EB => {
+                // ERSPAN type III: 12 bytes, plus 8 when the O bit says a platform subheader follows
+                let o = inner.get(11).map(|b| b & 0x01 != 0).unwrap_or(false);
+                inner.get(if o { 20 } else { 12 }..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated)
+            }
+            0x880B => {
+                // PPP, optionally with address/control bytes 0xff 0x03
+                let q = if inner.starts_with(&[0xff, 0x03]) { &inner[2..] } else { inner };
+                match q {
+                    [a, rest @ ..] if a & 1 == 1 => link::ppp(u16::from(*a), rest),
+                    [a, b, rest @ ..] => link::ppp(u16::from_be_bytes([*a, *b]), rest),
+                    _ => Err(LinkError::Truncated),
+                }
+            }
+            et => link::ethertype(et, inner),
+        };
+        match res {
+            Ok((net, rest)) => self.net(ts, net, rest, depth + 1, out),
+            Err(e) => self.link_error(e),
+        }
+    }
+
+    fn tcp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
+        if p.len() < 20 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let sport = u16::from_be_bytes([p[0], p[1]]);
+        let dport = u16::from_be_bytes([p[2], p[3]]);
+        let seq = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let off = usize::from(p[12] >> 4) * 4;
+        let flags = p[13];
+        let Some(payload) = p.get(off.max(20)..) else {
+            self.stats.truncated += 1;
+            return;
+        };
+        let key = FlowKey { src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport) };
+        let seg = Segment { seq, syn: flags & 0x02 != 0, fin: flags & 0x01 != 0, rst: flags & 0x04 != 0, payload };
+        let sip_port = self.sip_ports.contains(&sport) || self.sip_ports.contains(&dport);
+        self.tcp.push(ts, key, seg, sip_port, &mut |m| {
+            out(SipBytes { ts, src: key.src, dst: key.dst, transport: Transport::Tcp, data: m })
+        });
+    }
+
+    fn sctp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
+        if p.len() < 12 {
+            self.stats.truncated += 1;
+            return;
+        }
+        let s = SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]]));
+        let d = SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]]));
+        let mut pos = 12;
+        while pos + 4 <= p.len() {
+            let ctype = p[pos];
+            let flags = p[pos + 1];
+            let len = usize::from(u16::from_be_bytes([p[pos + 2], p[pos + 3]]));
+            if len < 4 || pos + len > p.len() {
+                break;
+            }
+            // an unfragmented DATA chunk (B and E bits) carries one whole message
+            if ctype == 0 && flags & 0x03 == 0x03 && len > 16 {
+                self.stats.sctp_chunks += 1;
+                let data = &p[pos + 16..pos + len];
+                if tcp::starts_with_sip(data) {
+                    out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data });
+                }
+            }
+            pos += len.div_ceil(4) * 4;
+        }
+    }
+}

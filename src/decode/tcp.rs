@@ -1,0 +1,295 @@
+//! TCP stream reassembly into SIP messages (RFC 3261 18.3: framed by Content-Length).
+//!
+//! One flow per direction. Segments are put in sequence order (retransmissions and overlaps
+//! trimmed, a bounded number held out of order); a stream first seen mid-message, or after a
+//! gap, is resynchronised on the next SIP start line. Each stream's buffer has a byte cap.
+use crate::capture::Micros;
+use crate::sip::frame::{Framed, frame, leading_crlf};
+use crate::sip::parse::looks_like_start_line;
+use memchr::memchr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpStats {
+    pub segments: u64,
+    pub messages: u64,
+    pub retransmitted: u64,
+    pub out_of_order: u64,
+    pub gaps: u64,
+    pub skipped_bytes: u64,
+    pub overflows: u64,
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+struct Flow {
+    next_seq: u32,
+    buf: Vec<u8>,
+    /// Segments ahead of `next_seq`, by sequence number.
+    ahead: BTreeMap<u32, Vec<u8>>,
+    /// Whether `buf` starts at a message boundary.
+    synced: bool,
+    last_ts: Micros,
+}
+
+pub struct TcpReassembly {
+    flows: HashMap<FlowKey, Flow>,
+    max_flows: usize,
+    max_buffer: usize,
+    max_ahead: usize,
+    idle_timeout: Micros,
+    pub stats: TcpStats,
+}
+
+/// A TCP segment's fields that reassembly needs.
+pub struct Segment<'a> {
+    pub seq: u32,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub payload: &'a [u8],
+}
+
+impl TcpReassembly {
+    pub fn new(max_flows: usize, max_buffer: usize) -> Self {
+        TcpReassembly {
+            flows: HashMap::new(),
+            max_flows: max_flows.max(1),
+            max_buffer: max_buffer.max(1024),
+            max_ahead: 64,
+            idle_timeout: 300 * 1_000_000,
+            stats: TcpStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Feeds one segment; calls `out` with each whole SIP message it completes.
+    /// `sip_port`: whether the flow is on a SIP port, so that a mid-stream start is worth following.
+    pub fn push(&mut self, ts: Micros, key: FlowKey, seg: Segment<'_>, sip_port: bool, out: &mut dyn FnMut(&[u8])) {
+        self.stats.segments += 1;
+        if seg.rst {
+            self.flows.remove(&key);
+            return;
+        }
+        if !self.flows.contains_key(&key) {
+            if seg.payload.is_empty() && !seg.syn {
+                return;
+            }
+            let starts_sip = starts_with_sip(seg.payload);
+            if !seg.syn && !sip_port && !starts_sip {
+                return; // not a SIP stream as far as we can tell
+            }
+            if self.flows.len() >= self.max_flows {
+                self.evict(ts);
+            }
+            let next_seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+            self.flows.insert(
+                key,
+                Flow { next_seq, buf: Vec::new(), ahead: BTreeMap::new(), synced: seg.syn || starts_sip, last_ts: ts },
+            );
+        }
+        let max_buffer = self.max_buffer;
+        let max_ahead = self.max_ahead;
+        let stats = &mut self.stats;
+        let flow = self.flows.get_mut(&key).expect("inserted above");
+        flow.last_ts = ts;
+        let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+        if !seg.payload.is_empty() {
+            let off = seq.wrapping_sub(flow.next_seq) as i32;
+            if off < 0 {
+                // retransmission, possibly carrying new bytes past next_seq
+                let skip = (-(off as i64)) as usize;
+                if skip >= seg.payload.len() {
+                    stats.retransmitted += 1;
+                } else {
+                    append(flow, &seg.payload[skip..]);
+                }
+            } else if off == 0 {
+                append(flow, seg.payload);
+            } else {
+                stats.out_of_order += 1;
+                flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
+                if flow.ahead.len() > max_ahead {
+                    // the missing bytes are not coming: skip the gap
+                    let (&first, _) = flow.ahead.iter().next().expect("not empty");
+                    stats.gaps += 1;
+                    stats.skipped_bytes += u64::from(first.wrapping_sub(flow.next_seq));
+                    flow.buf.clear();
+                    flow.synced = false;
+                    flow.next_seq = first;
+                }
+            }
+            // pull in held segments that are now in order
+            while let Some((&s, _)) = flow.ahead.iter().next() {
+                let off = s.wrapping_sub(flow.next_seq) as i32;
+                if off > 0 {
+                    break;
+                }
+                let data = flow.ahead.remove(&s).expect("present");
+                let skip = (-(off as i64)) as usize;
+                if skip < data.len() {
+                    append(flow, &data[skip..]);
+                }
+            }
+            extract(flow, stats, max_buffer, out);
+        }
+        if seg.fin {
+            self.flows.remove(&key);
+        }
+    }
+
+    /// Forgets flows idle for longer than the idle timeout.
+    pub fn expire(&mut self, now: Micros) {
+        let t = self.idle_timeout;
+        let before = self.flows.len();
+        self.flows.retain(|_, f| now - f.last_ts <= t);
+        self.stats.evicted += (before - self.flows.len()) as u64;
+    }
+
+    fn evict(&mut self, now: Micros) {
+        self.expire(now);
+        while self.flows.len() >= self.max_flows {
+            let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_ts).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    self.flows.remove(&k);
+                    self.stats.evicted += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn append(flow: &mut Flow, data: &[u8]) {
+    flow.buf.extend_from_slice(data);
+    flow.next_seq = flow.next_seq.wrapping_add(data.len() as u32);
+}
+
+fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut dyn FnMut(&[u8])) {
+    let mut start = 0;
+    loop {
+        let rest = &flow.buf[start..];
+        let crlf = leading_crlf(rest);
+        start += crlf;
+        let rest = &flow.buf[start..];
+        if rest.is_empty() {
+            break;
+        }
+        if !flow.synced {
+            // resynchronise on the next line that is a SIP start line
+            match find_start_line(rest) {
+                Some(at) => {
+                    stats.skipped_bytes += at as u64;
+                    start += at;
+                    flow.synced = true;
+                    continue;
+                }
+                None => {
+                    // keep only the last partial line
+                    let keep = rest.iter().rposition(|&b| b == b'\n').map(|i| rest.len() - i - 1).unwrap_or(rest.len());
+                    stats.skipped_bytes += (rest.len() - keep) as u64;
+                    start += rest.len() - keep;
+                    break;
+                }
+            }
+        }
+        match frame(rest) {
+            Framed::Complete(n) => {
+                stats.messages += 1;
+                out(&rest[..n]);
+                start += n;
+            }
+            Framed::Incomplete => break,
+        }
+    }
+    flow.buf.drain(..start);
+    if flow.buf.len() > max_buffer {
+        stats.overflows += 1;
+        stats.skipped_bytes += flow.buf.len() as u64;
+        flow.buf.clear();
+        flow.synced = false;
+    }
+}
+
+/// Offset of the first line in `buf` that is a SIP start line (only whole lines are judged).
+fn find_start_line(buf: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        let end = memchr(b'\n', &buf[pos..])? + pos;
+        if looks_like_start_line(&buf[pos..end]) {
+            return Some(pos);
+        }
+        pos = end + 1;
+    }
+    None
+}
+
+/// Whether a payload begins with a SIP start line (cheap test before following a new flow).
+pub fn starts_with_sip(p: &[u8]) -> bool {
+    let end = memchr(b'\n', &p[..p.len().min(512)]).unwrap_or(p.len().min(512));
+    looks_like_start_line(&p[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M1: &[u8] = b"OPTIONS sip:a SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 3\r\n\r\nabc";
+    const M2: &[u8] = b"SIP/2.0 200 OK\r\nCall-ID: 1\r\nl: 0\r\n\r\n";
+
+    fn key() -> FlowKey {
+        FlowKey { src: "127.0.0.1:5060".parse().unwrap(), dst: "127.0.0.2:40000".parse().unwrap() }
+    }
+
+    fn run(segs: &[(u32, &[u8])]) -> (Vec<Vec<u8>>, TcpStats) {
+        let mut t = TcpReassembly::new(10, 1 << 16);
+        let mut got = Vec::new();
+        for (i, (seq, p)) in segs.iter().enumerate() {
+            let seg = Segment { seq: *seq, syn: false, fin: false, rst: false, payload: p };
+            t.push(i as i64, key(), seg, true, &mut |m| got.push(m.to_vec()));
+        }
+        (got, t.stats)
+    }
+
+    #[test]
+    fn several_messages_per_segment_and_split_message() {
+        let mut all = M1.to_vec();
+        all.extend_from_slice(b"\r\n\r\n"); // keep-alive
+        all.extend_from_slice(M2);
+        let (got, _) = run(&[(1000, &all[..30]), (1030, &all[30..])]);
+        assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
+    }
+
+    #[test]
+    fn out_of_order_and_retransmitted() {
+        let mut all = M1.to_vec();
+        all.extend_from_slice(M2);
+        let (got, st) = run(&[(1000, &all[..20]), (1040, &all[40..]), (1000, &all[..20]), (1020, &all[20..40])]);
+        assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
+        assert_eq!(st.out_of_order, 1);
+        assert_eq!(st.retransmitted, 1);
+    }
+
+    #[test]
+    fn mid_message_start_resyncs() {
+        let mut all = b"a=rtpmap:0 PCMU/8000\r\n".to_vec();
+        all.extend_from_slice(M2);
+        let (got, st) = run(&[(5, &all)]);
+        assert_eq!(got, vec![M2.to_vec()]);
+        assert_eq!(st.skipped_bytes, 22);
+    }
+}

@@ -1,0 +1,16 @@
+//! siptap: derives softphone analytics events from passively captured SIP signalling.
+//!
+//! The data's path, one module per step:
+//! `capture` (frames) -> `decode` (SIP bytes) -> `sip` (message view) -> `state` (registrations
+//! and call legs) -> `event` + `tenant` (routed events) -> `sink` (output). `pipeline` joins them.
+pub mod capture;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod pipeline;
+pub mod sink;
+pub mod sip;
+pub mod state;
+pub mod store;
+pub mod tenant;
+pub mod timefmt;

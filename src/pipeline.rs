@@ -1,0 +1,167 @@
+//! The core path in one place: frame -> decode -> sip -> state -> events -> tenant routing.
+//! Sans-IO: sources push frames in, sinks take routed events out.
+use crate::capture::{Frame, Micros};
+use crate::config::Config;
+use crate::decode::{DecodeLimits, Decoder};
+use crate::event::Event;
+use crate::sip;
+use crate::state::Tracker;
+use crate::tenant::{Route, Router};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// An event with its tenant and the tenant's name for it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
+    pub event: Event,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PipelineStats {
+    pub sip_messages: u64,
+    pub malformed: u64,
+    pub events: u64,
+    pub unrouted: u64,
+    pub disabled: u64,
+}
+
+pub struct Pipeline {
+    pub decoder: Decoder,
+    pub tracker: Tracker,
+    router: Router,
+    pub stats: PipelineStats,
+    scratch: Vec<Event>,
+    last_ts: Option<Micros>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &Config, known_users: HashSet<String>) -> Self {
+        let l = &cfg.limits;
+        let limits = DecodeLimits {
+            max_fragments: l.max_fragments,
+            fragment_timeout_secs: 30,
+            max_tcp_streams: l.max_tcp_streams,
+            max_tcp_buffer: l.max_tcp_buffer_bytes,
+        };
+        let mut ports = cfg.sip_ports.clone();
+        ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
+        Pipeline {
+            decoder: Decoder::new(limits, ports),
+            tracker: Tracker::new(cfg.tracker_config(), known_users),
+            router: Router::new(cfg),
+            stats: PipelineStats::default(),
+            scratch: Vec::new(),
+            last_ts: None,
+        }
+    }
+
+    /// Feeds one captured frame; routed events go to `out` in time order.
+    pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
+        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
+        *last_ts = Some(last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
+        tracker.tick(frame.ts, scratch);
+        decoder.decode(frame, &mut |m| {
+            stats.sip_messages += 1;
+            let unfolded = sip::parse::unfold(m.data);
+            match sip::parse(&unfolded) {
+                Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
+                Err(_) => stats.malformed += 1,
+            }
+        });
+        self.drain(out);
+    }
+
+    /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).
+    pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
+        self.tracker.tick(now, &mut self.scratch);
+        self.drain(out);
+    }
+
+    /// End of input: legs whose timeout passed within the capture's time end; others stay open.
+    pub fn finish(&mut self, out: &mut dyn FnMut(Routed)) {
+        if let Some(t) = self.last_ts {
+            self.tick(t, out);
+        }
+    }
+
+    /// Users that signed up since the last call, to persist.
+    pub fn take_new_users(&mut self) -> Vec<String> {
+        self.tracker.registrations.take_new_users()
+    }
+
+    fn drain(&mut self, out: &mut dyn FnMut(Routed)) {
+        for event in self.scratch.drain(..) {
+            match self.router.route(&event) {
+                Route::To { tenant, name } => {
+                    self.stats.events += 1;
+                    out(Routed { tenant, name, event });
+                }
+                Route::Unrouted => self.stats.unrouted += 1,
+                Route::Disabled => self.stats.disabled += 1,
+            }
+        }
+    }
+
+    /// Every counter, as `(name, value)`, for `--stats` and metrics.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let d = &self.decoder.stats;
+        let f = &self.decoder.defrag.stats;
+        let t = &self.decoder.tcp.stats;
+        let r = &self.tracker.registrations.stats;
+        let c = &self.tracker.calls.stats;
+        let p = &self.stats;
+        vec![
+            ("frames", d.frames),
+            ("frames_unknown_linktype", d.unknown_linktype),
+            ("frames_truncated", d.truncated),
+            ("frames_not_ip", d.not_ip),
+            ("frames_tunnelled", d.tunnelled),
+            ("frames_too_deep", d.too_deep),
+            ("ip_other_protocol", d.other_ip_proto),
+            ("udp_datagrams", d.udp),
+            ("udp_not_sip", d.udp_not_sip),
+            ("sctp_sip_chunks", d.sctp_chunks),
+            ("ip_fragments", f.fragments),
+            ("ip_reassembled", f.reassembled),
+            ("ip_fragments_timed_out", f.timed_out),
+            ("ip_fragments_evicted", f.evicted),
+            ("ip_fragments_oversized", f.oversized),
+            ("tcp_segments", t.segments),
+            ("tcp_messages", t.messages),
+            ("tcp_retransmitted", t.retransmitted),
+            ("tcp_out_of_order", t.out_of_order),
+            ("tcp_gaps", t.gaps),
+            ("tcp_skipped_bytes", t.skipped_bytes),
+            ("tcp_buffer_overflows", t.overflows),
+            ("tcp_streams_evicted", t.evicted),
+            ("sip_messages", p.sip_messages),
+            ("sip_malformed", p.malformed),
+            ("sip_server_to_server", self.tracker.stats.server_to_server),
+            ("sip_client_to_client", self.tracker.stats.client_to_client),
+            ("register_requests", r.registers),
+            ("register_accepted", r.accepted),
+            ("register_challenged", r.challenged),
+            ("register_rejected", r.rejected),
+            ("register_push_proxy", r.push_proxy),
+            ("register_unmatched_2xx", r.unmatched_responses),
+            ("register_unanswered", r.pending_expired),
+            ("devices_evicted", r.devices_evicted),
+            ("invites_initial", c.invites),
+            ("call_legs", c.legs),
+            ("invite_retransmissions", c.retransmissions),
+            ("call_attempts_unauthenticated", c.unauthenticated),
+            ("call_attempts_unaccepted", c.unaccepted),
+            ("call_timeouts", c.timeouts),
+            ("call_legs_evicted", c.evicted),
+            ("sip_outside_calls", c.orphan_messages),
+            ("events", p.events),
+            ("events_unrouted", p.unrouted),
+            ("events_disabled", p.disabled),
+            ("open_call_legs", self.tracker.calls.open_legs() as u64),
+            ("active_devices", self.tracker.registrations.active_devices() as u64),
+            ("known_users", self.tracker.registrations.known_users() as u64),
+        ]
+    }
+}

@@ -1,0 +1,2 @@
+//! Where routed events go.
+pub mod jsonl;

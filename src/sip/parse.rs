@@ -1,0 +1,508 @@
+//! A borrowed view of one SIP message: the start line and the few headers the state machines use.
+//!
+//! Tolerant by design (passive capture sees every dialect): header names in any case and compact
+//! form, folded lines (unfolded by [`unfold`] first), several values on one line, quoted
+//! parameters, IPv6 hosts, unknown methods. A message lacking what siptap needs to follow it
+//! (a start line, Call-ID, CSeq) is an error the caller counts and skips.
+use super::uri::Uri;
+use memchr::{memchr, memmem};
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    Request { method: &'a str, uri: &'a str },
+    Response { code: u16 },
+}
+
+/// A From/To/Contact value: the URI inside the optional `<>` and the header parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NameAddr<'a> {
+    pub uri: &'a str,
+    pub params: &'a str,
+}
+
+impl<'a> NameAddr<'a> {
+    pub fn tag(&self) -> Option<&'a str> {
+        param(self.params, "tag")
+    }
+    pub fn parsed_uri(&self) -> Option<Uri<'a>> {
+        Uri::parse(self.uri)
+    }
+}
+
+/// One Contact binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact<'a> {
+    pub addr: NameAddr<'a>,
+}
+
+impl<'a> Contact<'a> {
+    pub fn expires(&self) -> Option<u32> {
+        param(self.addr.params, "expires").and_then(|v| v.trim().parse().ok())
+    }
+    /// The `+sip.instance` (RFC 5626) without its quotes and angle brackets.
+    pub fn instance(&self) -> Option<&'a str> {
+        param(self.addr.params, "+sip.instance")
+            .map(|v| v.trim_matches(|c| c == '<' || c == '>'))
+            .filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub start: StartLine<'a>,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub cseq_method: &'a str,
+    pub from: NameAddr<'a>,
+    pub to: NameAddr<'a>,
+    pub contacts: Vec<Contact<'a>>,
+    /// `Contact: *` (remove every binding).
+    pub contact_star: bool,
+    pub expires: Option<u32>,
+    pub user_agent: Option<&'a str>,
+    pub session_expires: Option<u32>,
+    pub content_length: Option<usize>,
+}
+
+impl<'a> Message<'a> {
+    pub fn method(&self) -> Option<&'a str> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+    pub fn is_request(&self, m: &str) -> bool {
+        self.method() == Some(m)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    NotSip,
+    BadStartLine,
+    MissingCallId,
+    MissingCSeq,
+    MissingFromTo,
+}
+
+/// Joins folded header lines (RFC 3261 7.3.1) so that [`parse`] can borrow plain lines.
+/// Borrows when nothing is folded, which is almost always.
+pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
+    let head_end = header_end(buf).map(|(h, _)| h).unwrap_or(buf.len());
+    let head = &buf[..head_end];
+    let folded = memchr::memchr_iter(b'\n', head)
+        .any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')));
+    if !folded {
+        return Cow::Borrowed(buf);
+    }
+    let mut out = Vec::with_capacity(buf.len());
+    let mut i = 0;
+    while i < head_end {
+        let b = head[i];
+        if b == b'\r' || b == b'\n' {
+            // a line break followed by whitespace is a fold: replace by one space
+            let mut j = i;
+            if head[j] == b'\r' && head.get(j + 1) == Some(&b'\n') {
+                j += 1;
+            }
+            if matches!(head.get(j + 1), Some(b' ' | b'\t')) {
+                out.push(b' ');
+                i = j + 1;
+                while matches!(head.get(i), Some(b' ' | b'\t')) {
+                    i += 1;
+                }
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out.extend_from_slice(&buf[head_end..]);
+    Cow::Owned(out)
+}
+
+/// Where the header section ends: (index of the blank line, index of the body).
+pub fn header_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| (i + 2, i + 4));
+    let lf = memmem::find(buf, b"\n\n").map(|i| (i + 1, i + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses one message. The buffer should hold one message (framing is the caller's job);
+/// folded headers must have been unfolded with [`unfold`].
+pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    let head_end = header_end(buf).map(|(h, _)| h).unwrap_or(buf.len());
+    let head = &buf[..head_end];
+    let first_end = memchr(b'\n', head).unwrap_or(head.len());
+    let first = std::str::from_utf8(&head[..first_end]).map_err(|_| ParseError::NotSip)?;
+    let start = start_line(first.trim_end_matches('\r'))?;
+
+    let mut msg = Message {
+        start,
+        call_id: "",
+        cseq: 0,
+        cseq_method: "",
+        from: NameAddr::default(),
+        to: NameAddr::default(),
+        contacts: Vec::new(),
+        contact_star: false,
+        expires: None,
+        user_agent: None,
+        session_expires: None,
+        content_length: None,
+    };
+    let (mut have_from, mut have_to, mut have_cseq) = (false, false, false);
+
+    let mut pos = (first_end + 1).min(head.len());
+    while pos < head.len() {
+        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
+        let line = &head[pos..end];
+        pos = end + 1;
+        let Some(colon) = memchr(b':', line) else { continue };
+        let name = trim_bytes(&line[..colon]);
+        let Ok(value) = std::str::from_utf8(&line[colon + 1..]) else { continue };
+        let value = value.trim();
+        match header_id(name) {
+            Some(Hdr::CallId) => msg.call_id = value,
+            Some(Hdr::From) => {
+                msg.from = name_addr(value);
+                have_from = true;
+            }
+            Some(Hdr::To) => {
+                msg.to = name_addr(value);
+                have_to = true;
+            }
+            Some(Hdr::CSeq) => {
+                let mut it = value.split_ascii_whitespace();
+                if let (Some(n), Some(m)) = (it.next(), it.next())
+                    && let Ok(n) = n.parse()
+                {
+                    msg.cseq = n;
+                    msg.cseq_method = m;
+                    have_cseq = true;
+                }
+            }
+            Some(Hdr::Contact) => {
+                if value == "*" {
+                    msg.contact_star = true;
+                } else {
+                    for part in split_list(value) {
+                        let na = name_addr(part);
+                        if !na.uri.is_empty() {
+                            msg.contacts.push(Contact { addr: na });
+                        }
+                    }
+                }
+            }
+            Some(Hdr::Expires) => msg.expires = value.parse().ok(),
+            Some(Hdr::UserAgent) => msg.user_agent = Some(value),
+            Some(Hdr::SessionExpires) => {
+                msg.session_expires = value.split(';').next().and_then(|v| v.trim().parse().ok())
+            }
+            Some(Hdr::ContentLength) => msg.content_length = value.parse().ok(),
+            None => {}
+        }
+    }
+    if msg.call_id.is_empty() {
+        return Err(ParseError::MissingCallId);
+    }
+    if !have_cseq {
+        return Err(ParseError::MissingCSeq);
+    }
+    if !have_from || !have_to {
+        return Err(ParseError::MissingFromTo);
+    }
+    Ok(msg)
+}
+
+fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
+    if let Some(rest) = strip_prefix_ci(line, "SIP/2.0 ") {
+        let code = rest.trim_start().get(..3).and_then(|c| c.parse::<u16>().ok());
+        return match code {
+            Some(c) if (100..700).contains(&c) => Ok(StartLine::Response { code: c }),
+            _ => Err(ParseError::BadStartLine),
+        };
+    }
+    let mut it = line.split(' ').filter(|s| !s.is_empty());
+    let (Some(method), Some(uri), Some(ver)) = (it.next(), it.next(), it.next()) else {
+        return Err(ParseError::NotSip);
+    };
+    if !ver.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(ParseError::NotSip);
+    }
+    // RFC 3261 token characters; unknown methods are fine
+    if !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+        return Err(ParseError::BadStartLine);
+    }
+    Ok(StartLine::Request { method, uri })
+}
+
+/// Whether a line could start a SIP message (used to resynchronise a TCP stream).
+pub fn looks_like_start_line(line: &[u8]) -> bool {
+    let line = trim_bytes(line);
+    match std::str::from_utf8(line) {
+        Ok(s) => start_line(s).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Hdr {
+    CallId,
+    From,
+    To,
+    CSeq,
+    Contact,
+    Expires,
+    UserAgent,
+    SessionExpires,
+    ContentLength,
+}
+
+fn header_id(name: &[u8]) -> Option<Hdr> {
+    if name.len() == 1 {
+        return match name[0].to_ascii_lowercase() {
+            b'i' => Some(Hdr::CallId),
+            b'f' => Some(Hdr::From),
+            b't' => Some(Hdr::To),
+            b'm' => Some(Hdr::Contact),
+            b'l' => Some(Hdr::ContentLength),
+            b'x' => Some(Hdr::SessionExpires),
+            _ => None,
+        };
+    }
+    const NAMES: [(&[u8], Hdr); 9] = [
+        (b"call-id", Hdr::CallId),
+        (b"from", Hdr::From),
+        (b"to", Hdr::To),
+        (b"cseq", Hdr::CSeq),
+        (b"contact", Hdr::Contact),
+        (b"expires", Hdr::Expires),
+        (b"user-agent", Hdr::UserAgent),
+        (b"session-expires", Hdr::SessionExpires),
+        (b"content-length", Hdr::ContentLength),
+    ];
+    NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, h)| *h)
+}
+
+/// Splits a header value on commas that are outside quotes and angle brackets.
+pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    let bytes = v.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    let (mut quoted, mut angle) = (false, false);
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let b = bytes[i];
+            i += 1;
+            match b {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b'<' if !quoted => angle = true,
+                b'>' if !quoted => angle = false,
+                b',' if !quoted && !angle => {
+                    let part = &v[start..i - 1];
+                    start = i;
+                    return Some(part.trim());
+                }
+                _ => {}
+            }
+        }
+        if start <= bytes.len() && start != usize::MAX {
+            let part = &v[start.min(v.len())..];
+            start = usize::MAX;
+            let part = part.trim();
+            return (!part.is_empty()).then_some(part);
+        }
+        None
+    })
+    .filter(|p| !p.is_empty())
+}
+
+/// `"Name" <uri>;params` or `uri;params`.
+fn name_addr(v: &str) -> NameAddr<'_> {
+    let v = v.trim();
+    // skip a quoted display name so that '<' inside it does not confuse us
+    let mut scan_from = 0;
+    if v.starts_with('"') {
+        let b = v.as_bytes();
+        let mut i = 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 1,
+                b'"' => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        scan_from = (i + 1).min(v.len());
+    }
+    if let Some(lt) = v[scan_from..].find('<').map(|i| i + scan_from) {
+        if let Some(gt) = v[lt..].find('>').map(|i| i + lt) {
+            return NameAddr { uri: v[lt + 1..gt].trim(), params: &v[gt + 1..] };
+        }
+        return NameAddr { uri: v[lt + 1..].trim(), params: "" };
+    }
+    match v.find(';') {
+        Some(semi) => NameAddr { uri: v[..semi].trim(), params: &v[semi..] },
+        None => NameAddr { uri: v, params: "" },
+    }
+}
+
+/// The value of `;name=value` in a parameter list (quotes removed), case-insensitive name.
+/// A parameter without a value gives `Some("")`.
+pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
+    let b = params.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b';' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let ns = i;
+        while i < b.len() && !matches!(b[i], b'=' | b';' | b',') {
+            i += 1;
+        }
+        let pname = params[ns..i].trim();
+        let mut value = "";
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i] == b' ' {
+                i += 1;
+            }
+            if i < b.len() && b[i] == b'"' {
+                let vs = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                value = &params[vs..i.min(b.len())];
+                i += 1;
+            } else {
+                let vs = i;
+                while i < b.len() && b[i] != b';' {
+                    i += 1;
+                }
+                value = params[vs..i].trim();
+            }
+        }
+        if pname.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
+    (s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())).then(|| &s[p.len()..])
+}
+
+fn trim_bytes(b: &[u8]) -> &[u8] {
+    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map(|i| i + 1).unwrap_or(s);
+    &b[s..e.max(s)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Vec<u8> {
+        s.replace('\n', "\r\n").into_bytes()
+    }
+
+    #[test]
+    fn compact_forms_and_case() {
+        let b = msg("INVITE sip:bob@lab.example SIP/2.0\nv: SIP/2.0/UDP 127.0.0.2\nf: <sip:alice@lab.example>;tag=abc\nt: sip:bob@lab.example\ni: x1@h\ncseq: 7 INVITE\nM: <sip:alice@127.0.0.2:5060>\nL: 0\nx: 1800;refresher=uac\n\n");
+        let m = parse(&b).unwrap();
+        assert_eq!(m.start, StartLine::Request { method: "INVITE", uri: "sip:bob@lab.example" });
+        assert_eq!(m.call_id, "x1@h");
+        assert_eq!((m.cseq, m.cseq_method), (7, "INVITE"));
+        assert_eq!(m.from.tag(), Some("abc"));
+        assert_eq!(m.to.uri, "sip:bob@lab.example");
+        assert_eq!(m.to.tag(), None);
+        assert_eq!(m.contacts[0].addr.uri, "sip:alice@127.0.0.2:5060");
+        assert_eq!(m.content_length, Some(0));
+        assert_eq!(m.session_expires, Some(1800));
+    }
+
+    #[test]
+    fn folding_is_unfolded() {
+        let b = msg("REGISTER sip:lab.example SIP/2.0\nFrom: <sip:alice@lab.example>\n ;tag=1\nTo: <sip:alice@lab.example>\nCall-ID: abc\nCSeq: 1\n\tREGISTER\nContact: <sip:a@1.2.3.4>\n  ;expires=60\n\n");
+        let u = unfold(&b);
+        assert!(matches!(u, Cow::Owned(_)));
+        let m = parse(&u).unwrap();
+        assert_eq!(m.from.tag(), Some("1"));
+        assert_eq!(m.cseq_method, "REGISTER");
+        assert_eq!(m.contacts[0].expires(), Some(60));
+        let plain = msg("OPTIONS sip:x SIP/2.0\nCall-ID: a\n\n");
+        assert!(matches!(unfold(&plain), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn several_contacts_quoted_instance_and_star() {
+        let b = msg("SIP/2.0 200 OK\nFrom: <sip:alice@lab.example>;tag=1\nTo: <sip:alice@lab.example>;tag=2\nCall-ID: c\nCSeq: 2 REGISTER\nContact: \"A, B\" <sip:alice@127.0.0.2:5060>;expires=3600;+sip.instance=\"<urn:uuid:0f6c>\";reg-id=1, <sip:alice@[2001:db8::9]:5070;transport=tcp>;expires=20\nContact: sip:alice@10.0.0.1;expires=5\n\n");
+        let m = parse(&b).unwrap();
+        assert_eq!(m.status(), Some(200));
+        assert_eq!(m.contacts.len(), 3);
+        assert_eq!(m.contacts[0].instance(), Some("urn:uuid:0f6c"));
+        assert_eq!(m.contacts[0].expires(), Some(3600));
+        assert_eq!(m.contacts[1].addr.uri, "sip:alice@[2001:db8::9]:5070;transport=tcp");
+        assert_eq!(m.contacts[1].expires(), Some(20));
+        assert_eq!(m.contacts[2].addr.uri, "sip:alice@10.0.0.1");
+        assert_eq!(m.contacts[2].expires(), Some(5));
+        let s = msg("REGISTER sip:x SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:a@x>\ni: q\nCSeq: 3 REGISTER\nContact: *\nExpires: 0\n\n");
+        let m = parse(&s).unwrap();
+        assert!(m.contact_star);
+        assert_eq!(m.expires, Some(0));
+    }
+
+    #[test]
+    fn ipv6_request_uri_and_unknown_method() {
+        let b = msg("FROBNICATE sip:[2001:db8::1]:5060 SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:b@x>\ni: q\nCSeq: 1 FROBNICATE\n\n");
+        let m = parse(&b).unwrap();
+        assert_eq!(m.method(), Some("FROBNICATE"));
+        assert_eq!(m.start, StartLine::Request { method: "FROBNICATE", uri: "sip:[2001:db8::1]:5060" });
+    }
+
+    #[test]
+    fn display_name_with_angle_bracket_and_bare_uri_params() {
+        let b = msg("BYE sip:x SIP/2.0\nFrom: \"a <b>\" <sip:a@x>;tag=9\nTo: sip:b@x;tag=8\nCall-ID: q\nCSeq: 2 BYE\n\n");
+        let m = parse(&b).unwrap();
+        assert_eq!(m.from.uri, "sip:a@x");
+        assert_eq!(m.from.tag(), Some("9"));
+        assert_eq!(m.to.uri, "sip:b@x");
+        assert_eq!(m.to.tag(), Some("8"));
+    }
+
+    #[test]
+    fn errors_for_what_cannot_be_followed() {
+        assert_eq!(parse(b"hello world"), Err(ParseError::NotSip));
+        assert_eq!(parse(b"SIP/2.0 abc OK\r\n\r\n"), Err(ParseError::BadStartLine));
+        assert_eq!(parse(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\n"), Err(ParseError::MissingCallId));
+        assert_eq!(parse(b"INVITE sip:x SIP/2.0\r\ni: a\r\n\r\n"), Err(ParseError::MissingCSeq));
+        assert_eq!(parse(b"\xff\xfe"), Err(ParseError::NotSip));
+        assert_eq!(parse(b""), Err(ParseError::NotSip));
+    }
+
+    #[test]
+    fn lf_only_line_ends() {
+        let m = parse(b"SIP/2.0 180 Ringing\nf: <sip:a@x>;tag=1\nt: <sip:b@x>;tag=2\ni: q\nCSeq: 2 INVITE\n\n").unwrap();
+        assert_eq!(m.status(), Some(180));
+        assert_eq!(m.to.tag(), Some("2"));
+    }
+}

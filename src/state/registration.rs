@@ -1,0 +1,278 @@
+//! Registrations: who registered which device, in which boot cycle (REGISTER Call-ID), and
+//! whether its binding is active. Decides `signup`, `app_start` and `login` on a 2xx to REGISTER.
+use crate::capture::Micros;
+use crate::event::{Event, Kind, Params};
+use crate::sip::Message;
+use crate::sip::uri::Uri;
+use std::collections::{HashMap, HashSet};
+
+/// A REGISTER seen from a client, waiting for its final response.
+#[derive(Debug, Clone)]
+struct PendingRegister {
+    ts: Micros,
+    aor: String,
+    bindings: Vec<RequestedBinding>,
+    header_expires: Option<u32>,
+    star: bool,
+    push_proxy: bool,
+}
+
+#[derive(Debug, Clone)]
+struct RequestedBinding {
+    device: String,
+    contact_key: String,
+    expires: Option<u32>,
+}
+
+/// The state of one device's binding, enough to tell a refresh from a new login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindingState {
+    Active { expires_at: Micros },
+    Removed,
+}
+
+#[derive(Debug, Clone)]
+struct Device {
+    /// The REGISTER Call-ID of the app's current boot cycle.
+    call_id: String,
+    state: BindingState,
+    last_seen: Micros,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RegistrationStats {
+    pub registers: u64,
+    pub accepted: u64,
+    pub challenged: u64,
+    pub rejected: u64,
+    pub push_proxy: u64,
+    pub unmatched_responses: u64,
+    pub pending_expired: u64,
+    pub devices_evicted: u64,
+}
+
+pub struct Registrations {
+    pending: HashMap<(String, u32), PendingRegister>,
+    devices: HashMap<(String, String), Device>,
+    /// Registered contact (user@host:port) -> address of record, for naming the callee.
+    contacts: HashMap<String, String>,
+    known_users: HashSet<String>,
+    /// Users that signed up during this run (for the persistent store).
+    new_users: Vec<String>,
+    max_devices: usize,
+    pub stats: RegistrationStats,
+}
+
+const TRANSACTION_TIMEOUT: Micros = 32_000_000;
+const DEFAULT_EXPIRES: u32 = 3600;
+/// A device is forgotten this long after its binding lapsed.
+const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
+
+impl Registrations {
+    pub fn new(known_users: HashSet<String>, max_devices: usize) -> Self {
+        Registrations {
+            pending: HashMap::new(),
+            devices: HashMap::new(),
+            contacts: HashMap::new(),
+            known_users,
+            new_users: Vec::new(),
+            max_devices: max_devices.max(1),
+            stats: RegistrationStats::default(),
+        }
+    }
+
+    pub fn active_devices(&self) -> usize {
+        self.devices.values().filter(|d| matches!(d.state, BindingState::Active { .. })).count()
+    }
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn known_users(&self) -> usize {
+        self.known_users.len()
+    }
+
+    /// Users that signed up since the last call (to persist).
+    pub fn take_new_users(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_users)
+    }
+
+    /// The address of record whose registered contact is this Request-URI, if any.
+    pub fn aor_for_contact(&self, uri: &Uri<'_>) -> Option<&str> {
+        self.contacts.get(&uri.contact_key()).map(String::as_str)
+    }
+
+    /// A REGISTER from a client. `push_proxy`: its User-Agent is a push proxy's.
+    pub fn request(&mut self, ts: Micros, msg: &Message<'_>, push_proxy: bool) {
+        self.stats.registers += 1;
+        let Some(to) = msg.to.parsed_uri() else { return };
+        let bindings = msg
+            .contacts
+            .iter()
+            .filter_map(|c| {
+                let uri = c.addr.parsed_uri()?;
+                let contact_key = uri.contact_key();
+                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
+                Some(RequestedBinding { device, contact_key, expires: c.expires() })
+            })
+            .collect();
+        self.pending.insert(
+            (msg.call_id.to_string(), msg.cseq),
+            PendingRegister {
+                ts,
+                aor: to.aor(),
+                bindings,
+                header_expires: msg.expires,
+                star: msg.contact_star,
+                push_proxy,
+            },
+        );
+    }
+
+    /// A final response to REGISTER sent to a client; appends the events it decides.
+    pub fn response(&mut self, ts: Micros, msg: &Message<'_>, out: &mut Vec<Event>) {
+        let Some(code) = msg.status() else { return };
+        if code < 200 {
+            return;
+        }
+        let key = (msg.call_id.to_string(), msg.cseq);
+        let pending = self.pending.remove(&key);
+        if code >= 300 {
+            if matches!(code, 401 | 407) {
+                self.stats.challenged += 1;
+            } else {
+                self.stats.rejected += 1;
+            }
+            return;
+        }
+        // the 2xx lists every current binding of the AOR: learn them for naming callees
+        let resp_aor = msg.to.parsed_uri().map(|u| u.aor());
+        let mut granted: HashMap<String, u32> = HashMap::new();
+        for c in &msg.contacts {
+            if let Some(uri) = c.addr.parsed_uri() {
+                let k = uri.contact_key();
+                if let Some(e) = c.expires() {
+                    granted.insert(k.clone(), e);
+                }
+                if let Some(aor) = &resp_aor
+                    && c.expires() != Some(0)
+                {
+                    self.contacts.insert(k, aor.clone());
+                }
+            }
+        }
+        let pending = match pending {
+            Some(p) => p,
+            None => {
+                // the request was not captured: follow a 2xx that names exactly one binding
+                self.stats.unmatched_responses += 1;
+                let (Some(aor), [c]) = (resp_aor, msg.contacts.as_slice()) else { return };
+                let Some(uri) = c.addr.parsed_uri() else { return };
+                let contact_key = uri.contact_key();
+                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
+                PendingRegister {
+                    ts,
+                    aor,
+                    bindings: vec![RequestedBinding { device, contact_key, expires: c.expires() }],
+                    header_expires: msg.expires,
+                    star: false,
+                    push_proxy: false,
+                }
+            }
+        };
+        self.stats.accepted += 1;
+        if pending.push_proxy {
+            self.stats.push_proxy += 1;
+        }
+        let call_id = msg.call_id;
+        if pending.star {
+            for ((aor, _), dev) in self.devices.iter_mut() {
+                if *aor == pending.aor {
+                    dev.state = BindingState::Removed;
+                }
+            }
+            self.contacts.retain(|_, a| *a != pending.aor);
+            return;
+        }
+        let mut signed_up = false;
+        for b in &pending.bindings {
+            let expires = granted
+                .get(&b.contact_key)
+                .copied()
+                .or(b.expires)
+                .or(pending.header_expires)
+                .unwrap_or(DEFAULT_EXPIRES);
+            let key = (pending.aor.clone(), b.device.clone());
+            if expires == 0 {
+                if let Some(d) = self.devices.get_mut(&key) {
+                    d.state = BindingState::Removed;
+                    d.last_seen = ts;
+                }
+                self.contacts.remove(&b.contact_key);
+                continue;
+            }
+            self.contacts.insert(b.contact_key.clone(), pending.aor.clone());
+            let expires_at = ts + i64::from(expires) * 1_000_000;
+            if pending.push_proxy {
+                // keeps the binding alive; the app did not start
+                if let Some(d) = self.devices.get_mut(&key) {
+                    d.state = BindingState::Active { expires_at };
+                    d.last_seen = ts;
+                }
+                continue;
+            }
+            let prev = self.devices.get(&key);
+            let app_start = prev.is_none_or(|d| d.call_id != call_id);
+            let was_active = prev.is_some_and(|d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts));
+            let login = app_start || !was_active;
+            if !signed_up && self.known_users.insert(pending.aor.clone()) {
+                self.new_users.push(pending.aor.clone());
+                out.push(reg_event(ts, Kind::AccountCreated, &pending.aor, b, call_id));
+                signed_up = true;
+            }
+            if app_start {
+                out.push(reg_event(ts, Kind::AppStarted, &pending.aor, b, call_id));
+            }
+            if login {
+                out.push(reg_event(ts, Kind::AccountRegistered, &pending.aor, b, call_id));
+            }
+            if !self.devices.contains_key(&key) && self.devices.len() >= self.max_devices {
+                self.evict_device();
+            }
+            self.devices.insert(
+                key,
+                Device { call_id: call_id.to_string(), state: BindingState::Active { expires_at }, last_seen: ts },
+            );
+        }
+    }
+
+    fn evict_device(&mut self) {
+        let oldest = self.devices.iter().min_by_key(|(_, d)| d.last_seen).map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            self.devices.remove(&k);
+            self.stats.devices_evicted += 1;
+        }
+    }
+
+    /// Forgets unanswered REGISTER transactions and long-lapsed devices.
+    pub fn expire(&mut self, now: Micros) {
+        let before = self.pending.len();
+        self.pending.retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
+        self.stats.pending_expired += (before - self.pending.len()) as u64;
+        self.devices.retain(|_, d| match d.state {
+            BindingState::Active { expires_at } => now - expires_at <= DEVICE_MEMORY,
+            BindingState::Removed => now - d.last_seen <= DEVICE_MEMORY,
+        });
+    }
+}
+
+fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &str) -> Event {
+    Event {
+        ts,
+        kind,
+        user: aor.to_string(),
+        params: Params { device: Some(b.device.clone()), reg_call_id: Some(call_id.to_string()), ..Params::default() },
+    }
+}

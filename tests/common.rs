@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests: run the real `siptap` binary and compare JSON lines.
+#![allow(dead_code)]
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn siptap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_siptap")).args(args).current_dir(root()).output().expect("siptap runs")
+}
+
+/// `siptap replay` of captures with a config; returns the events as JSON values (asserts exit 0).
+pub fn replay(config: &Path, captures: &[&Path], extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["replay", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    for c in captures {
+        args.push(c.to_str().unwrap());
+    }
+    let out = siptap(&args);
+    assert!(out.status.success(), "siptap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse_lines(&String::from_utf8(out.stdout).unwrap())
+}
+
+pub fn parse_lines(s: &str) -> Vec<Value> {
+    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// Asserts two event lists are equal, showing both in full when not.
+pub fn assert_events(name: &str, got: &[Value], want: &[Value]) {
+    if got != want {
+        let show = |v: &[Value]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+        panic!("{name}: events differ\n--- got ({})\n{}\n--- want ({})\n{}", got.len(), show(got), want.len(), show(want));
+    }
+}
