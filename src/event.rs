@@ -15,8 +15,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::AccountCreated, Kind::AccountRegistered, Kind::AppStarted, Kind::OutgoingCall, Kind::IncomingCall, Kind::CallEnded];
+    pub const ALL: [Kind; 6] = [
+        Kind::AccountCreated,
+        Kind::AccountRegistered,
+        Kind::AppStarted,
+        Kind::OutgoingCall,
+        Kind::IncomingCall,
+        Kind::CallEnded,
+    ];
 
     pub fn canonical(self) -> &'static str {
         match self {

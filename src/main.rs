@@ -11,7 +11,11 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "siptap", version, about = "Derive softphone analytics events from passively captured SIP signalling")]
+#[command(
+    name = "siptap",
+    version,
+    about = "Derive softphone analytics events from passively captured SIP signalling"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,7 +53,10 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("siptap: error: {e:#}");
         std::process::exit(1);
@@ -58,17 +65,32 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { config, state, stats, captures } => replay(config, state, stats, captures),
+        Cmd::Replay {
+            config,
+            state,
+            stats,
+            captures,
+        } => replay(config, state, stats, captures),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
-            println!("{}: ok ({} tenant(s), {} server address(es))", config.display(), cfg.tenants.len(), cfg.servers.len());
+            println!(
+                "{}: ok ({} tenant(s), {} server address(es))",
+                config.display(),
+                cfg.tenants.len(),
+                cfg.servers.len()
+            );
             Ok(())
         }
         Cmd::SeedUsers { state, file } => seed_users(state, file),
     }
 }
 
-fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<PathBuf>) -> Result<()> {
+fn replay(
+    config: PathBuf,
+    state: Option<PathBuf>,
+    stats: bool,
+    captures: Vec<PathBuf>,
+) -> Result<()> {
     let cfg = Config::load(&config)?;
     for c in &captures {
         if !c.is_file() {
@@ -96,7 +118,6 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
         tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
     }
     pipeline.finish(&mut emit);
-    drop(emit);
     if let Some(e) = write_err {
         // a closed pipe (`| head`) is not worth a complaint
         if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -105,7 +126,11 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
     }
     let _ = out.flush();
     if let Some(s) = &store {
-        let users: Vec<(String, i64)> = pipeline.take_new_users().into_iter().map(|u| (u, now_micros())).collect();
+        let users: Vec<(String, i64)> = pipeline
+            .take_new_users()
+            .into_iter()
+            .map(|u| (u, now_micros()))
+            .collect();
         s.add(&users)?;
     }
     if stats {
@@ -122,7 +147,8 @@ fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
+            std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?,
         ))
     };
     let mut users = Vec::new();
@@ -134,19 +160,33 @@ fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {
         }
         let aor = l.trim_start_matches("sip:").trim_start_matches("sips:");
         let Some((user, domain)) = aor.split_once('@') else {
-            bail!("{}:{}: `{l}` is not an address of record (user@domain)", file.display(), n + 1);
+            bail!(
+                "{}:{}: `{l}` is not an address of record (user@domain)",
+                file.display(),
+                n + 1
+            );
         };
         if user.is_empty() || domain.is_empty() || domain.contains(['@', ' ', ';']) {
-            bail!("{}:{}: `{l}` is not an address of record (user@domain)", file.display(), n + 1);
+            bail!(
+                "{}:{}: `{l}` is not an address of record (user@domain)",
+                file.display(),
+                n + 1
+            );
         }
         users.push((format!("{user}@{}", domain.to_ascii_lowercase()), 0));
     }
     let store = KnownUsersStore::open(&state)?;
     let added = store.add(&users)?;
-    println!("{added} user(s) added, {} already known", users.len() - added);
+    println!(
+        "{added} user(s) added, {} already known",
+        users.len() - added
+    );
     Ok(())
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }

@@ -59,7 +59,14 @@ impl Pipeline {
 
     /// Feeds one captured frame; routed events go to `out` in time order.
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
-        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
+        let Pipeline {
+            decoder,
+            tracker,
+            stats,
+            scratch,
+            last_ts,
+            ..
+        } = self;
         *last_ts = Some(last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
         tracker.tick(frame.ts, scratch);
         decoder.decode(frame, &mut |m| {
@@ -67,7 +74,23 @@ impl Pipeline {
             let unfolded = sip::parse::unfold(m.data);
             match sip::parse(&unfolded) {
                 Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
-                Err(_) => stats.malformed += 1,
+                Err(e) => {
+                    stats.malformed += 1;
+                    if std::env::var_os("SIPTAP_DEBUG_MALFORMED").is_some() {
+                        let n = m.data.len().min(
+                            std::env::var("SIPTAP_DEBUG_MALFORMED")
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(80),
+                        );
+                        eprintln!(
+                            "malformed {e:?} {} -> {}: {:?}",
+                            m.src,
+                            m.dst,
+                            String::from_utf8_lossy(&m.data[..n])
+                        );
+                    }
+                }
             }
         });
         self.drain(out);
@@ -96,7 +119,11 @@ impl Pipeline {
             match self.router.route(&event) {
                 Route::To { tenant, name } => {
                     self.stats.events += 1;
-                    out(Routed { tenant, name, event });
+                    out(Routed {
+                        tenant,
+                        name,
+                        event,
+                    });
                 }
                 Route::Unrouted => self.stats.unrouted += 1,
                 Route::Disabled => self.stats.disabled += 1,
@@ -136,6 +163,10 @@ impl Pipeline {
             ("tcp_skipped_bytes", t.skipped_bytes),
             ("tcp_buffer_overflows", t.overflows),
             ("tcp_streams_evicted", t.evicted),
+            ("tcp_not_sip_messages", t.not_sip_messages),
+            ("websocket_upgrades", t.websocket_upgrades),
+            ("websocket_messages", t.websocket_messages),
+            ("websocket_too_long", t.websocket_too_long),
             ("sip_messages", p.sip_messages),
             ("sip_malformed", p.malformed),
             ("sip_server_to_server", self.tracker.stats.server_to_server),
@@ -160,8 +191,14 @@ impl Pipeline {
             ("events_unrouted", p.unrouted),
             ("events_disabled", p.disabled),
             ("open_call_legs", self.tracker.calls.open_legs() as u64),
-            ("active_devices", self.tracker.registrations.active_devices() as u64),
-            ("known_users", self.tracker.registrations.known_users() as u64),
+            (
+                "active_devices",
+                self.tracker.registrations.active_devices() as u64,
+            ),
+            (
+                "known_users",
+                self.tracker.registrations.known_users() as u64,
+            ),
         ]
     }
 }

@@ -4,16 +4,22 @@ use crate::event::{Event, Kind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A tenant's id and its name for each kind (`None`: disabled).
+type TenantNames = (Arc<str>, HashMap<Kind, Option<Arc<str>>>);
+
 pub struct Router {
     by_domain: HashMap<String, usize>,
     default: Option<usize>,
-    tenants: Vec<(Arc<str>, HashMap<Kind, Option<Arc<str>>>)>,
+    tenants: Vec<TenantNames>,
 }
 
 /// Where an event goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    To { tenant: Arc<str>, name: Arc<str> },
+    To {
+        tenant: Arc<str>,
+        name: Arc<str>,
+    },
     /// The user's domain belongs to no tenant and there is no default tenant.
     Unrouted,
     /// The tenant disabled this event.
@@ -28,21 +34,40 @@ impl Router {
             for d in &t.domains {
                 by_domain.insert(d.clone(), i);
             }
-            let names = t.names.iter().map(|(k, v)| (*k, v.as_deref().map(Arc::from))).collect();
+            let names = t
+                .names
+                .iter()
+                .map(|(k, v)| (*k, v.as_deref().map(Arc::from)))
+                .collect();
             tenants.push((Arc::from(t.id.as_str()), names));
         }
-        let default = cfg.default_tenant.as_ref().and_then(|d| cfg.tenants.iter().position(|t| &t.id == d));
-        Router { by_domain, default, tenants }
+        let default = cfg
+            .default_tenant
+            .as_ref()
+            .and_then(|d| cfg.tenants.iter().position(|t| &t.id == d));
+        Router {
+            by_domain,
+            default,
+            tenants,
+        }
     }
 
     pub fn route(&self, ev: &Event) -> Route {
         let domain = ev.domain().to_ascii_lowercase();
-        let Some(i) = self.by_domain.get(&domain).copied().or(self.default) else { return Route::Unrouted };
+        let Some(i) = self.by_domain.get(&domain).copied().or(self.default) else {
+            return Route::Unrouted;
+        };
         let (id, names) = &self.tenants[i];
         match names.get(&ev.kind) {
-            Some(Some(name)) => Route::To { tenant: id.clone(), name: name.clone() },
+            Some(Some(name)) => Route::To {
+                tenant: id.clone(),
+                name: name.clone(),
+            },
             Some(None) => Route::Disabled,
-            None => Route::To { tenant: id.clone(), name: Arc::from(ev.kind.default_name()) },
+            None => Route::To {
+                tenant: id.clone(),
+                name: Arc::from(ev.kind.default_name()),
+            },
         }
     }
 }

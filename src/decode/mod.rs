@@ -4,10 +4,12 @@
 pub mod defrag;
 pub mod link;
 pub mod tcp;
+pub mod ws;
 
 use crate::capture::{Frame, Micros};
 use defrag::{Defrag, FragKey};
 use link::{LinkError, Net};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tcp::{FlowKey, Segment, TcpReassembly};
 
@@ -17,6 +19,8 @@ pub enum Transport {
     Udp,
     Tcp,
     Sctp,
+    /// SIP over WebSocket (RFC 7118) on plain TCP.
+    Ws,
 }
 
 /// One SIP message's bytes as they crossed the network.
@@ -55,7 +59,12 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_fragments: 4096, fragment_timeout_secs: 30, max_tcp_streams: 65_536, max_tcp_buffer: 256 * 1024 }
+        DecodeLimits {
+            max_fragments: 4096,
+            fragment_timeout_secs: 30,
+            max_tcp_streams: 65_536,
+            max_tcp_buffer: 256 * 1024,
+        }
     }
 }
 
@@ -65,6 +74,9 @@ pub struct Decoder {
     pub stats: DecodeStats,
     sip_ports: Vec<u16>,
     last_expire: Micros,
+    /// SCTP user messages split over several DATA chunks, by (src, dst, stream).
+    sctp_partial: HashMap<(SocketAddr, SocketAddr, u16), Vec<u8>>,
+    max_message: usize,
 }
 
 const MAX_DEPTH: u8 = 6;
@@ -78,6 +90,8 @@ impl Decoder {
             stats: DecodeStats::default(),
             sip_ports,
             last_expire: 0,
+            sctp_partial: HashMap::new(),
+            max_message: limits.max_tcp_buffer,
         }
     }
 
@@ -103,7 +117,14 @@ impl Decoder {
         }
     }
 
-    fn net(&mut self, ts: Micros, net: Net, data: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+    fn net(
+        &mut self,
+        ts: Micros,
+        net: Net,
+        data: &[u8],
+        depth: u8,
+        out: &mut dyn FnMut(SipBytes<'_>),
+    ) {
         if depth > MAX_DEPTH {
             self.stats.too_deep += 1;
             return;
@@ -131,7 +152,11 @@ impl Decoder {
             return;
         }
         // tolerate a total length of 0 (TSO on the capturing host) or past the frame (snaplen)
-        let end = if total >= ihl && total <= d.len() { total } else { d.len() };
+        let end = if total >= ihl && total <= d.len() {
+            total
+        } else {
+            d.len()
+        };
         let proto = d[9];
         let src = IpAddr::V4(Ipv4Addr::new(d[12], d[13], d[14], d[15]));
         let dst = IpAddr::V4(Ipv4Addr::new(d[16], d[17], d[18], d[19]));
@@ -140,7 +165,12 @@ impl Decoder {
         let offset = usize::from(flags_off & 0x1fff) * 8;
         let payload = &d[ihl..end];
         if more || offset != 0 {
-            let key = FragKey { src, dst, id: u32::from(u16::from_be_bytes([d[4], d[5]])), proto };
+            let key = FragKey {
+                src,
+                dst,
+                id: u32::from(u16::from_be_bytes([d[4], d[5]])),
+                proto,
+            };
             if let Some(whole) = self.defrag.push(ts, key, offset, more, payload) {
                 self.transport(ts, proto, src, dst, &whole, depth, out);
             }
@@ -155,9 +185,17 @@ impl Decoder {
             return;
         }
         let plen = usize::from(u16::from_be_bytes([d[4], d[5]]));
-        let end = if plen > 0 && 40 + plen <= d.len() { 40 + plen } else { d.len() };
-        let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[8..24]).expect("16 bytes")));
-        let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[24..40]).expect("16 bytes")));
+        let end = if plen > 0 && 40 + plen <= d.len() {
+            40 + plen
+        } else {
+            d.len()
+        };
+        let src = IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&d[8..24]).expect("16 bytes"),
+        ));
+        let dst = IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&d[24..40]).expect("16 bytes"),
+        ));
         let mut next = d[6];
         let mut pos = 40;
         // walk the extension headers
@@ -171,17 +209,26 @@ impl Decoder {
                 44 => {
                     let Some(h) = d.get(pos..pos + 8) else { break };
                     let off_m = u16::from_be_bytes([h[2], h[3]]);
-                    let key = FragKey { src, dst, id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]), proto: h[0] };
+                    let key = FragKey {
+                        src,
+                        dst,
+                        id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                        proto: h[0],
+                    };
                     let offset = usize::from(off_m >> 3) * 8;
                     let more = off_m & 1 == 1;
-                    let Some(payload) = d.get(pos + 8..end) else { break };
+                    let Some(payload) = d.get(pos + 8..end) else {
+                        break;
+                    };
                     if let Some(whole) = self.defrag.push(ts, key, offset, more, payload) {
                         self.transport(ts, h[0], src, dst, &whole, depth, out);
                     }
                     return;
                 }
                 _ => {
-                    let Some(payload) = d.get(pos..end) else { break };
+                    let Some(payload) = d.get(pos..end) else {
+                        break;
+                    };
                     self.transport(ts, next, src, dst, payload, depth, out);
                     return;
                 }
@@ -191,7 +238,16 @@ impl Decoder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn transport(&mut self, ts: Micros, proto: u8, src: IpAddr, dst: IpAddr, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+    fn transport(
+        &mut self,
+        ts: Micros,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        p: &[u8],
+        depth: u8,
+        out: &mut dyn FnMut(SipBytes<'_>),
+    ) {
         match proto {
             17 => self.udp(ts, src, dst, p, depth, out),
             6 => self.tcp(ts, src, dst, p, out),
@@ -209,7 +265,15 @@ impl Decoder {
         }
     }
 
-    fn udp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
+    fn udp(
+        &mut self,
+        ts: Micros,
+        src: IpAddr,
+        dst: IpAddr,
+        p: &[u8],
+        depth: u8,
+        out: &mut dyn FnMut(SipBytes<'_>),
+    ) {
         if p.len() < 8 {
             self.stats.truncated += 1;
             return;
@@ -217,7 +281,11 @@ impl Decoder {
         let sport = u16::from_be_bytes([p[0], p[1]]);
         let dport = u16::from_be_bytes([p[2], p[3]]);
         let ulen = usize::from(u16::from_be_bytes([p[4], p[5]]));
-        let end = if ulen >= 8 && ulen <= p.len() { ulen } else { p.len() };
+        let end = if ulen >= 8 && ulen <= p.len() {
+            ulen
+        } else {
+            p.len()
+        };
         let payload = &p[8..end];
         self.stats.udp += 1;
         // tunnels carried over UDP
@@ -225,14 +293,24 @@ impl Decoder {
             self.stats.tunnelled += 1;
             return self.net(ts, Net::Ethernet, &payload[8..], depth + 1, out);
         }
-        if (dport == 2152 || sport == 2152) && payload.len() >= 8 && payload[0] >> 5 == 1 && payload[1] == 0xff {
+        if (dport == 2152 || sport == 2152)
+            && payload.len() >= 8
+            && payload[0] >> 5 == 1
+            && payload[1] == 0xff
+        {
             return self.gtp_u(ts, payload, depth, out);
         }
         if !tcp::starts_with_sip(payload) {
             self.stats.udp_not_sip += 1;
             return;
         }
-        out(SipBytes { ts, src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport), transport: Transport::Udp, data: payload });
+        out(SipBytes {
+            ts,
+            src: SocketAddr::new(src, sport),
+            dst: SocketAddr::new(dst, dport),
+            transport: Transport::Udp,
+            data: payload,
+        });
     }
 
     fn gtp_u(&mut self, ts: Micros, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
@@ -286,15 +364,25 @@ impl Decoder {
         };
         self.stats.tunnelled += 1;
         let res = match proto {
-            0x88BE => inner.get(8..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated), // ERSPAN type II
+            0x88BE => inner
+                .get(8..)
+                .map(|e| (Net::Ethernet, e))
+                .ok_or(LinkError::Truncated), // ERSPAN type II
             0x22EB => {
                 // ERSPAN type III: 12 bytes, plus 8 when the O bit says a platform subheader follows
                 let o = inner.get(11).map(|b| b & 0x01 != 0).unwrap_or(false);
-                inner.get(if o { 20 } else { 12 }..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated)
+                inner
+                    .get(if o { 20 } else { 12 }..)
+                    .map(|e| (Net::Ethernet, e))
+                    .ok_or(LinkError::Truncated)
             }
             0x880B => {
                 // PPP, optionally with address/control bytes 0xff 0x03
-                let q = if inner.starts_with(&[0xff, 0x03]) { &inner[2..] } else { inner };
+                let q = if inner.starts_with(&[0xff, 0x03]) {
+                    &inner[2..]
+                } else {
+                    inner
+                };
                 match q {
                     [a, rest @ ..] if a & 1 == 1 => link::ppp(u16::from(*a), rest),
                     [a, b, rest @ ..] => link::ppp(u16::from_be_bytes([*a, *b]), rest),
@@ -309,7 +397,14 @@ impl Decoder {
         }
     }
 
-    fn tcp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
+    fn tcp(
+        &mut self,
+        ts: Micros,
+        src: IpAddr,
+        dst: IpAddr,
+        p: &[u8],
+        out: &mut dyn FnMut(SipBytes<'_>),
+    ) {
         if p.len() < 20 {
             self.stats.truncated += 1;
             return;
@@ -323,15 +418,38 @@ impl Decoder {
             self.stats.truncated += 1;
             return;
         };
-        let key = FlowKey { src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport) };
-        let seg = Segment { seq, syn: flags & 0x02 != 0, fin: flags & 0x01 != 0, rst: flags & 0x04 != 0, payload };
+        let key = FlowKey {
+            src: SocketAddr::new(src, sport),
+            dst: SocketAddr::new(dst, dport),
+        };
+        let seg = Segment {
+            seq,
+            syn: flags & 0x02 != 0,
+            fin: flags & 0x01 != 0,
+            rst: flags & 0x04 != 0,
+            payload,
+        };
         let sip_port = self.sip_ports.contains(&sport) || self.sip_ports.contains(&dport);
-        self.tcp.push(ts, key, seg, sip_port, &mut |m| {
-            out(SipBytes { ts, src: key.src, dst: key.dst, transport: Transport::Tcp, data: m })
+        self.tcp.push(ts, key, seg, sip_port, &mut |m, ws| {
+            let transport = if ws { Transport::Ws } else { Transport::Tcp };
+            out(SipBytes {
+                ts,
+                src: key.src,
+                dst: key.dst,
+                transport,
+                data: m,
+            })
         });
     }
 
-    fn sctp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
+    fn sctp(
+        &mut self,
+        ts: Micros,
+        src: IpAddr,
+        dst: IpAddr,
+        p: &[u8],
+        out: &mut dyn FnMut(SipBytes<'_>),
+    ) {
         if p.len() < 12 {
             self.stats.truncated += 1;
             return;
@@ -346,12 +464,49 @@ impl Decoder {
             if len < 4 || pos + len > p.len() {
                 break;
             }
-            // an unfragmented DATA chunk (B and E bits) carries one whole message
-            if ctype == 0 && flags & 0x03 == 0x03 && len > 16 {
+            // a DATA chunk: B and E bits mark the first and last piece of a user message
+            if ctype == 0 && len > 16 {
                 self.stats.sctp_chunks += 1;
                 let data = &p[pos + 16..pos + len];
-                if tcp::starts_with_sip(data) {
-                    out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data });
+                let stream = u16::from_be_bytes([p[pos + 8], p[pos + 9]]);
+                let key = (s, d, stream);
+                match flags & 0x03 {
+                    0x03 => {
+                        if tcp::starts_with_sip(data) {
+                            out(SipBytes {
+                                ts,
+                                src: s,
+                                dst: d,
+                                transport: Transport::Sctp,
+                                data,
+                            });
+                        }
+                    }
+                    0x02 => {
+                        if self.sctp_partial.len() >= 1024 {
+                            self.sctp_partial.clear();
+                        }
+                        self.sctp_partial.insert(key, data.to_vec());
+                    }
+                    b => {
+                        if let Some(buf) = self.sctp_partial.get_mut(&key) {
+                            buf.extend_from_slice(data);
+                            if buf.len() > self.max_message {
+                                self.sctp_partial.remove(&key);
+                            } else if b == 0x01 {
+                                let msg = self.sctp_partial.remove(&key).expect("present");
+                                if tcp::starts_with_sip(&msg) {
+                                    out(SipBytes {
+                                        ts,
+                                        src: s,
+                                        dst: d,
+                                        transport: Transport::Sctp,
+                                        data: &msg,
+                                    });
+                                }
+                            }
+                        }
+                    }
                 }
             }
             pos += len.div_ceil(4) * 4;

@@ -3,9 +3,10 @@
 //! One flow per direction. Segments are put in sequence order (retransmissions and overlaps
 //! trimmed, a bounded number held out of order); a stream first seen mid-message, or after a
 //! gap, is resynchronised on the next SIP start line. Each stream's buffer has a byte cap.
+use super::ws::{self, WsFrame};
 use crate::capture::Micros;
 use crate::sip::frame::{Framed, frame, leading_crlf};
-use crate::sip::parse::looks_like_start_line;
+use crate::sip::parse::{header_end, looks_like_start_line};
 use memchr::memchr;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,6 +21,20 @@ pub struct TcpStats {
     pub skipped_bytes: u64,
     pub overflows: u64,
     pub evicted: u64,
+    pub websocket_upgrades: u64,
+    pub websocket_messages: u64,
+    pub websocket_too_long: u64,
+    pub not_sip_messages: u64,
+}
+
+/// What the bytes of a stream are, at its current position.
+#[derive(Debug)]
+enum Mode {
+    Sip,
+    /// After an HTTP upgrade; holds a fragmented message being reassembled.
+    WebSocket {
+        partial: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +50,7 @@ struct Flow {
     ahead: BTreeMap<u32, Vec<u8>>,
     /// Whether `buf` starts at a message boundary.
     synced: bool,
+    mode: Mode,
     last_ts: Micros,
 }
 
@@ -76,29 +92,49 @@ impl TcpReassembly {
         self.flows.is_empty()
     }
 
-    /// Feeds one segment; calls `out` with each whole SIP message it completes.
-    /// `sip_port`: whether the flow is on a SIP port, so that a mid-stream start is worth following.
-    pub fn push(&mut self, ts: Micros, key: FlowKey, seg: Segment<'_>, sip_port: bool, out: &mut dyn FnMut(&[u8])) {
+    /// Feeds one segment; calls `out` with each whole SIP message it completes (and whether it
+    /// came over WebSocket). `sip_port`: whether the flow is on a SIP port, so that a connection
+    /// or a mid-stream start there is worth following.
+    pub fn push(
+        &mut self,
+        ts: Micros,
+        key: FlowKey,
+        seg: Segment<'_>,
+        sip_port: bool,
+        out: &mut dyn FnMut(&[u8], bool),
+    ) {
         self.stats.segments += 1;
         if seg.rst {
             self.flows.remove(&key);
             return;
         }
         if !self.flows.contains_key(&key) {
-            if seg.payload.is_empty() && !seg.syn {
+            if seg.payload.is_empty() && !(seg.syn && sip_port) {
                 return;
             }
             let starts_sip = starts_with_sip(seg.payload);
-            if !seg.syn && !sip_port && !starts_sip {
+            let upgrade = ws::starts_with_http(seg.payload) && ws::is_upgrade(seg.payload);
+            if !sip_port && !starts_sip && !upgrade {
                 return; // not a SIP stream as far as we can tell
             }
             if self.flows.len() >= self.max_flows {
                 self.evict(ts);
             }
-            let next_seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+            let next_seq = if seg.syn {
+                seg.seq.wrapping_add(1)
+            } else {
+                seg.seq
+            };
             self.flows.insert(
                 key,
-                Flow { next_seq, buf: Vec::new(), ahead: BTreeMap::new(), synced: seg.syn || starts_sip, last_ts: ts },
+                Flow {
+                    next_seq,
+                    buf: Vec::new(),
+                    ahead: BTreeMap::new(),
+                    synced: seg.syn || starts_sip || upgrade,
+                    mode: Mode::Sip,
+                    last_ts: ts,
+                },
             );
         }
         let max_buffer = self.max_buffer;
@@ -106,7 +142,11 @@ impl TcpReassembly {
         let stats = &mut self.stats;
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_ts = ts;
-        let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+        let seq = if seg.syn {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
         if !seg.payload.is_empty() {
             let off = seq.wrapping_sub(flow.next_seq) as i32;
             if off < 0 {
@@ -121,7 +161,9 @@ impl TcpReassembly {
                 append(flow, seg.payload);
             } else {
                 stats.out_of_order += 1;
-                flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
+                flow.ahead
+                    .entry(seq)
+                    .or_insert_with(|| seg.payload.to_vec());
                 if flow.ahead.len() > max_ahead {
                     // the missing bytes are not coming: skip the gap
                     let (&first, _) = flow.ahead.iter().next().expect("not empty");
@@ -162,7 +204,11 @@ impl TcpReassembly {
     fn evict(&mut self, now: Micros) {
         self.expire(now);
         while self.flows.len() >= self.max_flows {
-            let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_ts).map(|(k, _)| *k);
+            let oldest = self
+                .flows
+                .iter()
+                .min_by_key(|(_, f)| f.last_ts)
+                .map(|(k, _)| *k);
             match oldest {
                 Some(k) => {
                     self.flows.remove(&k);
@@ -179,9 +225,52 @@ fn append(flow: &mut Flow, data: &[u8]) {
     flow.next_seq = flow.next_seq.wrapping_add(data.len() as u32);
 }
 
-fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut dyn FnMut(&[u8])) {
+fn extract(
+    flow: &mut Flow,
+    stats: &mut TcpStats,
+    max_buffer: usize,
+    out: &mut dyn FnMut(&[u8], bool),
+) {
     let mut start = 0;
     loop {
+        if let Mode::WebSocket { partial } = &mut flow.mode {
+            match ws::frame(&flow.buf[start..], max_buffer) {
+                WsFrame::Incomplete => break,
+                WsFrame::TooLong => {
+                    stats.websocket_too_long += 1;
+                    stats.skipped_bytes += (flow.buf.len() - start) as u64;
+                    start = flow.buf.len();
+                    flow.mode = Mode::Sip;
+                    flow.synced = false;
+                    break;
+                }
+                WsFrame::Complete {
+                    consumed,
+                    fin,
+                    opcode,
+                    payload,
+                } => {
+                    start += consumed;
+                    // data frames (continuation, text, binary); close, ping and pong carry no SIP
+                    if opcode <= 2 {
+                        partial.extend_from_slice(&payload);
+                        if partial.len() > max_buffer {
+                            stats.websocket_too_long += 1;
+                            partial.clear();
+                        } else if fin {
+                            let msg = std::mem::take(partial);
+                            if starts_with_sip(&msg) {
+                                stats.websocket_messages += 1;
+                                out(&msg, true);
+                            } else if !msg.is_empty() {
+                                stats.not_sip_messages += 1;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
         let rest = &flow.buf[start..];
         let crlf = leading_crlf(rest);
         start += crlf;
@@ -200,17 +289,46 @@ fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut d
                 }
                 None => {
                     // keep only the last partial line
-                    let keep = rest.iter().rposition(|&b| b == b'\n').map(|i| rest.len() - i - 1).unwrap_or(rest.len());
+                    let keep = rest
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map(|i| rest.len() - i - 1)
+                        .unwrap_or(rest.len());
                     stats.skipped_bytes += (rest.len() - keep) as u64;
                     start += rest.len() - keep;
                     break;
                 }
             }
         }
+        // at a message boundary: an HTTP upgrade to WebSocket, a SIP message, or neither
+        if ws::starts_with_http(rest) {
+            let Some((_, body)) = header_end(rest) else {
+                break;
+            };
+            if ws::is_upgrade(&rest[..body]) {
+                stats.websocket_upgrades += 1;
+                flow.mode = Mode::WebSocket {
+                    partial: Vec::new(),
+                };
+            } else {
+                stats.not_sip_messages += 1;
+                flow.synced = false;
+            }
+            start += body;
+            continue;
+        }
+        match memchr(b'\n', rest) {
+            Some(eol) if !looks_like_start_line(&rest[..eol]) => {
+                flow.synced = false;
+                continue;
+            }
+            None => break,
+            Some(_) => {}
+        }
         match frame(rest) {
             Framed::Complete(n) => {
                 stats.messages += 1;
-                out(&rest[..n]);
+                out(&rest[..n], false);
                 start += n;
             }
             Framed::Incomplete => break,
@@ -252,15 +370,24 @@ mod tests {
     const M2: &[u8] = b"SIP/2.0 200 OK\r\nCall-ID: 1\r\nl: 0\r\n\r\n";
 
     fn key() -> FlowKey {
-        FlowKey { src: "127.0.0.1:5060".parse().unwrap(), dst: "127.0.0.2:40000".parse().unwrap() }
+        FlowKey {
+            src: "127.0.0.1:5060".parse().unwrap(),
+            dst: "127.0.0.2:40000".parse().unwrap(),
+        }
     }
 
     fn run(segs: &[(u32, &[u8])]) -> (Vec<Vec<u8>>, TcpStats) {
         let mut t = TcpReassembly::new(10, 1 << 16);
         let mut got = Vec::new();
         for (i, (seq, p)) in segs.iter().enumerate() {
-            let seg = Segment { seq: *seq, syn: false, fin: false, rst: false, payload: p };
-            t.push(i as i64, key(), seg, true, &mut |m| got.push(m.to_vec()));
+            let seg = Segment {
+                seq: *seq,
+                syn: false,
+                fin: false,
+                rst: false,
+                payload: p,
+            };
+            t.push(i as i64, key(), seg, true, &mut |m, _| got.push(m.to_vec()));
         }
         (got, t.stats)
     }
@@ -278,7 +405,12 @@ mod tests {
     fn out_of_order_and_retransmitted() {
         let mut all = M1.to_vec();
         all.extend_from_slice(M2);
-        let (got, st) = run(&[(1000, &all[..20]), (1040, &all[40..]), (1000, &all[..20]), (1020, &all[20..40])]);
+        let (got, st) = run(&[
+            (1000, &all[..20]),
+            (1040, &all[40..]),
+            (1000, &all[..20]),
+            (1020, &all[20..40]),
+        ]);
         assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
         assert_eq!(st.out_of_order, 1);
         assert_eq!(st.retransmitted, 1);

@@ -13,7 +13,9 @@ pub enum Framed {
 /// Frames the message at the start of `buf` (leading CRLF keep-alives must be skipped first).
 /// A missing Content-Length on a stream means an empty body.
 pub fn frame(buf: &[u8]) -> Framed {
-    let Some((head, body)) = header_end(buf) else { return Framed::Incomplete };
+    let Some((head, body)) = header_end(buf) else {
+        return Framed::Incomplete;
+    };
     let cl = content_length(&buf[..head]).unwrap_or(0);
     match body.checked_add(cl) {
         Some(total) if total <= buf.len() => Framed::Complete(total),
@@ -25,13 +27,20 @@ pub fn frame(buf: &[u8]) -> Framed {
 pub fn content_length(head: &[u8]) -> Option<usize> {
     let mut pos = 0;
     while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
+        let end = memchr(b'\n', &head[pos..])
+            .map(|i| pos + i)
+            .unwrap_or(head.len());
         let line = &head[pos..end];
         pos = end + 1;
-        let Some(colon) = memchr(b':', line) else { continue };
+        let Some(colon) = memchr(b':', line) else {
+            continue;
+        };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            return std::str::from_utf8(line[colon + 1..].trim_ascii()).ok()?.parse().ok();
+            return std::str::from_utf8(line[colon + 1..].trim_ascii())
+                .ok()?
+                .parse()
+                .ok();
         }
     }
     None
@@ -39,7 +48,9 @@ pub fn content_length(head: &[u8]) -> Option<usize> {
 
 /// Number of keep-alive CRLFs (RFC 5626 3.5.1) at the start of `buf`.
 pub fn leading_crlf(buf: &[u8]) -> usize {
-    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 #[cfg(test)]
@@ -49,16 +60,27 @@ mod tests {
     #[test]
     fn two_pipelined_messages_split_by_content_length() {
         let a = b"MESSAGE sip:x SIP/2.0\r\nl: 5\r\n\r\nhelloOPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n";
-        let Framed::Complete(n) = frame(a) else { panic!() };
+        let Framed::Complete(n) = frame(a) else {
+            panic!()
+        };
         assert_eq!(&a[n - 5..n], b"hello");
         assert_eq!(frame(&a[n..]), Framed::Complete(a.len() - n));
     }
 
     #[test]
     fn incomplete_body_and_head() {
-        assert_eq!(frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nabc"), Framed::Incomplete);
-        assert_eq!(frame(b"INVITE sip:x SIP/2.0\r\nContent-Len"), Framed::Incomplete);
-        assert_eq!(frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n"), Framed::Complete(65));
+        assert_eq!(
+            frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nabc"),
+            Framed::Incomplete
+        );
+        assert_eq!(
+            frame(b"INVITE sip:x SIP/2.0\r\nContent-Len"),
+            Framed::Incomplete
+        );
+        assert_eq!(
+            frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            Framed::Complete(65)
+        );
         assert_eq!(leading_crlf(b"\r\n\r\nINVITE"), 4);
     }
 }

@@ -16,7 +16,11 @@ impl<'a> Uri<'a> {
         let s = s.trim();
         let colon = s.find(':')?;
         let scheme = &s[..colon];
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        {
             return None;
         }
         let rest = &s[colon + 1..];
@@ -25,7 +29,12 @@ impl<'a> Uri<'a> {
             if num.is_empty() {
                 return None;
             }
-            return Some(Uri { scheme, user: Some(num), host: "", port: None });
+            return Some(Uri {
+                scheme,
+                user: Some(num),
+                host: "",
+                port: None,
+            });
         }
         // user part ends at the last '@' before any ';' or '?' of the host part
         let (user, hostport) = match rest.rfind('@') {
@@ -40,7 +49,9 @@ impl<'a> Uri<'a> {
         let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
             let end = stripped.find(']')?;
             let host = &hostport[..end + 2];
-            let port = hostport[end + 2..].strip_prefix(':').and_then(|p| p.parse().ok());
+            let port = hostport[end + 2..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
             (host, port)
         } else {
             match hostport.rfind(':') {
@@ -51,7 +62,12 @@ impl<'a> Uri<'a> {
         if host.is_empty() {
             return None;
         }
-        Some(Uri { scheme, user: user.filter(|u| !u.is_empty()), host, port })
+        Some(Uri {
+            scheme,
+            user: user.filter(|u| !u.is_empty()),
+            host,
+            port,
+        })
     }
 
     /// The address of record `user@domain`, domain lower-cased, without parameters.

@@ -20,12 +20,20 @@ const LINGER: Micros = 32_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum LegState {
-    /// INVITE sent, nothing shows the server accepted it yet. `challenged`: got 401/403/407.
-    Trying { challenged: bool },
+    /// INVITE sent, nothing shows the server accepted it yet. `challenged`: got 401/403/407;
+    /// `trying_at`: a 100 Trying came (the transaction proceeds: Timer C, not Timer B, applies).
+    Trying {
+        challenged: bool,
+        trying_at: Option<Micros>,
+    },
     /// Accepted (callout/callin emitted), not answered.
     Early { last_provisional: Micros },
     /// 2xx seen.
-    Answered { at: Micros, last_activity: Micros, session_expires: Option<u32> },
+    Answered {
+        at: Micros,
+        last_activity: Micros,
+        session_expires: Option<u32>,
+    },
     /// callend emitted (or dropped unaccepted); kept to absorb retransmissions.
     Ended { at: Micros },
 }
@@ -99,7 +107,10 @@ impl Calls {
 
     /// Legs not yet ended.
     pub fn open_legs(&self) -> usize {
-        self.legs.values().filter(|l| !matches!(l.state, LegState::Ended { .. })).count()
+        self.legs
+            .values()
+            .filter(|l| !matches!(l.state, LegState::Ended { .. }))
+            .count()
     }
     pub fn len(&self) -> usize {
         self.legs.len()
@@ -111,17 +122,41 @@ impl Calls {
     /// Finds the leg a message belongs to: same Call-ID and client, the caller's tag as From
     /// (caller to callee) or To (callee to caller). A client whose port changed (a new TCP
     /// connection) is still recognised by its IP.
-    fn find(&self, call_id: &str, client: SocketAddr, tags: [Option<&str>; 2], dir: Option<Direction>) -> Option<u64> {
+    fn find(
+        &self,
+        call_id: &str,
+        client: SocketAddr,
+        tags: [Option<&str>; 2],
+        dir: Option<Direction>,
+    ) -> Option<u64> {
         let ids = self.by_call_id.get(call_id)?;
-        let fits = |l: &Leg| dir.is_none_or(|d| d == l.dir) && tags.iter().any(|t| *t == Some(l.caller_tag.as_str()));
+        let fits =
+            |l: &Leg| dir.is_none_or(|d| d == l.dir) && tags.contains(&Some(l.caller_tag.as_str()));
         ids.iter()
             .copied()
-            .find(|id| self.legs.get(id).is_some_and(|l| l.client == client && fits(l)))
-            .or_else(|| ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| l.client.ip() == client.ip() && fits(l))))
+            .find(|id| {
+                self.legs
+                    .get(id)
+                    .is_some_and(|l| l.client == client && fits(l))
+            })
+            .or_else(|| {
+                ids.iter().copied().find(|id| {
+                    self.legs
+                        .get(id)
+                        .is_some_and(|l| l.client.ip() == client.ip() && fits(l))
+                })
+            })
     }
 
     /// One message on a client<->server hop. `callee`: names the user of a new incoming leg.
-    pub fn message(&mut self, ts: Micros, msg: &Message<'_>, hop: Hop, callee: impl FnOnce() -> String, out: &mut Vec<Event>) {
+    pub fn message(
+        &mut self,
+        ts: Micros,
+        msg: &Message<'_>,
+        hop: Hop,
+        callee: impl FnOnce() -> String,
+        out: &mut Vec<Event>,
+    ) {
         let from_tag = msg.from.tag();
         let to_tag = msg.to.tag();
         match msg.method() {
@@ -156,9 +191,20 @@ impl Calls {
         }
     }
 
-    fn initial_invite(&mut self, ts: Micros, msg: &Message<'_>, hop: Hop, callee: impl FnOnce() -> String, out: &mut Vec<Event>) {
+    fn initial_invite(
+        &mut self,
+        ts: Micros,
+        msg: &Message<'_>,
+        hop: Hop,
+        callee: impl FnOnce() -> String,
+        out: &mut Vec<Event>,
+    ) {
         self.stats.invites += 1;
-        let dir = if hop.from_client { Direction::Out } else { Direction::In };
+        let dir = if hop.from_client {
+            Direction::Out
+        } else {
+            Direction::In
+        };
         let from_tag = msg.from.tag().unwrap_or("");
         if let Some(id) = self.find(msg.call_id, hop.client, [Some(from_tag), None], Some(dir)) {
             // a retransmission, or the retry with credentials after a challenge
@@ -192,7 +238,10 @@ impl Calls {
             caller_tag: from_tag.to_string(),
             client: hop.client,
             user,
-            state: LegState::Trying { challenged: false },
+            state: LegState::Trying {
+                challenged: false,
+                trying_at: None,
+            },
             invite_cseq: msg.cseq,
             last_invite: ts,
             cancelled: false,
@@ -201,16 +250,31 @@ impl Calls {
         if dir == Direction::In {
             // an INVITE the server sends to a client is a call the client's user receives
             out.push(leg_event(ts, Kind::IncomingCall, &leg, Params::default()));
-            leg.state = LegState::Early { last_provisional: ts };
+            leg.state = LegState::Early {
+                last_provisional: ts,
+            };
         }
         self.legs.insert(id, leg);
-        self.by_call_id.entry(msg.call_id.to_string()).or_default().push(id);
+        self.by_call_id
+            .entry(msg.call_id.to_string())
+            .or_default()
+            .push(id);
         let d = self.deadline_of(id);
         self.schedule(id, d);
     }
 
-    fn invite_response(&mut self, ts: Micros, id: u64, code: u16, msg: &Message<'_>, hop: Hop, out: &mut Vec<Event>) {
-        let Some(leg) = self.legs.get(&id) else { return };
+    fn invite_response(
+        &mut self,
+        ts: Micros,
+        id: u64,
+        code: u16,
+        msg: &Message<'_>,
+        hop: Hop,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(leg) = self.legs.get(&id) else {
+            return;
+        };
         // responses travel towards the leg's caller side: to the client on `out`, from it on `in`
         let expected_from_client = leg.dir == Direction::In;
         if hop.from_client != expected_from_client {
@@ -225,7 +289,9 @@ impl Calls {
                 if (200..300).contains(&code)
                     && let Some(se) = msg.session_expires
                     && let Some(l) = self.legs.get_mut(&id)
-                    && let LegState::Answered { session_expires, .. } = &mut l.state
+                    && let LegState::Answered {
+                        session_expires, ..
+                    } = &mut l.state
                 {
                     *session_expires = Some(se);
                     let d = self.deadline_of(id);
@@ -234,13 +300,24 @@ impl Calls {
             }
             LegState::Trying { .. } | LegState::Early { .. } => {
                 if code == 100 {
+                    if let LegState::Trying { challenged, .. } = state {
+                        self.legs.get_mut(&id).expect("present").state = LegState::Trying {
+                            challenged,
+                            trying_at: Some(ts),
+                        };
+                        let d = self.deadline_of(id);
+                        self.schedule(id, d);
+                    }
                     return;
                 }
                 if matches!(state, LegState::Trying { .. }) {
                     if matches!(code, 401 | 403 | 407) {
                         // a challenge or refusal proves nothing about the call
                         if let Some(l) = self.legs.get_mut(&id) {
-                            l.state = LegState::Trying { challenged: true };
+                            l.state = LegState::Trying {
+                                challenged: true,
+                                trying_at: None,
+                            };
                         }
                         return;
                     }
@@ -252,18 +329,26 @@ impl Calls {
                 }
                 match code {
                     101..=199 => {
-                        leg.state = LegState::Early { last_provisional: ts };
+                        leg.state = LegState::Early {
+                            last_provisional: ts,
+                        };
                         let d = self.deadline_of(id);
                         self.schedule(id, d);
                     }
                     200..=299 => {
-                        leg.state = LegState::Answered { at: ts, last_activity: ts, session_expires: msg.session_expires };
+                        leg.state = LegState::Answered {
+                            at: ts,
+                            last_activity: ts,
+                            session_expires: msg.session_expires,
+                        };
                         let d = self.deadline_of(id);
                         self.schedule(id, d);
                     }
                     _ => {
                         let reason = match code {
                             487 => EndReason::Cancel,
+                            // the caller's CANCEL answered by a server that timed the INVITE out
+                            408 if leg.cancelled && leg.dir == Direction::Out => EndReason::Cancel,
                             // Request Timeout: nobody answered in time (a proxy's no-answer timer)
                             408 => EndReason::Timeout,
                             _ => EndReason::Rejected,
@@ -289,7 +374,7 @@ impl Calls {
         };
         match leg.dir {
             Direction::Out => {
-                if code == 487 && leg.cancelled {
+                if matches!(code, 487 | 408) && leg.cancelled {
                     EndedBy::User
                 } else if others().any(|o| o.dir == Direction::In && o.client_final == Some(code)) {
                     EndedBy::Peer
@@ -299,7 +384,11 @@ impl Calls {
             }
             Direction::In => {
                 if code == 487 {
-                    if others().any(|o| o.dir == Direction::Out && o.cancelled) { EndedBy::Peer } else { EndedBy::Server }
+                    if others().any(|o| o.dir == Direction::Out && o.cancelled) {
+                        EndedBy::Peer
+                    } else {
+                        EndedBy::Server
+                    }
                 } else {
                     EndedBy::User
                 }
@@ -311,7 +400,9 @@ impl Calls {
     fn accept(&mut self, ts: Micros, id: u64, out: &mut Vec<Event>) {
         let leg = self.legs.get_mut(&id).expect("present");
         if let LegState::Trying { .. } = leg.state {
-            leg.state = LegState::Early { last_provisional: ts };
+            leg.state = LegState::Early {
+                last_provisional: ts,
+            };
             if leg.dir == Direction::Out {
                 out.push(leg_event(ts, Kind::OutgoingCall, leg, Params::default()));
             }
@@ -319,8 +410,14 @@ impl Calls {
     }
 
     fn bye(&mut self, ts: Micros, id: u64, hop: Hop, out: &mut Vec<Event>) {
-        let Some(leg) = self.legs.get(&id) else { return };
-        let ended_by = if hop.from_client { EndedBy::User } else { EndedBy::Peer };
+        let Some(leg) = self.legs.get(&id) else {
+            return;
+        };
+        let ended_by = if hop.from_client {
+            EndedBy::User
+        } else {
+            EndedBy::Peer
+        };
         match leg.state {
             LegState::Answered { at, .. } => {
                 let dur = (ts - at) as f64 / 1e6;
@@ -348,8 +445,19 @@ impl Calls {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn end(&mut self, ts: Micros, id: u64, status: u16, reason: EndReason, ended_by: EndedBy, duration: f64, out: &mut Vec<Event>) {
-        let Some(leg) = self.legs.get_mut(&id) else { return };
+    fn end(
+        &mut self,
+        ts: Micros,
+        id: u64,
+        status: u16,
+        reason: EndReason,
+        ended_by: EndedBy,
+        duration: f64,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
         let answered = matches!(leg.state, LegState::Answered { .. });
         let params = Params {
             answered: Some(answered),
@@ -369,9 +477,20 @@ impl Calls {
     fn deadline_of(&self, id: u64) -> Micros {
         let l = &self.legs[&id];
         match l.state {
-            LegState::Trying { .. } => l.last_invite + TIMER_B,
-            LegState::Early { last_provisional } => (l.last_invite + TIMER_B).max(last_provisional + TIMER_C),
-            LegState::Answered { last_activity, session_expires, .. } => {
+            LegState::Trying {
+                trying_at: None, ..
+            } => l.last_invite + TIMER_B,
+            LegState::Trying {
+                trying_at: Some(t), ..
+            } => (l.last_invite + TIMER_B).max(t + TIMER_C),
+            LegState::Early { last_provisional } => {
+                (l.last_invite + TIMER_B).max(last_provisional + TIMER_C)
+            }
+            LegState::Answered {
+                last_activity,
+                session_expires,
+                ..
+            } => {
                 let limit = session_expires
                     .map(|s| (i64::from(s) * 1_000_000).min(self.limits.max_call))
                     .unwrap_or(self.limits.max_call);
@@ -408,7 +527,7 @@ impl Calls {
         let leg = &self.legs[&id];
         match leg.state {
             LegState::Ended { .. } => self.forget(id),
-            LegState::Trying { challenged } => {
+            LegState::Trying { challenged, .. } => {
                 // never accepted: no event at all
                 if challenged {
                     self.stats.unauthenticated += 1;
@@ -419,10 +538,16 @@ impl Calls {
             }
             LegState::Early { .. } => {
                 self.stats.timeouts += 1;
-                let reason = if leg.cancelled { EndReason::Cancel } else { EndReason::Timeout };
+                let reason = if leg.cancelled {
+                    EndReason::Cancel
+                } else {
+                    EndReason::Timeout
+                };
                 self.end(due, id, 408, reason, EndedBy::Server, 0.0, out);
             }
-            LegState::Answered { at, last_activity, .. } => {
+            LegState::Answered {
+                at, last_activity, ..
+            } => {
                 self.stats.timeouts += 1;
                 let dur = (last_activity - at) as f64 / 1e6;
                 self.end(due, id, 200, EndReason::Timeout, EndedBy::Server, dur, out);
@@ -440,8 +565,12 @@ impl Calls {
         let Some(id) = victim else { return };
         self.stats.evicted += 1;
         match self.legs[&id].state {
-            LegState::Early { .. } => self.end(now, id, 408, EndReason::Timeout, EndedBy::Server, 0.0, out),
-            LegState::Answered { at, last_activity, .. } => {
+            LegState::Early { .. } => {
+                self.end(now, id, 408, EndReason::Timeout, EndedBy::Server, 0.0, out)
+            }
+            LegState::Answered {
+                at, last_activity, ..
+            } => {
                 let dur = (last_activity - at) as f64 / 1e6;
                 self.end(now, id, 200, EndReason::Timeout, EndedBy::Server, dur, out)
             }
@@ -465,5 +594,10 @@ impl Calls {
 fn leg_event(ts: Micros, kind: Kind, leg: &Leg, mut params: Params) -> Event {
     params.call_id = Some(leg.call_id.clone());
     params.direction = Some(leg.dir);
-    Event { ts, kind, user: leg.user.clone(), params }
+    Event {
+        ts,
+        kind,
+        user: leg.user.clone(),
+        params,
+    }
 }

@@ -82,7 +82,10 @@ impl Registrations {
     }
 
     pub fn active_devices(&self) -> usize {
-        self.devices.values().filter(|d| matches!(d.state, BindingState::Active { .. })).count()
+        self.devices
+            .values()
+            .filter(|d| matches!(d.state, BindingState::Active { .. }))
+            .count()
     }
     pub fn devices(&self) -> usize {
         self.devices.len()
@@ -107,15 +110,24 @@ impl Registrations {
     /// A REGISTER from a client. `push_proxy`: its User-Agent is a push proxy's.
     pub fn request(&mut self, ts: Micros, msg: &Message<'_>, push_proxy: bool) {
         self.stats.registers += 1;
-        let Some(to) = msg.to.parsed_uri() else { return };
+        let Some(to) = msg.to.parsed_uri() else {
+            return;
+        };
         let bindings = msg
             .contacts
             .iter()
             .filter_map(|c| {
                 let uri = c.addr.parsed_uri()?;
                 let contact_key = uri.contact_key();
-                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
-                Some(RequestedBinding { device, contact_key, expires: c.expires() })
+                let device = c
+                    .instance()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| contact_key.clone());
+                Some(RequestedBinding {
+                    device,
+                    contact_key,
+                    expires: c.expires(),
+                })
             })
             .collect();
         self.pending.insert(
@@ -168,14 +180,25 @@ impl Registrations {
             None => {
                 // the request was not captured: follow a 2xx that names exactly one binding
                 self.stats.unmatched_responses += 1;
-                let (Some(aor), [c]) = (resp_aor, msg.contacts.as_slice()) else { return };
-                let Some(uri) = c.addr.parsed_uri() else { return };
+                let (Some(aor), [c]) = (resp_aor, msg.contacts.as_slice()) else {
+                    return;
+                };
+                let Some(uri) = c.addr.parsed_uri() else {
+                    return;
+                };
                 let contact_key = uri.contact_key();
-                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
+                let device = c
+                    .instance()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| contact_key.clone());
                 PendingRegister {
                     ts,
                     aor,
-                    bindings: vec![RequestedBinding { device, contact_key, expires: c.expires() }],
+                    bindings: vec![RequestedBinding {
+                        device,
+                        contact_key,
+                        expires: c.expires(),
+                    }],
                     header_expires: msg.expires,
                     star: false,
                     push_proxy: false,
@@ -213,7 +236,8 @@ impl Registrations {
                 self.contacts.remove(&b.contact_key);
                 continue;
             }
-            self.contacts.insert(b.contact_key.clone(), pending.aor.clone());
+            self.contacts
+                .insert(b.contact_key.clone(), pending.aor.clone());
             let expires_at = ts + i64::from(expires) * 1_000_000;
             if pending.push_proxy {
                 // keeps the binding alive; the app did not start
@@ -225,31 +249,53 @@ impl Registrations {
             }
             let prev = self.devices.get(&key);
             let app_start = prev.is_none_or(|d| d.call_id != call_id);
-            let was_active = prev.is_some_and(|d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts));
+            let was_active = prev.is_some_and(
+                |d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts),
+            );
             let login = app_start || !was_active;
             if !signed_up && self.known_users.insert(pending.aor.clone()) {
                 self.new_users.push(pending.aor.clone());
-                out.push(reg_event(ts, Kind::AccountCreated, &pending.aor, b, call_id));
+                out.push(reg_event(
+                    ts,
+                    Kind::AccountCreated,
+                    &pending.aor,
+                    b,
+                    call_id,
+                ));
                 signed_up = true;
             }
             if app_start {
                 out.push(reg_event(ts, Kind::AppStarted, &pending.aor, b, call_id));
             }
             if login {
-                out.push(reg_event(ts, Kind::AccountRegistered, &pending.aor, b, call_id));
+                out.push(reg_event(
+                    ts,
+                    Kind::AccountRegistered,
+                    &pending.aor,
+                    b,
+                    call_id,
+                ));
             }
             if !self.devices.contains_key(&key) && self.devices.len() >= self.max_devices {
                 self.evict_device();
             }
             self.devices.insert(
                 key,
-                Device { call_id: call_id.to_string(), state: BindingState::Active { expires_at }, last_seen: ts },
+                Device {
+                    call_id: call_id.to_string(),
+                    state: BindingState::Active { expires_at },
+                    last_seen: ts,
+                },
             );
         }
     }
 
     fn evict_device(&mut self) {
-        let oldest = self.devices.iter().min_by_key(|(_, d)| d.last_seen).map(|(k, _)| k.clone());
+        let oldest = self
+            .devices
+            .iter()
+            .min_by_key(|(_, d)| d.last_seen)
+            .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
             self.devices.remove(&k);
             self.stats.devices_evicted += 1;
@@ -259,7 +305,8 @@ impl Registrations {
     /// Forgets unanswered REGISTER transactions and long-lapsed devices.
     pub fn expire(&mut self, now: Micros) {
         let before = self.pending.len();
-        self.pending.retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
+        self.pending
+            .retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
         self.stats.pending_expired += (before - self.pending.len()) as u64;
         self.devices.retain(|_, d| match d.state {
             BindingState::Active { expires_at } => now - expires_at <= DEVICE_MEMORY,
@@ -273,6 +320,10 @@ fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &
         ts,
         kind,
         user: aor.to_string(),
-        params: Params { device: Some(b.device.clone()), reg_call_id: Some(call_id.to_string()), ..Params::default() },
+        params: Params {
+            device: Some(b.device.clone()),
+            reg_call_id: Some(call_id.to_string()),
+            ..Params::default()
+        },
     }
 }

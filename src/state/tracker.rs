@@ -16,7 +16,9 @@ pub struct Servers(pub Vec<(IpAddr, Option<u16>)>);
 impl Servers {
     pub fn contains(&self, a: SocketAddr) -> bool {
         let ip = canonical_ip(a.ip());
-        self.0.iter().any(|(sip, port)| canonical_ip(*sip) == ip && port.is_none_or(|p| p == a.port()))
+        self.0
+            .iter()
+            .any(|(sip, port)| canonical_ip(*sip) == ip && port.is_none_or(|p| p == a.port()))
     }
 }
 
@@ -56,7 +58,10 @@ impl TrackerConfig {
     pub fn new(servers: Servers) -> Self {
         TrackerConfig {
             servers,
-            push_proxies: PushProxyAgents { by_domain: HashMap::new(), default: vec!["Acrobits SIPIS".into()] },
+            push_proxies: PushProxyAgents {
+                by_domain: HashMap::new(),
+                default: vec!["Acrobits SIPIS".into()],
+            },
             max_call_secs: 4 * 3600,
             max_legs: 1_000_000,
             max_devices: 1_000_000,
@@ -87,7 +92,10 @@ impl Tracker {
             servers: cfg.servers,
             push_proxies: cfg.push_proxies,
             registrations: Registrations::new(known_users, cfg.max_devices),
-            calls: Calls::new(CallLimits { max_legs: cfg.max_legs.max(1), max_call: cfg.max_call_secs as Micros * 1_000_000 }),
+            calls: Calls::new(CallLimits {
+                max_legs: cfg.max_legs.max(1),
+                max_call: cfg.max_call_secs as Micros * 1_000_000,
+            }),
             stats: TrackerStats::default(),
             last_expire: Micros::MIN,
         }
@@ -106,12 +114,25 @@ impl Tracker {
     }
 
     /// One parsed SIP message seen going from `src` to `dst`.
-    pub fn message(&mut self, ts: Micros, src: SocketAddr, dst: SocketAddr, msg: &Message<'_>, out: &mut Vec<Event>) {
+    pub fn message(
+        &mut self,
+        ts: Micros,
+        src: SocketAddr,
+        dst: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Vec<Event>,
+    ) {
         self.stats.messages += 1;
         let (src_srv, dst_srv) = (self.servers.contains(src), self.servers.contains(dst));
         let hop = match (src_srv, dst_srv) {
-            (false, true) => Hop { client: src, from_client: true },
-            (true, false) => Hop { client: dst, from_client: false },
+            (false, true) => Hop {
+                client: src,
+                from_client: true,
+            },
+            (true, false) => Hop {
+                client: dst,
+                from_client: false,
+            },
             (true, true) => {
                 self.stats.server_to_server += 1;
                 return;
@@ -128,7 +149,11 @@ impl Tracker {
         if is_register {
             match (msg.status(), hop.from_client) {
                 (None, true) => {
-                    let domain = msg.to.parsed_uri().map(|u| u.host.to_ascii_lowercase()).unwrap_or_default();
+                    let domain = msg
+                        .to
+                        .parsed_uri()
+                        .map(|u| u.host.to_ascii_lowercase())
+                        .unwrap_or_default();
                     let push = self.push_proxies.matches(&domain, msg.user_agent);
                     self.registrations.request(ts, msg, push);
                 }
