@@ -211,6 +211,10 @@ impl Calls {
             self.stats.retransmissions += 1;
             let l = self.legs.get_mut(&id).expect("found");
             if matches!(l.state, LegState::Trying { .. } | LegState::Early { .. }) {
+                if msg.cseq != l.invite_cseq && matches!(l.state, LegState::Trying { .. }) {
+                    // a new transaction (the retry with credentials): judged on its own responses
+                    l.state = LegState::Trying { challenged: false, trying_at: None };
+                }
                 l.last_invite = ts;
                 l.invite_cseq = msg.cseq;
                 let d = self.deadline_of(id);
