@@ -213,7 +213,10 @@ impl Calls {
             if matches!(l.state, LegState::Trying { .. } | LegState::Early { .. }) {
                 if msg.cseq != l.invite_cseq && matches!(l.state, LegState::Trying { .. }) {
                     // a new transaction (the retry with credentials): judged on its own responses
-                    l.state = LegState::Trying { challenged: false, trying_at: None };
+                    l.state = LegState::Trying {
+                        challenged: false,
+                        trying_at: None,
+                    };
                 }
                 l.last_invite = ts;
                 l.invite_cseq = msg.cseq;
