@@ -18,6 +18,8 @@ struct RawConfig {
     #[serde(default)]
     max_call_duration_secs: Option<Spanned<u64>>,
     #[serde(default)]
+    duplicate_window_ms: Option<u64>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     tenants: BTreeMap<String, Spanned<RawTenant>>,
@@ -31,6 +33,7 @@ struct RawLimits {
     max_fragments: Option<usize>,
     max_tcp_streams: Option<usize>,
     max_tcp_buffer_bytes: Option<usize>,
+    max_pending_transactions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +82,7 @@ pub struct Limits {
     pub max_fragments: usize,
     pub max_tcp_streams: usize,
     pub max_tcp_buffer_bytes: usize,
+    pub max_pending_transactions: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,7 @@ pub struct Config {
     pub sip_ports: Vec<u16>,
     pub default_tenant: Option<String>,
     pub max_call_duration_secs: u64,
+    pub duplicate_window_ms: u64,
     pub limits: Limits,
     pub tenants: Vec<Tenant>,
 }
@@ -292,12 +297,14 @@ impl Config {
             sip_ports: raw.sip_ports.unwrap_or_else(|| vec![5060, 5061, 5080]),
             default_tenant,
             max_call_duration_secs: max_call,
+            duplicate_window_ms: raw.duplicate_window_ms.unwrap_or(20),
             limits: Limits {
                 max_call_legs: l.max_call_legs.unwrap_or(200_000).max(1),
                 max_devices: l.max_devices.unwrap_or(2_000_000).max(1),
                 max_fragments: l.max_fragments.unwrap_or(4096).max(1),
                 max_tcp_streams: l.max_tcp_streams.unwrap_or(65_536).max(1),
                 max_tcp_buffer_bytes: l.max_tcp_buffer_bytes.unwrap_or(256 * 1024).max(4096),
+                max_pending_transactions: l.max_pending_transactions.unwrap_or(100_000).max(1),
             },
             tenants,
         })
@@ -326,6 +333,7 @@ impl Config {
         tc.max_call_secs = self.max_call_duration_secs;
         tc.max_legs = self.limits.max_call_legs;
         tc.max_devices = self.limits.max_devices;
+        tc.max_pending = self.limits.max_pending_transactions;
         tc
     }
 }

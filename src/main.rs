@@ -138,6 +138,9 @@ fn replay(
         for (k, v) in pipeline.counters() {
             writeln!(err, "{k:32} {v}")?;
         }
+        if let Some(kib) = peak_rss_kib() {
+            writeln!(err, "{:32} {kib}", "peak_rss_kib")?;
+        }
     }
     Ok(())
 }
@@ -182,6 +185,13 @@ fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {
         users.len() - added
     );
     Ok(())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), for `--stats`.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn now_micros() -> i64 {

@@ -44,6 +44,7 @@ impl Pipeline {
             fragment_timeout_secs: 30,
             max_tcp_streams: l.max_tcp_streams,
             max_tcp_buffer: l.max_tcp_buffer_bytes,
+            duplicate_window: cfg.duplicate_window_ms as Micros * 1000,
         };
         let mut ports = cfg.sip_ports.clone();
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
@@ -146,6 +147,7 @@ impl Pipeline {
             ("frames_not_ip", d.not_ip),
             ("frames_tunnelled", d.tunnelled),
             ("frames_too_deep", d.too_deep),
+            ("frames_duplicate", d.duplicates),
             ("ip_other_protocol", d.other_ip_proto),
             ("udp_datagrams", d.udp),
             ("udp_not_sip", d.udp_not_sip),
@@ -178,6 +180,8 @@ impl Pipeline {
             ("register_push_proxy", r.push_proxy),
             ("register_unmatched_2xx", r.unmatched_responses),
             ("register_unanswered", r.pending_expired),
+            ("register_pending_evicted", r.pending_evicted),
+            ("contacts_evicted", r.contacts_evicted),
             ("devices_evicted", r.devices_evicted),
             ("invites_initial", c.invites),
             ("call_legs", c.legs),

@@ -9,7 +9,8 @@ pub mod ws;
 use crate::capture::{Frame, Micros};
 use defrag::{Defrag, FragKey};
 use link::{LinkError, Net};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tcp::{FlowKey, Segment, TcpReassembly};
 
@@ -46,6 +47,9 @@ pub struct DecodeStats {
     pub sctp_chunks: u64,
     pub other_ip_proto: u64,
     pub too_deep: u64,
+    /// The same IP packet seen again within the duplicate window (two mirror ports, a SPAN of
+    /// both directions): dropped. A SIP retransmission comes later and is not one of these.
+    pub duplicates: u64,
 }
 
 /// Limits for the decoder's tables.
@@ -55,6 +59,8 @@ pub struct DecodeLimits {
     pub fragment_timeout_secs: u64,
     pub max_tcp_streams: usize,
     pub max_tcp_buffer: usize,
+    /// Copies of one IP packet closer together than this are duplicates (0: keep all).
+    pub duplicate_window: Micros,
 }
 
 impl Default for DecodeLimits {
@@ -64,6 +70,7 @@ impl Default for DecodeLimits {
             fragment_timeout_secs: 30,
             max_tcp_streams: 65_536,
             max_tcp_buffer: 256 * 1024,
+            duplicate_window: 20_000,
         }
     }
 }
@@ -77,6 +84,50 @@ pub struct Decoder {
     /// SCTP user messages split over several DATA chunks, by (src, dst, stream).
     sctp_partial: HashMap<(SocketAddr, SocketAddr, u16), Vec<u8>>,
     max_message: usize,
+    dedup: Dedup,
+}
+
+/// Recently seen IP packets, by hash, to drop copies of one packet seen twice.
+struct Dedup {
+    window: Micros,
+    seen: HashMap<u64, Micros>,
+    order: VecDeque<(Micros, u64)>,
+}
+
+impl Dedup {
+    const MAX: usize = 1 << 16;
+
+    /// Whether a packet with this hash was seen within the window (and remembers it).
+    fn is_duplicate(&mut self, ts: Micros, h: u64) -> bool {
+        if self.window <= 0 {
+            return false;
+        }
+        while let Some(&(t, k)) = self.order.front() {
+            if ts - t <= self.window && self.order.len() < Self::MAX {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&k) == Some(&t) {
+                self.seen.remove(&k);
+            }
+        }
+        if let Some(&t) = self.seen.get(&h)
+            && (ts - t).abs() <= self.window
+        {
+            return true;
+        }
+        self.seen.insert(h, ts);
+        self.order.push_back((ts, h));
+        false
+    }
+}
+
+fn packet_hash(parts: &[&[u8]]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in parts {
+        h.write(p);
+    }
+    h.finish()
 }
 
 const MAX_DEPTH: u8 = 6;
@@ -92,6 +143,11 @@ impl Decoder {
             last_expire: 0,
             sctp_partial: HashMap::new(),
             max_message: limits.max_tcp_buffer,
+            dedup: Dedup {
+                window: limits.duplicate_window,
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+            },
         }
     }
 
@@ -164,6 +220,15 @@ impl Decoder {
         let more = flags_off & 0x2000 != 0;
         let offset = usize::from(flags_off & 0x1fff) * 8;
         let payload = &d[ihl..end];
+        // identity of the packet: addresses, protocol, IP ID, fragment field and payload (not
+        // the TTL or checksum, which differ between two capture points)
+        if self
+            .dedup
+            .is_duplicate(ts, packet_hash(&[&d[4..8], &d[9..10], &d[12..20], payload]))
+        {
+            self.stats.duplicates += 1;
+            return;
+        }
         if more || offset != 0 {
             let key = FragKey {
                 src,
@@ -196,6 +261,13 @@ impl Decoder {
         let dst = IpAddr::V6(Ipv6Addr::from(
             <[u8; 16]>::try_from(&d[24..40]).expect("16 bytes"),
         ));
+        if self
+            .dedup
+            .is_duplicate(ts, packet_hash(&[&d[6..7], &d[8..40], &d[40..end]]))
+        {
+            self.stats.duplicates += 1;
+            return;
+        }
         let mut next = d[6];
         let mut pos = 40;
         // walk the extension headers

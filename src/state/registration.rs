@@ -4,7 +4,7 @@ use crate::capture::Micros;
 use crate::event::{Event, Kind, Params};
 use crate::sip::Message;
 use crate::sip::uri::Uri;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// A REGISTER seen from a client, waiting for its final response.
 #[derive(Debug, Clone)]
@@ -48,14 +48,19 @@ pub struct RegistrationStats {
     pub push_proxy: u64,
     pub unmatched_responses: u64,
     pub pending_expired: u64,
+    pub pending_evicted: u64,
     pub devices_evicted: u64,
+    pub contacts_evicted: u64,
 }
 
 pub struct Registrations {
     pending: HashMap<(String, u32), PendingRegister>,
+    /// Pending keys in arrival order, to evict the oldest when the table is full.
+    pending_order: VecDeque<(Micros, (String, u32))>,
+    max_pending: usize,
     devices: HashMap<(String, String), Device>,
-    /// Registered contact (user@host:port) -> address of record, for naming the callee.
-    contacts: HashMap<String, String>,
+    /// Registered contact (user@host:port) -> (address of record, last seen), for naming the callee.
+    contacts: HashMap<String, (String, Micros)>,
     known_users: HashSet<String>,
     /// Users that signed up during this run (for the persistent store).
     new_users: Vec<String>,
@@ -69,9 +74,11 @@ const DEFAULT_EXPIRES: u32 = 3600;
 const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
 
 impl Registrations {
-    pub fn new(known_users: HashSet<String>, max_devices: usize) -> Self {
+    pub fn new(known_users: HashSet<String>, max_devices: usize, max_pending: usize) -> Self {
         Registrations {
             pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            max_pending: max_pending.max(1),
             devices: HashMap::new(),
             contacts: HashMap::new(),
             known_users,
@@ -104,7 +111,9 @@ impl Registrations {
 
     /// The address of record whose registered contact is this Request-URI, if any.
     pub fn aor_for_contact(&self, uri: &Uri<'_>) -> Option<&str> {
-        self.contacts.get(&uri.contact_key()).map(String::as_str)
+        self.contacts
+            .get(&uri.contact_key())
+            .map(|(a, _)| a.as_str())
     }
 
     /// A REGISTER from a client. `push_proxy`: its User-Agent is a push proxy's.
@@ -130,8 +139,20 @@ impl Registrations {
                 })
             })
             .collect();
+        let key = (msg.call_id.to_string(), msg.cseq);
+        if !self.pending.contains_key(&key) {
+            while self.pending.len() >= self.max_pending {
+                let Some((_, old)) = self.pending_order.pop_front() else {
+                    break;
+                };
+                if self.pending.remove(&old).is_some() {
+                    self.stats.pending_evicted += 1;
+                }
+            }
+            self.pending_order.push_back((ts, key.clone()));
+        }
         self.pending.insert(
-            (msg.call_id.to_string(), msg.cseq),
+            key,
             PendingRegister {
                 ts,
                 aor: to.aor(),
@@ -171,7 +192,7 @@ impl Registrations {
                 if let Some(aor) = &resp_aor
                     && c.expires() != Some(0)
                 {
-                    self.contacts.insert(k, aor.clone());
+                    self.learn_contact(ts, k, aor);
                 }
             }
         }
@@ -216,7 +237,7 @@ impl Registrations {
                     dev.state = BindingState::Removed;
                 }
             }
-            self.contacts.retain(|_, a| *a != pending.aor);
+            self.contacts.retain(|_, (a, _)| *a != pending.aor);
             return;
         }
         let mut signed_up = false;
@@ -236,8 +257,7 @@ impl Registrations {
                 self.contacts.remove(&b.contact_key);
                 continue;
             }
-            self.contacts
-                .insert(b.contact_key.clone(), pending.aor.clone());
+            self.learn_contact(ts, b.contact_key.clone(), &pending.aor);
             let expires_at = ts + i64::from(expires) * 1_000_000;
             if pending.push_proxy {
                 // keeps the binding alive; the app did not start
@@ -290,16 +310,25 @@ impl Registrations {
         }
     }
 
+    /// Makes room by forgetting the least recently seen tenth of the devices at once (so that a
+    /// full table costs O(log n) per insert, not a scan each time).
     fn evict_device(&mut self) {
-        let oldest = self
-            .devices
-            .iter()
-            .min_by_key(|(_, d)| d.last_seen)
-            .map(|(k, _)| k.clone());
-        if let Some(k) = oldest {
+        let n = (self.devices.len() / 10).max(1);
+        for k in oldest_keys(self.devices.iter().map(|(k, d)| (k, d.last_seen)), n) {
             self.devices.remove(&k);
             self.stats.devices_evicted += 1;
         }
+    }
+
+    fn learn_contact(&mut self, ts: Micros, contact: String, aor: &str) {
+        if !self.contacts.contains_key(&contact) && self.contacts.len() >= self.max_devices {
+            let n = (self.contacts.len() / 10).max(1);
+            for k in oldest_keys(self.contacts.iter().map(|(k, (_, t))| (k, *t)), n) {
+                self.contacts.remove(&k);
+                self.stats.contacts_evicted += 1;
+            }
+        }
+        self.contacts.insert(contact, (aor.to_string(), ts));
     }
 
     /// Forgets unanswered REGISTER transactions and long-lapsed devices.
@@ -313,6 +342,17 @@ impl Registrations {
             BindingState::Removed => now - d.last_seen <= DEVICE_MEMORY,
         });
     }
+}
+
+/// The `n` keys with the oldest timestamps.
+fn oldest_keys<'a, K: Clone + 'a>(it: impl Iterator<Item = (&'a K, Micros)>, n: usize) -> Vec<K> {
+    let mut v: Vec<(Micros, &K)> = it.map(|(k, t)| (t, k)).collect();
+    let n = n.min(v.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    v.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+    v[..n].iter().map(|(_, k)| (*k).clone()).collect()
 }
 
 fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &str) -> Event {

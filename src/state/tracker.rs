@@ -52,6 +52,8 @@ pub struct TrackerConfig {
     pub max_call_secs: u64,
     pub max_legs: usize,
     pub max_devices: usize,
+    /// REGISTER transactions awaiting their final response.
+    pub max_pending: usize,
 }
 
 impl TrackerConfig {
@@ -65,6 +67,7 @@ impl TrackerConfig {
             max_call_secs: 4 * 3600,
             max_legs: 1_000_000,
             max_devices: 1_000_000,
+            max_pending: 100_000,
         }
     }
 }
@@ -91,7 +94,7 @@ impl Tracker {
         Tracker {
             servers: cfg.servers,
             push_proxies: cfg.push_proxies,
-            registrations: Registrations::new(known_users, cfg.max_devices),
+            registrations: Registrations::new(known_users, cfg.max_devices, cfg.max_pending),
             calls: Calls::new(CallLimits {
                 max_legs: cfg.max_legs.max(1),
                 max_call: cfg.max_call_secs as Micros * 1_000_000,
