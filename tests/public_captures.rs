@@ -108,7 +108,10 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         ("sipcapture-heplify__sip_tcp_websocket.pcap", 39),
         ("sipcapture-heplify__erspan_sip_ipv4_udp.pcapng", 140),
         ("sipcapture-heplify__ipip0.pcap", 8),
-        ("sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap", 92 - 23),
+        (
+            "sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
+            92 - 23,
+        ),
         ("sipcapture-heplify__rtp_rtcp_sip_ipv4_udp.pcap", 14),
         ("sipcapture-hep-wireshark__hep.pcap", 0),
         ("sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng", 0),
@@ -143,7 +146,11 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
             "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng" => 7,
             _ => 0,
         };
-        assert_eq!(stat(&st, "frames_duplicate"), duplicates, "{name}: duplicate frames");
+        assert_eq!(
+            stat(&st, "frames_duplicate"),
+            duplicates,
+            "{name}: duplicate frames"
+        );
         seen += 1;
     }
     assert_eq!(seen, table.len(), "captures in {}", dir.display());
