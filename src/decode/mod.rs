@@ -155,14 +155,30 @@ impl Decoder {
     pub fn decode(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(SipBytes<'_>)) {
         self.stats.frames += 1;
         if frame.ts - self.last_expire > 1_000_000 {
-            self.defrag.expire(frame.ts);
-            self.tcp.expire(frame.ts);
-            self.last_expire = frame.ts;
+            self.tick(frame.ts, out);
         }
         match link::strip(frame.linktype, frame.data) {
             Ok((net, rest)) => self.net(frame.ts, net, rest, 0, out),
             Err(e) => self.link_error(e),
         }
+    }
+
+    /// Timers of the decoding tables: fragments and streams that waited too long. Called once a
+    /// second of packet time by `decode`, and by a live capture's clock when traffic is quiet.
+    pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(SipBytes<'_>)) {
+        self.defrag.expire(now);
+        self.tcp.flush_gaps(now, &mut |key, m, ws| {
+            let transport = if ws { Transport::Ws } else { Transport::Tcp };
+            out(SipBytes {
+                ts: now,
+                src: key.src,
+                dst: key.dst,
+                transport,
+                data: m,
+            })
+        });
+        self.tcp.expire(now);
+        self.last_expire = now;
     }
 
     fn link_error(&mut self, e: LinkError) {

@@ -48,6 +48,8 @@ struct Flow {
     buf: Vec<u8>,
     /// Segments ahead of `next_seq`, by sequence number.
     ahead: BTreeMap<u32, Vec<u8>>,
+    /// Since when the bytes at `next_seq` are missing.
+    gap_since: Option<Micros>,
     /// Whether `buf` starts at a message boundary.
     synced: bool,
     mode: Mode,
@@ -131,6 +133,7 @@ impl TcpReassembly {
                     next_seq,
                     buf: Vec::new(),
                     ahead: BTreeMap::new(),
+                    gap_since: None,
                     synced: seg.syn || starts_sip || upgrade,
                     mode: Mode::Sip,
                     last_ts: ts,
@@ -164,32 +167,28 @@ impl TcpReassembly {
                 flow.ahead
                     .entry(seq)
                     .or_insert_with(|| seg.payload.to_vec());
-                if flow.ahead.len() > max_ahead {
-                    // the missing bytes are not coming: skip the gap
-                    let (&first, _) = flow.ahead.iter().next().expect("not empty");
-                    stats.gaps += 1;
-                    stats.skipped_bytes += u64::from(first.wrapping_sub(flow.next_seq));
-                    flow.buf.clear();
-                    flow.synced = false;
-                    flow.next_seq = first;
-                }
+                flow.gap_since.get_or_insert(ts);
             }
-            // pull in held segments that are now in order
-            while let Some((&s, _)) = flow.ahead.iter().next() {
-                let off = s.wrapping_sub(flow.next_seq) as i32;
-                if off > 0 {
-                    break;
-                }
-                let data = flow.ahead.remove(&s).expect("present");
-                let skip = (-(off as i64)) as usize;
-                if skip < data.len() {
-                    append(flow, &data[skip..]);
-                }
-            }
-            extract(flow, stats, max_buffer, out);
+            settle(flow, stats, ts, max_ahead, max_buffer, out);
         }
         if seg.fin {
             self.flows.remove(&key);
+        }
+    }
+
+    /// Gives up waiting for missing bytes that are not coming (the periodic clock tick: a quiet
+    /// stream may have no next segment to notice the gap).
+    pub fn flush_gaps(&mut self, now: Micros, out: &mut dyn FnMut(FlowKey, &[u8], bool)) {
+        let (max_ahead, max_buffer) = (self.max_ahead, self.max_buffer);
+        for (key, flow) in self.flows.iter_mut().filter(|(_, f)| f.gap_since.is_some()) {
+            settle(
+                flow,
+                &mut self.stats,
+                now,
+                max_ahead,
+                max_buffer,
+                &mut |m, ws| out(*key, m, ws),
+            );
         }
     }
 
@@ -218,6 +217,49 @@ impl TcpReassembly {
             }
         }
     }
+}
+
+/// How long missing bytes are waited for before the stream skips them.
+const GAP_WAIT: Micros = 1_000_000;
+
+/// Skips a gap that waited too long (or holds too many segments behind it), pulls in the held
+/// segments that are now in order, and frames what can be framed.
+fn settle(
+    flow: &mut Flow,
+    stats: &mut TcpStats,
+    now: Micros,
+    max_ahead: usize,
+    max_buffer: usize,
+    out: &mut dyn FnMut(&[u8], bool),
+) {
+    if let Some(since) = flow.gap_since
+        && (flow.ahead.len() > max_ahead || now - since > GAP_WAIT)
+        && let Some((&first, _)) = flow.ahead.iter().next()
+    {
+        // the missing bytes are not coming: drop the partial message, resynchronise after the gap
+        stats.gaps += 1;
+        stats.skipped_bytes += u64::from(first.wrapping_sub(flow.next_seq)) + flow.buf.len() as u64;
+        flow.buf.clear();
+        flow.synced = false;
+        flow.next_seq = first;
+    }
+    while let Some((&s, _)) = flow.ahead.iter().next() {
+        let off = s.wrapping_sub(flow.next_seq) as i32;
+        if off > 0 {
+            break;
+        }
+        let data = flow.ahead.remove(&s).expect("present");
+        let skip = (-(off as i64)) as usize;
+        if skip < data.len() {
+            append(flow, &data[skip..]);
+        }
+    }
+    flow.gap_since = if flow.ahead.is_empty() {
+        None
+    } else {
+        flow.gap_since.or(Some(now))
+    };
+    extract(flow, stats, max_buffer, out);
 }
 
 fn append(flow: &mut Flow, data: &[u8]) {
@@ -414,6 +456,33 @@ mod tests {
         assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
         assert_eq!(st.out_of_order, 1);
         assert_eq!(st.retransmitted, 1);
+    }
+
+    #[test]
+    fn a_gap_that_never_fills_is_skipped_and_counted() {
+        // M1 loses its middle bytes; M2 follows; a segment 2 s later lets the stream give up
+        let mut all = M1.to_vec();
+        all.extend_from_slice(M2);
+        let m2_at = 1000 + M1.len() as u32;
+        let mut t = TcpReassembly::new(10, 1 << 16);
+        let mut got = Vec::new();
+        let seg = |seq, payload| Segment {
+            seq,
+            syn: false,
+            fin: false,
+            rst: false,
+            payload,
+        };
+        t.push(0, key(), seg(1000, &all[..10]), true, &mut |m, _| {
+            got.push(m.to_vec())
+        });
+        t.push(1, key(), seg(m2_at, &all[M1.len()..]), true, &mut |m, _| {
+            got.push(m.to_vec())
+        });
+        assert!(got.is_empty());
+        t.flush_gaps(2_000_000, &mut |_, m, _| got.push(m.to_vec()));
+        assert_eq!(got, vec![M2.to_vec()]);
+        assert_eq!(t.stats.gaps, 1);
     }
 
     #[test]
