@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: run the real `siptap` binary and compare JSON lines.
 #![allow(dead_code)]
+pub mod flood;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
