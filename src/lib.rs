@@ -7,6 +7,8 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod pipeline;
 pub mod sink;
 pub mod sip;

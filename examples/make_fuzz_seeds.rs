@@ -1,0 +1,42 @@
+//! Writes the fuzz seeds (fuzz/seeds/<target>/) from the lab captures, which this project made
+//! itself (public captures from ../shared are not copied into the repo, not even as seeds).
+//! Run: `cargo run --example make_fuzz_seeds`.
+use siptap::capture::file::read_file;
+use siptap::decode::{DecodeLimits, Decoder};
+use siptap::fuzz_harness::pipeline_input;
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let seeds = root.join("fuzz/seeds");
+    for t in ["decode", "sip_parse", "pipeline"] {
+        std::fs::create_dir_all(seeds.join(t)).unwrap();
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(root.join("fixtures/lab/captures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    names.sort();
+    for p in names {
+        let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+        let mut frames = Vec::new();
+        read_file(&p, |f| frames.push((f.ts, f.linktype, f.data.to_vec()))).unwrap();
+        let refs: Vec<(u32, &[u8])> = frames.iter().map(|(_, l, d)| (*l, &d[..])).collect();
+        std::fs::write(seeds.join("pipeline").join(&stem), pipeline_input(&refs)).unwrap();
+        let mut d = Decoder::new(DecodeLimits::default(), vec![5060]);
+        let mut n = 0;
+        for (i, (ts, linktype, data)) in frames.iter().enumerate() {
+            if i % 4 == 0 {
+                // selector 0 is Ethernet, the lab captures' link type
+                std::fs::write(seeds.join("decode").join(format!("{stem}-{i}")), [&[0u8][..], data].concat()).unwrap();
+            }
+            d.decode(siptap::capture::Frame { ts: *ts, linktype: *linktype, data }, &mut |m| {
+                if n % 3 == 0 {
+                    std::fs::write(seeds.join("sip_parse").join(format!("{stem}-{n}")), m.data).unwrap();
+                }
+                n += 1;
+            });
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Fuzz target: see siptap::fuzz_harness::sip_parse.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = siptap::fuzz_harness::sip_parse(data);
+});
