@@ -23,11 +23,7 @@ fn replay(path: &Path) -> (u64, f64, u64) {
         .output()
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8(out.stderr).unwrap();
     let stat = |k: &str| -> u64 {
         err.lines()
@@ -45,27 +41,15 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let lab = root().join("fixtures/lab/captures");
     let mut real = Vec::new();
-    for c in [
-        "register.pcap",
-        "call_caller_bye.pcap",
-        "derived/call_busy_plus1h.pcap",
-    ] {
+    for c in ["register.pcap", "call_caller_bye.pcap", "derived/call_busy_plus1h.pcap"] {
         real.extend(flood::read(&lab.join(c)));
     }
     let start = real.iter().map(|f| f.ts).min().unwrap();
     let base_path = dir.join("real.pcap");
     flood::write(&base_path, flood::read_all(&real));
     let (base_kib, base_s, base_frames) = replay(&base_path);
-    println!(
-        "{:>10} {:>9} {:>12} {:>12} {:>8}",
-        "attempts", "frames", "peak RSS KiB", "frames/s", "RSS/base"
-    );
-    println!(
-        "{:>10} {base_frames:>9} {base_kib:>12} {:>12.0} {:>8.2}",
-        0,
-        base_frames as f64 / base_s,
-        1.0
-    );
+    println!("{:>10} {:>9} {:>12} {:>12} {:>8}", "attempts", "frames", "peak RSS KiB", "frames/s", "RSS/base");
+    println!("{:>10} {base_frames:>9} {base_kib:>12} {:>12.0} {:>8.2}", 0, base_frames as f64 / base_s, 1.0);
     let mut at_100k = 0;
     for attempts in [100_000usize, 300_000] {
         let path = dir.join(format!("flood-{attempts}.pcap"));
@@ -73,11 +57,7 @@ fn main() {
         frames.extend(flood::flood(attempts, start, 60_000_000, 7));
         flood::write(&path, frames);
         let (kib, s, n) = replay(&path);
-        println!(
-            "{attempts:>10} {n:>9} {kib:>12} {:>12.0} {:>8.2}",
-            n as f64 / s,
-            kib as f64 / base_kib as f64
-        );
+        println!("{attempts:>10} {n:>9} {kib:>12} {:>12.0} {:>8.2}", n as f64 / s, kib as f64 / base_kib as f64);
         if attempts == 100_000 {
             at_100k = kib;
         }
@@ -85,11 +65,7 @@ fn main() {
     }
     println!(
         "target: peak RSS under a 100,000-attempt flood < {TARGET_KIB} KiB: {}",
-        if at_100k < TARGET_KIB {
-            "met"
-        } else {
-            "MISSED"
-        }
+        if at_100k < TARGET_KIB { "met" } else { "MISSED" }
     );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -35,14 +35,7 @@ fn captures() -> Vec<PathBuf> {
 fn load(paths: &[PathBuf]) -> Vec<OwnedFrame> {
     let mut frames = Vec::new();
     for p in paths {
-        read_file(p, |f| {
-            frames.push(OwnedFrame {
-                ts: f.ts,
-                linktype: f.linktype,
-                data: f.data.to_vec(),
-            })
-        })
-        .unwrap();
+        read_file(p, |f| frames.push(OwnedFrame { ts: f.ts, linktype: f.linktype, data: f.data.to_vec() })).unwrap();
     }
     frames
 }
@@ -51,14 +44,9 @@ fn messages(frames: &[OwnedFrame]) -> Vec<Vec<u8>> {
     let mut d = Decoder::new(DecodeLimits::default(), vec![5060]);
     let mut out = Vec::new();
     for f in frames {
-        d.decode(
-            siptap::capture::Frame {
-                ts: f.ts,
-                linktype: f.linktype,
-                data: &f.data,
-            },
-            &mut |m| out.push(m.data.to_vec()),
-        );
+        d.decode(siptap::capture::Frame { ts: f.ts, linktype: f.linktype, data: &f.data }, &mut |m| {
+            out.push(m.data.to_vec())
+        });
     }
     out
 }
@@ -76,30 +64,17 @@ fn rate(items_per_call: usize, secs: f64, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let frames = load(&captures());
     let msgs = messages(&frames);
-    println!(
-        "corpus: {} frames, {} SIP messages from fixtures/lab/captures",
-        frames.len(),
-        msgs.len()
-    );
+    println!("corpus: {} frames, {} SIP messages from fixtures/lab/captures", frames.len(), msgs.len());
 
     // --- 1. parsing ---
     let siptap_rate = rate(msgs.len(), secs, || {
         for m in &msgs {
             let u = sip::parse::unfold(m);
             if let Ok(p) = sip::parse(&u) {
-                black_box((
-                    p.call_id.len(),
-                    p.cseq,
-                    p.from.tag(),
-                    p.to.tag(),
-                    p.contacts.len(),
-                ));
+                black_box((p.call_id.len(), p.cseq, p.from.tag(), p.to.tag(), p.contacts.len()));
             }
         }
     });
@@ -121,28 +96,15 @@ fn main() {
                 let from_tag = p.from_header().ok().and_then(|h| h.tag().ok().flatten());
                 let to_tag = p.to_header().ok().and_then(|h| h.tag().ok().flatten());
                 let call_id = p.call_id_header().ok().map(|h| h.value().len());
-                let cseq = p
-                    .cseq_header()
-                    .ok()
-                    .and_then(|h| h.typed().ok())
-                    .map(|c| c.seq);
+                let cseq = p.cseq_header().ok().and_then(|h| h.typed().ok()).map(|c| c.seq);
                 black_box((from_tag, to_tag, call_id, cseq));
             }
         }
     });
     println!("\nSIP parsing (messages/s; ratio to rsip):");
-    println!(
-        "  rsip 0.4 SipMessage::try_from   {rsip_rate:>12.0}  1.00  (accepted {rsip_ok}/{})",
-        msgs.len()
-    );
-    println!(
-        "  siptap sip::parse (fields)      {siptap_rate:>12.0}  {:.2}",
-        siptap_rate / rsip_rate
-    );
-    println!(
-        "  memchr line scan only           {scan_rate:>12.0}  {:.2}",
-        scan_rate / rsip_rate
-    );
+    println!("  rsip 0.4 SipMessage::try_from   {rsip_rate:>12.0}  1.00  (accepted {rsip_ok}/{})", msgs.len());
+    println!("  siptap sip::parse (fields)      {siptap_rate:>12.0}  {:.2}", siptap_rate / rsip_rate);
+    println!("  memchr line scan only           {scan_rate:>12.0}  {:.2}", scan_rate / rsip_rate);
 
     // --- tolerance: what each parser makes of the dialects passive capture meets ---
     let cases: &[(&str, &str)] = &[
@@ -175,15 +137,10 @@ fn main() {
     for (name, m) in cases {
         let b = m.as_bytes();
         let u = sip::parse::unfold(b);
-        let ours = sip::parse(&u)
-            .map(|p| p.call_id == "CID" && p.from.tag() == Some("1"))
-            .unwrap_or(false);
+        let ours = sip::parse(&u).map(|p| p.call_id == "CID" && p.from.tag() == Some("1")).unwrap_or(false);
         let theirs = rsip::SipMessage::try_from(b)
             .map(|p| {
-                let cid = p
-                    .call_id_header()
-                    .map(|h| h.value() == "CID")
-                    .unwrap_or(false);
+                let cid = p.call_id_header().map(|h| h.value() == "CID").unwrap_or(false);
                 let tag = p
                     .from_header()
                     .ok()
@@ -193,49 +150,27 @@ fn main() {
                 cid && tag
             })
             .unwrap_or(false);
-        println!(
-            "  {name:24} siptap {}  rsip {}",
-            if ours { "yes" } else { "NO " },
-            if theirs { "yes" } else { "NO" }
-        );
+        println!("  {name:24} siptap {}  rsip {}", if ours { "yes" } else { "NO " }, if theirs { "yes" } else { "NO" });
     }
 
     // --- 2. pipeline ---
-    let cfg = Config::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config.toml.example"
-    )))
-    .unwrap();
+    let cfg = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"))).unwrap();
     let decode_rate = rate(frames.len(), secs, || {
         let mut d = Decoder::new(DecodeLimits::default(), vec![5060]);
         for f in &frames {
-            d.decode(
-                siptap::capture::Frame {
-                    ts: f.ts,
-                    linktype: f.linktype,
-                    data: &f.data,
-                },
-                &mut |m| {
-                    black_box(m.data.len());
-                },
-            );
+            d.decode(siptap::capture::Frame { ts: f.ts, linktype: f.linktype, data: &f.data }, &mut |m| {
+                black_box(m.data.len());
+            });
         }
     });
     let mut events = 0usize;
     let pipe_rate = rate(frames.len(), secs, || {
         let mut p = Pipeline::new(&cfg, HashSet::new());
         for f in &frames {
-            p.frame(
-                siptap::capture::Frame {
-                    ts: f.ts,
-                    linktype: f.linktype,
-                    data: &f.data,
-                },
-                &mut |r| {
-                    black_box(&r);
-                    events += 1;
-                },
-            );
+            p.frame(siptap::capture::Frame { ts: f.ts, linktype: f.linktype, data: &f.data }, &mut |r| {
+                black_box(&r);
+                events += 1;
+            });
         }
         p.finish(&mut |_| {});
     });

@@ -159,9 +159,7 @@ impl Config {
             ConfigError(format!("{}:{line}: {key}: {msg}", path.display()))
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let msg = e.message().to_string();
             match line {
                 Some(l) => ConfigError(format!("{}:{l}: {msg}", path.display())),
@@ -170,11 +168,7 @@ impl Config {
         })?;
 
         if raw.sip_servers.get_ref().is_empty() {
-            return Err(at(
-                raw.sip_servers.span(),
-                "sip_servers",
-                "must name at least one SIP server address".into(),
-            ));
+            return Err(at(raw.sip_servers.span(), "sip_servers", "must name at least one SIP server address".into()));
         }
         let mut servers = Vec::new();
         for s in raw.sip_servers.get_ref() {
@@ -182,11 +176,7 @@ impl Config {
             let parsed = if let Ok(sa) = v.parse::<SocketAddr>() {
                 Some((sa.ip(), Some(sa.port())))
             } else {
-                v.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| (ip, None))
+                v.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| (ip, None))
             };
             match parsed {
                 Some(p) => servers.push(p),
@@ -217,11 +207,7 @@ impl Config {
             for d in t.domains.get_ref() {
                 let dom = d.get_ref().trim().to_ascii_lowercase();
                 if dom.is_empty() || dom.contains('@') || dom.contains(' ') {
-                    return Err(at(
-                        d.span(),
-                        &format!("{key}.domains"),
-                        format!("`{}` is not a domain", d.get_ref()),
-                    ));
+                    return Err(at(d.span(), &format!("{key}.domains"), format!("`{}` is not a domain", d.get_ref())));
                 }
                 if let Some(other) = owner.insert(dom.clone(), id.clone()) {
                     return Err(at(
@@ -244,9 +230,7 @@ impl Config {
             ] {
                 let ekey = format!("{key}.events.{}", kind.default_name());
                 let name = match v.as_ref().map(|s| (s.get_ref(), s.span())) {
-                    None | Some((EventName::Enabled(true), _)) => {
-                        Some(kind.default_name().to_string())
-                    }
+                    None | Some((EventName::Enabled(true), _)) => Some(kind.default_name().to_string()),
                     Some((EventName::Enabled(false), _)) => None,
                     Some((EventName::Name(n), sp)) => {
                         check_event_name(n).map_err(|m| at(sp, &ekey, m))?;
@@ -260,32 +244,22 @@ impl Config {
                 id: id.clone(),
                 domains,
                 names,
-                push_proxy_user_agents: t.push_proxy_user_agents.clone().unwrap_or_else(|| {
-                    DEFAULT_PUSH_PROXY_AGENTS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                }),
+                push_proxy_user_agents: t
+                    .push_proxy_user_agents
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PUSH_PROXY_AGENTS.iter().map(|s| s.to_string()).collect()),
             });
         }
         let default_tenant = match &raw.default_tenant {
             Some(d) if !raw.tenants.contains_key(d.get_ref()) => {
-                return Err(at(
-                    d.span(),
-                    "default_tenant",
-                    format!("no tenant `{}` is defined", d.get_ref()),
-                ));
+                return Err(at(d.span(), "default_tenant", format!("no tenant `{}` is defined", d.get_ref())));
             }
             Some(d) => Some(d.get_ref().clone()),
             None => None,
         };
         let max_call = match &raw.max_call_duration_secs {
             Some(v) if *v.get_ref() == 0 => {
-                return Err(at(
-                    v.span(),
-                    "max_call_duration_secs",
-                    "must be greater than 0".into(),
-                ));
+                return Err(at(v.span(), "max_call_duration_secs", "must be greater than 0".into()));
             }
             Some(v) => *v.get_ref(),
             None => 4 * 3600,
@@ -322,12 +296,7 @@ impl Config {
             .as_ref()
             .and_then(|id| self.tenants.iter().find(|t| &t.id == id))
             .map(|t| t.push_proxy_user_agents.clone())
-            .unwrap_or_else(|| {
-                DEFAULT_PUSH_PROXY_AGENTS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
+            .unwrap_or_else(|| DEFAULT_PUSH_PROXY_AGENTS.iter().map(|s| s.to_string()).collect());
         let mut tc = TrackerConfig::new(Servers(self.servers.clone()));
         tc.push_proxies = PushProxyAgents { by_domain, default };
         tc.max_call_secs = self.max_call_duration_secs;
@@ -344,24 +313,15 @@ pub fn check_event_name(n: &str) -> Result<(), String> {
     if n.is_empty() || n.len() > 40 {
         return Err(format!("event name `{n}` must be 1 to 40 characters"));
     }
-    if !n.starts_with(|c: char| c.is_ascii_alphabetic())
-        || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(format!(
-            "event name `{n}` must be letters, digits and underscores, starting with a letter"
-        ));
+    if !n.starts_with(|c: char| c.is_ascii_alphabetic()) || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("event name `{n}` must be letters, digits and underscores, starting with a letter"));
     }
     let lower = n.to_ascii_lowercase();
     if RESERVED_NAMES.contains(&lower.as_str()) {
         return Err(format!("event name `{n}` is reserved by Google Analytics"));
     }
-    if ["firebase_", "ga_", "google_"]
-        .iter()
-        .any(|p| lower.starts_with(p))
-    {
-        return Err(format!(
-            "event name `{n}` uses a prefix reserved by Google Analytics"
-        ));
+    if ["firebase_", "ga_", "google_"].iter().any(|p| lower.starts_with(p)) {
+        return Err(format!("event name `{n}` uses a prefix reserved by Google Analytics"));
     }
     Ok(())
 }

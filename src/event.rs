@@ -112,6 +112,17 @@ pub struct Event {
     /// Address of record `user@domain`.
     pub user: String,
     pub params: Params,
+    /// Which app instance it concerns, as far as the signalling shows (for delivery).
+    pub origin: Origin,
+}
+
+/// The app behind an event: its device, the start of its boot cycle (the session) and an id the
+/// app sent itself. Not part of the replay output; the Firebase sink builds its ids from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub device: Option<String>,
+    pub session_start: Option<Micros>,
+    pub app_instance: Option<String>,
 }
 
 impl Event {

@@ -11,11 +11,7 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "siptap",
-    version,
-    about = "Derive softphone analytics events from passively captured SIP signalling"
-)]
+#[command(name = "siptap", version, about = "Derive softphone analytics events from passively captured SIP signalling")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -53,10 +49,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("siptap: error: {e:#}");
         std::process::exit(1);
@@ -65,12 +58,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay {
-            config,
-            state,
-            stats,
-            captures,
-        } => replay(config, state, stats, captures),
+        Cmd::Replay { config, state, stats, captures } => replay(config, state, stats, captures),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             println!(
@@ -85,12 +73,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn replay(
-    config: PathBuf,
-    state: Option<PathBuf>,
-    stats: bool,
-    captures: Vec<PathBuf>,
-) -> Result<()> {
+fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<PathBuf>) -> Result<()> {
     let cfg = Config::load(&config)?;
     for c in &captures {
         if !c.is_file() {
@@ -126,11 +109,7 @@ fn replay(
     }
     let _ = out.flush();
     if let Some(s) = &store {
-        let users: Vec<(String, i64)> = pipeline
-            .take_new_users()
-            .into_iter()
-            .map(|u| (u, now_micros()))
-            .collect();
+        let users: Vec<(String, i64)> = pipeline.take_new_users().into_iter().map(|u| (u, now_micros())).collect();
         s.add(&users)?;
     }
     if stats {
@@ -150,8 +129,7 @@ fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&file)
-                .with_context(|| format!("cannot open {}", file.display()))?,
+            std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
         ))
     };
     let mut users = Vec::new();
@@ -163,27 +141,16 @@ fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {
         }
         let aor = l.trim_start_matches("sip:").trim_start_matches("sips:");
         let Some((user, domain)) = aor.split_once('@') else {
-            bail!(
-                "{}:{}: `{l}` is not an address of record (user@domain)",
-                file.display(),
-                n + 1
-            );
+            bail!("{}:{}: `{l}` is not an address of record (user@domain)", file.display(), n + 1);
         };
         if user.is_empty() || domain.is_empty() || domain.contains(['@', ' ', ';']) {
-            bail!(
-                "{}:{}: `{l}` is not an address of record (user@domain)",
-                file.display(),
-                n + 1
-            );
+            bail!("{}:{}: `{l}` is not an address of record (user@domain)", file.display(), n + 1);
         }
         users.push((format!("{user}@{}", domain.to_ascii_lowercase()), 0));
     }
     let store = KnownUsersStore::open(&state)?;
     let added = store.add(&users)?;
-    println!(
-        "{added} user(s) added, {} already known",
-        users.len() - added
-    );
+    println!("{added} user(s) added, {} already known", users.len() - added);
     Ok(())
 }
 
@@ -195,8 +162,5 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

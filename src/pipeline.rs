@@ -60,14 +60,7 @@ impl Pipeline {
 
     /// Feeds one captured frame; routed events go to `out` in time order.
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
-        let Pipeline {
-            decoder,
-            tracker,
-            stats,
-            scratch,
-            last_ts,
-            ..
-        } = self;
+        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
         *last_ts = Some(last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
         tracker.tick(frame.ts, scratch);
         decoder.decode(frame, &mut |m| {
@@ -79,10 +72,7 @@ impl Pipeline {
                     stats.malformed += 1;
                     if std::env::var_os("SIPTAP_DEBUG_MALFORMED").is_some() {
                         let n = m.data.len().min(
-                            std::env::var("SIPTAP_DEBUG_MALFORMED")
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(80),
+                            std::env::var("SIPTAP_DEBUG_MALFORMED").ok().and_then(|v| v.parse().ok()).unwrap_or(80),
                         );
                         eprintln!(
                             "malformed {e:?} {} -> {}: {:?}",
@@ -120,11 +110,7 @@ impl Pipeline {
             match self.router.route(&event) {
                 Route::To { tenant, name } => {
                     self.stats.events += 1;
-                    out(Routed {
-                        tenant,
-                        name,
-                        event,
-                    });
+                    out(Routed { tenant, name, event });
                 }
                 Route::Unrouted => self.stats.unrouted += 1,
                 Route::Disabled => self.stats.disabled += 1,
@@ -195,14 +181,8 @@ impl Pipeline {
             ("events_unrouted", p.unrouted),
             ("events_disabled", p.disabled),
             ("open_call_legs", self.tracker.calls.open_legs() as u64),
-            (
-                "active_devices",
-                self.tracker.registrations.active_devices() as u64,
-            ),
-            (
-                "known_users",
-                self.tracker.registrations.known_users() as u64,
-            ),
+            ("active_devices", self.tracker.registrations.active_devices() as u64),
+            ("known_users", self.tracker.registrations.known_users() as u64),
         ]
     }
 }

@@ -14,11 +14,9 @@ pub struct KnownUsersStore {
 
 impl KnownUsersStore {
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("siptap.redb");
-        let db = Database::create(&path)
-            .with_context(|| format!("cannot open state database {}", path.display()))?;
+        let db = Database::create(&path).with_context(|| format!("cannot open state database {}", path.display()))?;
         let tx = db.begin_write()?;
         tx.open_table(USERS)?;
         tx.commit()?;

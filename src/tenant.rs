@@ -34,22 +34,11 @@ impl Router {
             for d in &t.domains {
                 by_domain.insert(d.clone(), i);
             }
-            let names = t
-                .names
-                .iter()
-                .map(|(k, v)| (*k, v.as_deref().map(Arc::from)))
-                .collect();
+            let names = t.names.iter().map(|(k, v)| (*k, v.as_deref().map(Arc::from))).collect();
             tenants.push((Arc::from(t.id.as_str()), names));
         }
-        let default = cfg
-            .default_tenant
-            .as_ref()
-            .and_then(|d| cfg.tenants.iter().position(|t| &t.id == d));
-        Router {
-            by_domain,
-            default,
-            tenants,
-        }
+        let default = cfg.default_tenant.as_ref().and_then(|d| cfg.tenants.iter().position(|t| &t.id == d));
+        Router { by_domain, default, tenants }
     }
 
     pub fn route(&self, ev: &Event) -> Route {
@@ -59,15 +48,9 @@ impl Router {
         };
         let (id, names) = &self.tenants[i];
         match names.get(&ev.kind) {
-            Some(Some(name)) => Route::To {
-                tenant: id.clone(),
-                name: name.clone(),
-            },
+            Some(Some(name)) => Route::To { tenant: id.clone(), name: name.clone() },
             Some(None) => Route::Disabled,
-            None => Route::To {
-                tenant: id.clone(),
-                name: Arc::from(ev.kind.default_name()),
-            },
+            None => Route::To { tenant: id.clone(), name: Arc::from(ev.kind.default_name()) },
         }
     }
 }

@@ -8,12 +8,7 @@ pub fn rfc3339_micros(ts: Micros) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -38,15 +33,9 @@ mod tests {
     fn known_instants() {
         assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
         // 2000-02-29T12:34:56.000001Z = 951827696 s
-        assert_eq!(
-            rfc3339_micros(951_827_696_000_001),
-            "2000-02-29T12:34:56.000001Z"
-        );
+        assert_eq!(rfc3339_micros(951_827_696_000_001), "2000-02-29T12:34:56.000001Z");
         // 2026-11-27T02:08:26.5Z = 1795745306 s (date -d @1795745306 -u)
-        assert_eq!(
-            rfc3339_micros(1_795_745_306_500_000),
-            "2026-11-27T02:08:26.500000Z"
-        );
+        assert_eq!(rfc3339_micros(1_795_745_306_500_000), "2026-11-27T02:08:26.500000Z");
         assert_eq!(rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
     }
 }

@@ -15,8 +15,7 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
-const LAB: &str =
-    "sip_servers = [\"127.0.0.10:5060\"]\n[tenants.lab]\ndomains = [\"lab.example\"]\n";
+const LAB: &str = "sip_servers = [\"127.0.0.10:5060\"]\n[tenants.lab]\ndomains = [\"lab.example\"]\n";
 
 /// Runs `check-config` on `text` and returns stderr, asserting failure.
 fn config_error(text: &str) -> String {
@@ -25,10 +24,7 @@ fn config_error(text: &str) -> String {
     let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
     assert!(!out.status.success(), "config was accepted:\n{text}");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains(p.to_str().unwrap()),
-        "error does not name the file: {err}"
-    );
+    assert!(err.contains(p.to_str().unwrap()), "error does not name the file: {err}");
     err
 }
 
@@ -36,27 +32,16 @@ fn config_error(text: &str) -> String {
 fn config_errors_name_key_file_and_line() {
     let e = config_error("sip_servers = [\"127.0.0.10\"]\nsip_server = 1\n");
     assert!(e.contains(":2:") && e.contains("sip_server"), "{e}");
-    let e =
-        config_error("sip_servers = [\"127.0.0.10\"]\n[tenants.lab]\ndomains = \"lab.example\"\n");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[tenants.lab]\ndomains = \"lab.example\"\n");
     assert!(e.contains(":3:") && e.contains("sequence"), "{e}");
     let e = config_error("# servers\nsip_servers = []\n");
     assert!(e.contains(":2:") && e.contains("sip_servers"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\", \"not-an-ip\"]\n");
     assert!(e.contains(":1:") && e.contains("not-an-ip"), "{e}");
-    let e = config_error(&format!(
-        "{LAB}[tenants.other]\ndomains = [\"x.example\",\n  \"LAB.example\"]\n"
-    ));
-    assert!(
-        e.contains(":6:") && e.contains("tenants.other.domains") && e.contains("lab"),
-        "{e}"
-    );
-    let e = config_error(&format!(
-        "{LAB}[tenants.lab.events]\ncallend = \"screen_view\"\n"
-    ));
-    assert!(
-        e.contains(":5:") && e.contains("tenants.lab.events.callend") && e.contains("reserved"),
-        "{e}"
-    );
+    let e = config_error(&format!("{LAB}[tenants.other]\ndomains = [\"x.example\",\n  \"LAB.example\"]\n"));
+    assert!(e.contains(":6:") && e.contains("tenants.other.domains") && e.contains("lab"), "{e}");
+    let e = config_error(&format!("{LAB}[tenants.lab.events]\ncallend = \"screen_view\"\n"));
+    assert!(e.contains(":5:") && e.contains("tenants.lab.events.callend") && e.contains("reserved"), "{e}");
     let e = config_error(&format!("{LAB}[tenants.lab.events]\nhangup = \"x\"\n"));
     assert!(e.contains(":5:") && e.contains("hangup"), "{e}");
     let e = config_error(&format!("default_tenant = \"nope\"\n{LAB}"));
@@ -68,47 +53,24 @@ fn config_errors_name_key_file_and_line() {
 #[test]
 fn the_example_config_is_valid() {
     let out = siptap(&["check-config", "--config", "config.toml.example"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn unreadable_captures_and_configs_fail_clearly() {
-    let out = siptap(&[
-        "replay",
-        "--config",
-        "config.toml.example",
-        "fixtures/nope.pcap",
-    ]);
+    let out = siptap(&["replay", "--config", "config.toml.example", "fixtures/nope.pcap"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("fixtures/nope.pcap"));
     let out = siptap(&["replay", "--config", "config.toml.example", "Cargo.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pcap or pcapng file"));
-    let out = siptap(&[
-        "replay",
-        "--config",
-        "missing.toml",
-        lab("register.pcap").to_str().unwrap(),
-    ]);
+    let out = siptap(&["replay", "--config", "missing.toml", lab("register.pcap").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
 fn kinds(events: &[serde_json::Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["event"].as_str().unwrap(),
-                e["user"].as_str().unwrap()
-            )
-        })
-        .collect()
+    events.iter().map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["user"].as_str().unwrap())).collect()
 }
 
 #[test]
@@ -118,13 +80,7 @@ fn signup_happens_once_across_replays_with_a_state_directory() {
     let cfg = root().join("config.toml.example");
     let st = state.to_str().unwrap();
     let first = replay(&cfg, &[&lab("register.pcap")], &["--state", st]);
-    assert_eq!(
-        kinds(&first)
-            .iter()
-            .filter(|k| k.starts_with("signup"))
-            .count(),
-        1
-    );
+    assert_eq!(kinds(&first).iter().filter(|k| k.starts_with("signup")).count(), 1);
     let second = replay(&cfg, &[&lab("register.pcap")], &["--state", st]);
     assert_eq!(
         kinds(&second),
@@ -138,13 +94,7 @@ fn signup_happens_once_across_replays_with_a_state_directory() {
     );
     // without --state nothing is kept
     let third = replay(&cfg, &[&lab("register.pcap")], &[]);
-    assert_eq!(
-        kinds(&third)
-            .iter()
-            .filter(|k| k.starts_with("signup"))
-            .count(),
-        1
-    );
+    assert_eq!(kinds(&third).iter().filter(|k| k.starts_with("signup")).count(), 1);
 }
 
 #[test]
@@ -152,39 +102,15 @@ fn seeded_users_do_not_sign_up() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let users = dir.path().join("users.txt");
-    std::fs::write(
-        &users,
-        "# existing users\nsip:alice@LAB.example\ncarol@lab.example\n",
-    )
-    .unwrap();
-    let out = siptap(&[
-        "seed-users",
-        "--state",
-        state.to_str().unwrap(),
-        users.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(&users, "# existing users\nsip:alice@LAB.example\ncarol@lab.example\n").unwrap();
+    let out = siptap(&["seed-users", "--state", state.to_str().unwrap(), users.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 user(s) added"));
-    let ev = replay(
-        &root().join("config.toml.example"),
-        &[&lab("register.pcap")],
-        &["--state", state.to_str().unwrap()],
-    );
-    assert!(
-        kinds(&ev).iter().all(|k| !k.starts_with("signup")),
-        "{ev:?}"
-    );
+    let ev =
+        replay(&root().join("config.toml.example"), &[&lab("register.pcap")], &["--state", state.to_str().unwrap()]);
+    assert!(kinds(&ev).iter().all(|k| !k.starts_with("signup")), "{ev:?}");
     std::fs::write(&users, "alice\n").unwrap();
-    let out = siptap(&[
-        "seed-users",
-        "--state",
-        state.to_str().unwrap(),
-        users.to_str().unwrap(),
-    ]);
+    let out = siptap(&["seed-users", "--state", state.to_str().unwrap(), users.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":1:"));
 }
@@ -194,39 +120,21 @@ fn tenants_rename_disable_and_route() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!(
-            "{LAB}[tenants.lab.events]\nsignup = \"sign_up\"\napp_start = false\ncallout = \"call_out\"\n"
-        ),
+        &format!("{LAB}[tenants.lab.events]\nsignup = \"sign_up\"\napp_start = false\ncallout = \"call_out\"\n"),
     );
     let ev = replay(&cfg, &[&lab("call_busy.pcap")], &[]);
     let names: Vec<&str> = ev.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "sign_up", "login", "callin", "call_out", "callend", "callend"
-        ]
-    );
+    assert_eq!(names, ["sign_up", "login", "callin", "call_out", "callend", "callend"]);
     assert!(ev.iter().all(|e| e["tenant"] == "lab"));
     // a domain no tenant claims: dropped and counted, or sent to the default tenant
-    let cfg = write_config(
-        dir.path(),
-        "sip_servers = [\"127.0.0.10\"]\n[tenants.other]\ndomains = [\"other.example\"]\n",
-    );
-    let out = siptap(&[
-        "replay",
-        "--stats",
-        "--config",
-        cfg.to_str().unwrap(),
-        lab("call_busy.pcap").to_str().unwrap(),
-    ]);
+    let cfg =
+        write_config(dir.path(), "sip_servers = [\"127.0.0.10\"]\n[tenants.other]\ndomains = [\"other.example\"]\n");
+    let out =
+        siptap(&["replay", "--stats", "--config", cfg.to_str().unwrap(), lab("call_busy.pcap").to_str().unwrap()]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["events_unrouted", "7"]),
-        "{err}"
-    );
+    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["events_unrouted", "7"]), "{err}");
     let cfg = write_config(
         dir.path(),
         "sip_servers = [\"127.0.0.10\"]\ndefault_tenant = \"other\"\n[tenants.other]\ndomains = [\"other.example\"]\n",
@@ -246,10 +154,7 @@ fn traffic_between_two_servers_or_two_clients_creates_nothing() {
     );
     assert!(replay(&cfg, &[&lab("call_caller_bye.pcap")], &[]).is_empty());
     // no lab address a server: every hop is client to client
-    let cfg = write_config(
-        dir.path(),
-        "sip_servers = [\"127.0.0.99\"]\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
-    );
+    let cfg = write_config(dir.path(), "sip_servers = [\"127.0.0.99\"]\n[tenants.lab]\ndomains = [\"lab.example\"]\n");
     assert!(replay(&cfg, &[&lab("call_caller_bye.pcap")], &[]).is_empty());
 }
 
@@ -282,24 +187,15 @@ fn open_legs_end_only_when_their_timeout_passes_within_the_timeline() {
     let short = write_config(dir.path(), &format!("max_call_duration_secs = 1\n{LAB}"));
     let later = lab("call_busy.pcap");
     let ev = replay(&short, &[&cut, &later], &[]);
-    let ends: Vec<&serde_json::Value> = ev
-        .iter()
-        .filter(|e| e["params"]["reason"] == "timeout")
-        .collect();
+    let ends: Vec<&serde_json::Value> = ev.iter().filter(|e| e["params"]["reason"] == "timeout").collect();
     assert_eq!(ends.len(), 2, "{ev:?}");
     let t = |n| siptap::timefmt::rfc3339_micros(frame_time(&cut, n) + 1_000_000);
     assert_eq!(
-        (
-            ends[0]["user"].as_str().unwrap(),
-            ends[0]["time"].as_str().unwrap()
-        ),
+        (ends[0]["user"].as_str().unwrap(), ends[0]["time"].as_str().unwrap()),
         ("alice@lab.example", t(15).as_str())
     );
     assert_eq!(
-        (
-            ends[1]["user"].as_str().unwrap(),
-            ends[1]["time"].as_str().unwrap()
-        ),
+        (ends[1]["user"].as_str().unwrap(), ends[1]["time"].as_str().unwrap()),
         ("bob@lab.example", t(16).as_str())
     );
     for e in &ends {
@@ -309,13 +205,7 @@ fn open_legs_end_only_when_their_timeout_passes_within_the_timeline() {
     }
     // the later capture's bob registers with a new Call-ID: no second signup
     let names = kinds(&ev);
-    assert_eq!(
-        names
-            .iter()
-            .filter(|k| *k == "signup bob@lab.example")
-            .count(),
-        1
-    );
+    assert_eq!(names.iter().filter(|k| *k == "signup bob@lab.example").count(), 1);
     assert_eq!(names.len(), 5 + 2 + 2 + 4);
     // events stay in time order
     let times: Vec<&str> = ev.iter().map(|e| e["time"].as_str().unwrap()).collect();
@@ -337,16 +227,11 @@ fn an_invite_nobody_answers_creates_nothing() {
     ]);
     assert!(out.status.success());
     let ev = parse_lines(&String::from_utf8(out.stdout).unwrap());
-    assert!(
-        ev.iter()
-            .all(|e| e["params"]["call_id"] != "1-8000@127.0.0.2"
-                && e["user"] != "nobody@lab.example")
-    );
+    assert!(ev.iter().all(|e| e["params"]["call_id"] != "1-8000@127.0.0.2" && e["user"] != "nobody@lab.example"));
     let err = String::from_utf8(out.stderr).unwrap();
     // the 407'd first INVITE and the unanswered retry are one attempt, never accepted
     assert!(
-        err.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["call_attempts_unaccepted", "1"]),
+        err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["call_attempts_unaccepted", "1"]),
         "{err}"
     );
 }

@@ -20,21 +20,14 @@ fn a_flood_of_scanner_attempts_creates_nothing_and_real_calls_stay_exact() {
     let mut signed_up = std::collections::HashSet::new();
     for (capture, expected, hours_later) in captures {
         frames.extend(flood::read(&lab.join(format!("captures/{capture}.pcap"))));
-        for mut e in parse_lines(
-            &std::fs::read_to_string(lab.join(format!("expected/{expected}.jsonl"))).unwrap(),
-        ) {
+        for mut e in parse_lines(&std::fs::read_to_string(lab.join(format!("expected/{expected}.jsonl"))).unwrap()) {
             if hours_later == 1 {
                 let t = e["time"].as_str().unwrap().to_string();
-                assert!(
-                    t.contains("T02:"),
-                    "the lab captures were made between 02:00 and 03:00 UTC"
-                );
+                assert!(t.contains("T02:"), "the lab captures were made between 02:00 and 03:00 UTC");
                 e["time"] = t.replace("T02:", "T03:").into();
             }
             // one timeline: bob signs up in the first capture he registers in, not again
-            if e["kind"] == "account_created"
-                && !signed_up.insert(e["user"].as_str().unwrap().to_string())
-            {
+            if e["kind"] == "account_created" && !signed_up.insert(e["user"].as_str().unwrap().to_string()) {
                 continue;
             }
             want.push(e);
@@ -59,17 +52,9 @@ fn a_flood_of_scanner_attempts_creates_nothing_and_real_calls_stay_exact() {
         config.to_str().unwrap(),
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     want.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
-    assert_events(
-        "flood",
-        &parse_lines(&String::from_utf8(out.stdout).unwrap()),
-        &want,
-    );
+    assert_events("flood", &parse_lines(&String::from_utf8(out.stdout).unwrap()), &want);
     let err = String::from_utf8(out.stderr).unwrap();
     let stat = |k: &str| -> u64 {
         err.lines()

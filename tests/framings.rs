@@ -19,35 +19,25 @@ fn load(p: &Path) -> Vec<F> {
     let mut v = Vec::new();
     read_file(p, |f| {
         assert_eq!(f.linktype, 1, "lab captures are Ethernet");
-        v.push(F {
-            ts: f.ts,
-            data: f.data.to_vec(),
-        })
+        v.push(F { ts: f.ts, data: f.data.to_vec() })
     })
     .unwrap();
     v
 }
 
 fn save(frames: &[F], linktype: DataLink, path: &Path) {
-    let header = PcapHeader {
-        datalink: linktype,
-        ..Default::default()
-    };
+    let header = PcapHeader { datalink: linktype, ..Default::default() };
     let mut w = PcapWriter::with_header(std::fs::File::create(path).unwrap(), header).unwrap();
     for f in frames {
         let ts = Duration::from_micros(f.ts as u64);
-        w.write_packet(&PcapPacket::new(ts, f.data.len() as u32, &f.data))
-            .unwrap();
+        w.write_packet(&PcapPacket::new(ts, f.data.len() as u32, &f.data)).unwrap();
     }
 }
 
 fn ipv4_checksum(h: &mut [u8]) {
     h[10] = 0;
     h[11] = 0;
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -62,11 +52,7 @@ fn split_ipv4(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     }
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-    Some((
-        &frame[..14],
-        &frame[14..14 + ihl],
-        &frame[14 + ihl..14 + total],
-    ))
+    Some((&frame[..14], &frame[14..14 + ihl], &frame[14 + ihl..14 + total]))
 }
 
 fn ipv4_frame(eth: &[u8], ip: &[u8], payload: &[u8], flags_off: u16) -> Vec<u8> {
@@ -90,12 +76,7 @@ fn ip_fragments(frames: Vec<F>) -> Vec<F> {
                     .enumerate()
                     .map(|(i, c)| {
                         let more = (i + 1) * 256 < payload.len();
-                        ipv4_frame(
-                            eth,
-                            ip,
-                            c,
-                            ((i * 256 / 8) as u16) | if more { 0x2000 } else { 0 },
-                        )
+                        ipv4_frame(eth, ip, c, ((i * 256 / 8) as u16) | if more { 0x2000 } else { 0 })
                     })
                     .collect();
                 let mid = frags[frags.len() / 2].clone();
@@ -150,21 +131,7 @@ fn tcp_segments(frames: Vec<F>) -> Vec<F> {
 
 /// Every frame twice, 30 µs apart, as two mirror ports deliver it.
 fn mirrored(frames: Vec<F>) -> Vec<F> {
-    frames
-        .into_iter()
-        .flat_map(|f| {
-            [
-                F {
-                    ts: f.ts,
-                    data: f.data.clone(),
-                },
-                F {
-                    ts: f.ts + 30,
-                    data: f.data,
-                },
-            ]
-        })
-        .collect()
+    frames.into_iter().flat_map(|f| [F { ts: f.ts, data: f.data.clone() }, F { ts: f.ts + 30, data: f.data }]).collect()
 }
 
 /// Every IPv4 packet inside an outer IPv4 header (IP-in-IP, protocol 4), on raw-IP link type.
@@ -174,16 +141,11 @@ fn ip_in_ip(frames: Vec<F>) -> Vec<F> {
         .filter_map(|f| {
             let (_, ip, payload) = split_ipv4(&f.data)?;
             let inner = [ip, payload].concat();
-            let mut outer = vec![
-                0x45, 0, 0, 0, 0x12, 0x34, 0, 0, 64, 4, 0, 0, 10, 9, 9, 1, 10, 9, 9, 2,
-            ];
+            let mut outer = vec![0x45, 0, 0, 0, 0x12, 0x34, 0, 0, 64, 4, 0, 0, 10, 9, 9, 1, 10, 9, 9, 2];
             let total = (outer.len() + inner.len()) as u16;
             outer[2..4].copy_from_slice(&total.to_be_bytes());
             ipv4_checksum(&mut outer);
-            Some(F {
-                ts: f.ts,
-                data: [outer, inner].concat(),
-            })
+            Some(F { ts: f.ts, data: [outer, inner].concat() })
         })
         .collect()
 }
@@ -197,19 +159,11 @@ fn vxlan_vlan(frames: Vec<F>) -> Vec<F> {
             let udp_len = (8 + vx.len()) as u16;
             let mut udp = vec![0x12, 0x34, 0x12, 0xb5, 0, 0, 0, 0];
             udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-            let mut ip = vec![
-                0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 8, 8, 1, 10, 8, 8, 2,
-            ];
+            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 8, 8, 1, 10, 8, 8, 2];
             ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
             ipv4_checksum(&mut ip);
-            let eth = [&[
-                2u8, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x81, 0x00, 0x00, 0x07, 0x08, 0x00,
-            ][..]]
-            .concat();
-            F {
-                ts: f.ts,
-                data: [eth, ip, udp, vx].concat(),
-            }
+            let eth = [&[2u8, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x81, 0x00, 0x00, 0x07, 0x08, 0x00][..]].concat();
+            F { ts: f.ts, data: [eth, ip, udp, vx].concat() }
         })
         .collect()
 }
@@ -217,15 +171,7 @@ fn vxlan_vlan(frames: Vec<F>) -> Vec<F> {
 fn lab_names() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(root().join("fixtures/lab/expected"))
         .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .path()
-                .file_stem()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_str().unwrap().to_string())
         .collect();
     v.sort();
     v
@@ -233,51 +179,24 @@ fn lab_names() -> Vec<String> {
 
 /// Replays every lab capture after `reframe` and compares with its expected events; returns the
 /// summed counters of interest.
-fn same_events(
-    label: &str,
-    linktype: DataLink,
-    reframe: fn(Vec<F>) -> Vec<F>,
-    counters: &[&str],
-) -> Vec<u64> {
+fn same_events(label: &str, linktype: DataLink, reframe: fn(Vec<F>) -> Vec<F>, counters: &[&str]) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
     let config = root().join("config.toml.example");
     let mut sums = vec![0; counters.len()];
     for name in lab_names() {
-        let original: PathBuf = root()
-            .join("fixtures/lab/captures")
-            .join(format!("{name}.pcap"));
+        let original: PathBuf = root().join("fixtures/lab/captures").join(format!("{name}.pcap"));
         let path = dir.path().join(format!("{name}.{label}.pcap"));
         save(&reframe(load(&original)), linktype, &path);
-        let want = parse_lines(
-            &std::fs::read_to_string(root().join(format!("fixtures/lab/expected/{name}.jsonl")))
-                .unwrap(),
-        );
-        let out = siptap(&[
-            "replay",
-            "--stats",
-            "--config",
-            config.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{label} {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_events(
-            &format!("{name} ({label})"),
-            &parse_lines(&String::from_utf8(out.stdout).unwrap()),
-            &want,
-        );
+        let want =
+            parse_lines(&std::fs::read_to_string(root().join(format!("fixtures/lab/expected/{name}.jsonl"))).unwrap());
+        let out = siptap(&["replay", "--stats", "--config", config.to_str().unwrap(), path.to_str().unwrap()]);
+        assert!(out.status.success(), "{label} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_events(&format!("{name} ({label})"), &parse_lines(&String::from_utf8(out.stdout).unwrap()), &want);
         let err = String::from_utf8(out.stderr).unwrap();
         for (i, c) in counters.iter().enumerate() {
             let v: u64 = err
                 .lines()
-                .find_map(|l| {
-                    l.strip_prefix(c)
-                        .filter(|r| r.starts_with(' '))
-                        .map(|r| r.trim().parse().unwrap())
-                })
+                .find_map(|l| l.strip_prefix(c).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse().unwrap()))
                 .unwrap_or_else(|| panic!("no counter {c}"));
             sums[i] += v;
         }
@@ -287,12 +206,7 @@ fn same_events(
 
 #[test]
 fn ip_fragments_out_of_order_duplicated_overlapping() {
-    let s = same_events(
-        "ipfrag",
-        DataLink::ETHERNET,
-        ip_fragments,
-        &["ip_reassembled", "ip_fragments_timed_out"],
-    );
+    let s = same_events("ipfrag", DataLink::ETHERNET, ip_fragments, &["ip_reassembled", "ip_fragments_timed_out"]);
     assert!(s[0] >= 100, "only {} datagrams were reassembled", s[0]);
     // the leftover duplicate fragments start datagrams that never complete; none is SIP
     assert_eq!(s[1], 0);
@@ -306,24 +220,14 @@ fn tcp_resegmented_reordered_retransmitted() {
         tcp_segments,
         &["tcp_out_of_order", "tcp_retransmitted", "tcp_messages"],
     );
-    assert!(
-        s[0] > 0 && s[1] > 0,
-        "out of order {}, retransmitted {}",
-        s[0],
-        s[1]
-    );
+    assert!(s[0] > 0 && s[1] > 0, "out of order {}, retransmitted {}", s[0], s[1]);
     // call_tcp: 20 SIP messages, of which bob's REGISTER (4) and his leg (6) are UDP
     assert_eq!(s[2], 20 - 4 - 6, "alice's messages over TCP");
 }
 
 #[test]
 fn every_frame_seen_twice_by_two_mirror_ports() {
-    let s = same_events(
-        "mirror",
-        DataLink::ETHERNET,
-        mirrored,
-        &["frames", "frames_duplicate"],
-    );
+    let s = same_events("mirror", DataLink::ETHERNET, mirrored, &["frames", "frames_duplicate"]);
     assert_eq!(s[1] * 2, s[0], "every second frame is a duplicate");
 }
 
@@ -335,11 +239,6 @@ fn ip_in_ip_on_raw_ip_link_type() {
 
 #[test]
 fn vxlan_inside_vlan() {
-    let s = same_events(
-        "vxlan",
-        DataLink::ETHERNET,
-        vxlan_vlan,
-        &["frames_tunnelled"],
-    );
+    let s = same_events("vxlan", DataLink::ETHERNET, vxlan_vlan, &["frames_tunnelled"]);
     assert!(s[0] > 200);
 }

@@ -11,21 +11,14 @@ fn shared() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED: {} does not exist here; the public-capture checks did not run",
-            dir.display()
-        );
+        eprintln!("SKIPPED: {} does not exist here; the public-capture checks did not run", dir.display());
         None
     }
 }
 
 fn config(servers: &[&str]) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();
-    let list = servers
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
     std::fs::write(
         f.path(),
         format!("sip_servers = [{list}]\ndefault_tenant = \"pub\"\n[tenants.pub]\ndomains = [\"any.invalid\"]\n"),
@@ -37,11 +30,7 @@ fn config(servers: &[&str]) -> tempfile::NamedTempFile {
 /// `kind user [direction [answered status reason ended_by]]`
 fn summary(e: &Value) -> String {
     let p = &e["params"];
-    let mut s = format!(
-        "{} {}",
-        e["kind"].as_str().unwrap(),
-        e["user"].as_str().unwrap()
-    );
+    let mut s = format!("{} {}", e["kind"].as_str().unwrap(), e["user"].as_str().unwrap());
     if let Some(d) = p["direction"].as_str() {
         s += &format!(" {d}");
     }
@@ -58,19 +47,8 @@ fn summary(e: &Value) -> String {
 }
 
 fn stats(config: &std::path::Path, capture: &std::path::Path) -> Vec<(String, u64)> {
-    let out = siptap(&[
-        "replay",
-        "--stats",
-        "--config",
-        config.to_str().unwrap(),
-        capture.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        capture.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = siptap(&["replay", "--stats", "--config", config.to_str().unwrap(), capture.to_str().unwrap()]);
+    assert!(out.status.success(), "{}: {}", capture.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stderr)
         .unwrap()
         .lines()
@@ -82,10 +60,7 @@ fn stats(config: &std::path::Path, capture: &std::path::Path) -> Vec<(String, u6
 }
 
 fn stat(st: &[(String, u64)], k: &str) -> u64 {
-    st.iter()
-        .find(|(n, _)| n == k)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no counter {k}"))
+    st.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {k}"))
 }
 
 #[test]
@@ -108,10 +83,7 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         ("sipcapture-heplify__sip_tcp_websocket.pcap", 39),
         ("sipcapture-heplify__erspan_sip_ipv4_udp.pcapng", 140),
         ("sipcapture-heplify__ipip0.pcap", 8),
-        (
-            "sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
-            92 - 23,
-        ),
+        ("sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap", 92 - 23),
         ("sipcapture-heplify__rtp_rtcp_sip_ipv4_udp.pcap", 14),
         ("sipcapture-hep-wireshark__hep.pcap", 0),
         ("sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng", 0),
@@ -134,9 +106,7 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         }
         let st = stats(cfg.path(), &p);
         let want = table.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
-        let want = want.unwrap_or_else(|| {
-            panic!("{name}: not in this test's table; add it with tshark's count")
-        });
+        let want = want.unwrap_or_else(|| panic!("{name}: not in this test's table; add it with tshark's count"));
         assert_eq!(stat(&st, "sip_messages"), want, "{name}: SIP messages");
         assert_eq!(stat(&st, "sip_malformed"), 0, "{name}: malformed");
         // copies of one IP packet within 20 ms, counted independently with tshark
@@ -146,11 +116,7 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
             "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng" => 7,
             _ => 0,
         };
-        assert_eq!(
-            stat(&st, "frames_duplicate"),
-            duplicates,
-            "{name}: duplicate frames"
-        );
+        assert_eq!(stat(&st, "frames_duplicate"), duplicates, "{name}: duplicate frames");
         seen += 1;
     }
     assert_eq!(seen, table.len(), "captures in {}", dir.display());
@@ -159,10 +125,7 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
 fn check(file: &str, servers: &[&str], want: &[&str]) {
     let Some(dir) = shared() else { return };
     let cfg = config(servers);
-    let got: Vec<String> = replay(cfg.path(), &[&dir.join(file)], &[])
-        .iter()
-        .map(summary)
-        .collect();
+    let got: Vec<String> = replay(cfg.path(), &[&dir.join(file)], &[]).iter().map(summary).collect();
     assert_eq!(got, want, "{file}");
 }
 
@@ -197,10 +160,7 @@ fn tcp_call_hung_up_by_the_server_side() {
     check(
         "sipcapture-heplify__sip_ipv4_tcp.pcap",
         &["10.33.6.101:5060"],
-        &[
-            "outgoing_call 101@10.33.6.100 out",
-            "call_ended 101@10.33.6.100 out true 200 bye peer",
-        ],
+        &["outgoing_call 101@10.33.6.100 out", "call_ended 101@10.33.6.100 out true 200 bye peer"],
     );
 }
 
@@ -292,10 +252,7 @@ fn scanner_traffic_creates_only_the_one_real_registration() {
             "account_registered 6001@195.113.172.39",
         ],
     );
-    let st = stats(
-        config(&servers).path(),
-        &dir.join("CESNET-ipfixprobe__sip.pcap"),
-    );
+    let st = stats(config(&servers).path(), &dir.join("CESNET-ipfixprobe__sip.pcap"));
     assert_eq!(stat(&st, "register_challenged"), 14);
     assert_eq!(stat(&st, "known_users"), 1);
 }
@@ -306,10 +263,7 @@ fn register_brute_force_without_success_creates_nothing() {
     let Some(dir) = shared() else { return };
     let servers = ["157.161.10.72", "157.161.10.73"];
     check("sipcapture-heplify__ipip0.pcap", &servers, &[]);
-    let st = stats(
-        config(&servers).path(),
-        &dir.join("sipcapture-heplify__ipip0.pcap"),
-    );
+    let st = stats(config(&servers).path(), &dir.join("sipcapture-heplify__ipip0.pcap"));
     assert_eq!(stat(&st, "register_challenged"), 3);
     assert_eq!(stat(&st, "known_users"), 0);
 }

@@ -21,11 +21,9 @@ pub struct FileStats {
 /// Fails on a file that cannot be opened or is neither format; a damaged tail is reported in
 /// the stats and logged, and the frames before it still count.
 pub fn read_file(path: &Path, mut sink: impl FnMut(Frame<'_>)) -> Result<FileStats> {
-    let mut f =
-        File::open(path).with_context(|| format!("cannot open capture {}", path.display()))?;
+    let mut f = File::open(path).with_context(|| format!("cannot open capture {}", path.display()))?;
     let mut magic = [0u8; 4];
-    f.read_exact(&mut magic)
-        .with_context(|| format!("{}: too short to be a capture file", path.display()))?;
+    f.read_exact(&mut magic).with_context(|| format!("{}: too short to be a capture file", path.display()))?;
     drop(f);
     let file = BufReader::with_capacity(1 << 16, File::open(path)?);
     let mut stats = FileStats::default();
@@ -34,11 +32,7 @@ pub fn read_file(path: &Path, mut sink: impl FnMut(Frame<'_>)) -> Result<FileSta
             .with_context(|| format!("{}: not a readable pcapng file", path.display()))?,
         0xA1B2C3D4 | 0xD4C3B2A1 | 0xA1B23C4D | 0x4D3CB2A1 => read_pcap(file, &mut stats, &mut sink)
             .with_context(|| format!("{}: not a readable pcap file", path.display()))?,
-        _ => bail!(
-            "{}: not a pcap or pcapng file (magic {:02x?})",
-            path.display(),
-            magic
-        ),
+        _ => bail!("{}: not a pcap or pcapng file (magic {:02x?})", path.display(), magic),
     }
     if stats.truncated {
         tracing::warn!(file = %path.display(), frames = stats.frames, "capture ends inside a record; read up to it");
@@ -53,11 +47,7 @@ fn read_pcap(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_
         match pkt {
             Ok(p) => {
                 stats.frames += 1;
-                sink(Frame {
-                    ts: duration_micros(p.timestamp),
-                    linktype,
-                    data: &p.data,
-                });
+                sink(Frame { ts: duration_micros(p.timestamp), linktype, data: &p.data });
             }
             Err(_) => {
                 stats.truncated = true;
@@ -76,11 +66,7 @@ struct Iface {
     offset_s: i64,
 }
 
-fn read_pcapng(
-    r: impl Read,
-    stats: &mut FileStats,
-    sink: &mut impl FnMut(Frame<'_>),
-) -> Result<()> {
+fn read_pcapng(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_>)) -> Result<()> {
     let mut reader = PcapNgReader::new(r)?;
     let mut ifaces: Vec<Iface> = Vec::new();
     let mut last_ts: Micros = 0;
@@ -101,21 +87,13 @@ fn read_pcapng(
                     match o {
                         InterfaceDescriptionOption::IfTsResol(r) => {
                             let n = u32::from(r & 0x7f).min(30);
-                            units = if r & 0x80 != 0 {
-                                1u128 << n
-                            } else {
-                                10u128.pow(n.min(19))
-                            };
+                            units = if r & 0x80 != 0 { 1u128 << n } else { 10u128.pow(n.min(19)) };
                         }
                         InterfaceDescriptionOption::IfTsOffset(o) => offset_s = *o as i64,
                         _ => {}
                     }
                 }
-                ifaces.push(Iface {
-                    linktype: idb.linktype.into(),
-                    units: units.max(1),
-                    offset_s,
-                });
+                ifaces.push(Iface { linktype: idb.linktype.into(), units: units.max(1), offset_s });
             }
             Block::EnhancedPacket(epb) => {
                 let Some(iface) = ifaces.get(epb.interface_id as usize) else {
@@ -126,11 +104,7 @@ fn read_pcapng(
                 let micros = (ticks * 1_000_000 / iface.units) as i64 + iface.offset_s * 1_000_000;
                 last_ts = micros;
                 stats.frames += 1;
-                sink(Frame {
-                    ts: micros,
-                    linktype: iface.linktype,
-                    data: &epb.data,
-                });
+                sink(Frame { ts: micros, linktype: iface.linktype, data: &epb.data });
             }
             Block::SimplePacket(spb) => {
                 // no timestamp: keep the previous frame's time
@@ -138,11 +112,7 @@ fn read_pcapng(
                     continue;
                 };
                 stats.frames += 1;
-                sink(Frame {
-                    ts: last_ts,
-                    linktype: iface.linktype,
-                    data: &spb.data,
-                });
+                sink(Frame { ts: last_ts, linktype: iface.linktype, data: &spb.data });
             }
             Block::Packet(pb) => {
                 let Some(iface) = ifaces.get(pb.interface_id as usize) else {
@@ -152,11 +122,7 @@ fn read_pcapng(
                 let micros = (ticks * 1_000_000 / iface.units) as i64 + iface.offset_s * 1_000_000;
                 last_ts = micros;
                 stats.frames += 1;
-                sink(Frame {
-                    ts: micros,
-                    linktype: iface.linktype,
-                    data: &pb.data,
-                });
+                sink(Frame { ts: micros, linktype: iface.linktype, data: &pb.data });
             }
             _ => {}
         }

@@ -61,14 +61,7 @@ impl Defrag {
     }
 
     /// Adds one fragment; returns the whole upper-layer payload when the datagram is complete.
-    pub fn push(
-        &mut self,
-        ts: Micros,
-        key: FragKey,
-        offset: usize,
-        more: bool,
-        data: &[u8],
-    ) -> Option<Vec<u8>> {
+    pub fn push(&mut self, ts: Micros, key: FragKey, offset: usize, more: bool, data: &[u8]) -> Option<Vec<u8>> {
         self.stats.fragments += 1;
         let end = offset + data.len();
         if end > self.max_bytes {
@@ -79,11 +72,7 @@ impl Defrag {
         if !self.table.contains_key(&key) && self.table.len() >= self.max_datagrams {
             self.expire(ts);
             if self.table.len() >= self.max_datagrams {
-                let oldest = self
-                    .table
-                    .iter()
-                    .min_by_key(|(_, p)| p.first_ts)
-                    .map(|(k, _)| *k);
+                let oldest = self.table.iter().min_by_key(|(_, p)| p.first_ts).map(|(k, _)| *k);
                 if let Some(k) = oldest {
                     self.table.remove(&k);
                     self.stats.evicted += 1;
@@ -150,12 +139,7 @@ mod tests {
     use super::*;
 
     fn key() -> FragKey {
-        FragKey {
-            src: "127.0.0.1".parse().unwrap(),
-            dst: "127.0.0.2".parse().unwrap(),
-            id: 7,
-            proto: 17,
-        }
+        FragKey { src: "127.0.0.1".parse().unwrap(), dst: "127.0.0.2".parse().unwrap(), id: 7, proto: 17 }
     }
 
     #[test]

@@ -125,37 +125,20 @@ mod tests {
         let mut f = vec![0x08, 0x00, 0, 0];
         f.resize(20, 0);
         f.push(0x45);
-        assert_eq!(
-            strip(LINKTYPE_LINUX_SLL2, &f),
-            Ok((Net::Ipv4, &[0x45u8][..]))
-        );
+        assert_eq!(strip(LINKTYPE_LINUX_SLL2, &f), Ok((Net::Ipv4, &[0x45u8][..])));
         let mut g = vec![0u8; 14];
         g.extend_from_slice(&[0x86, 0xDD, 0x60]);
-        assert_eq!(
-            strip(LINKTYPE_LINUX_SLL, &g),
-            Ok((Net::Ipv6, &[0x60u8][..]))
-        );
-        assert_eq!(
-            strip(LINKTYPE_LINUX_SLL, &g[..10]),
-            Err(LinkError::Truncated)
-        );
+        assert_eq!(strip(LINKTYPE_LINUX_SLL, &g), Ok((Net::Ipv6, &[0x60u8][..])));
+        assert_eq!(strip(LINKTYPE_LINUX_SLL, &g[..10]), Err(LinkError::Truncated));
     }
 
     #[test]
     fn vlan_qinq_pppoe_loopback() {
         let mut f = vec![0u8; 12];
-        f.extend_from_slice(&[
-            0x88, 0xA8, 0, 1, 0x81, 0x00, 0, 2, 0x88, 0x64, 0x11, 0, 0, 1, 0, 10, 0x00, 0x21, 0x45,
-        ]);
+        f.extend_from_slice(&[0x88, 0xA8, 0, 1, 0x81, 0x00, 0, 2, 0x88, 0x64, 0x11, 0, 0, 1, 0, 10, 0x00, 0x21, 0x45]);
         assert_eq!(ethernet(&f), Ok((Net::Ipv4, &[0x45u8][..])));
-        assert_eq!(
-            strip(LINKTYPE_NULL, &[2, 0, 0, 0, 0x45]),
-            Ok((Net::Ipv4, &[0x45u8][..]))
-        );
-        assert_eq!(
-            strip(LINKTYPE_LOOP, &[0, 0, 0, 30, 0x60]),
-            Ok((Net::Ipv6, &[0x60u8][..]))
-        );
+        assert_eq!(strip(LINKTYPE_NULL, &[2, 0, 0, 0, 0x45]), Ok((Net::Ipv4, &[0x45u8][..])));
+        assert_eq!(strip(LINKTYPE_LOOP, &[0, 0, 0, 30, 0x60]), Ok((Net::Ipv6, &[0x60u8][..])));
         assert_eq!(strip(147, &[1, 2, 3]), Err(LinkError::UnknownLinkType));
     }
 }

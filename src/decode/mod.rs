@@ -143,11 +143,7 @@ impl Decoder {
             last_expire: 0,
             sctp_partial: HashMap::new(),
             max_message: limits.max_tcp_buffer,
-            dedup: Dedup {
-                window: limits.duplicate_window,
-                seen: HashMap::new(),
-                order: VecDeque::new(),
-            },
+            dedup: Dedup { window: limits.duplicate_window, seen: HashMap::new(), order: VecDeque::new() },
         }
     }
 
@@ -169,13 +165,7 @@ impl Decoder {
         self.defrag.expire(now);
         self.tcp.flush_gaps(now, &mut |key, m, ws| {
             let transport = if ws { Transport::Ws } else { Transport::Tcp };
-            out(SipBytes {
-                ts: now,
-                src: key.src,
-                dst: key.dst,
-                transport,
-                data: m,
-            })
+            out(SipBytes { ts: now, src: key.src, dst: key.dst, transport, data: m })
         });
         self.tcp.expire(now);
         self.last_expire = now;
@@ -189,14 +179,7 @@ impl Decoder {
         }
     }
 
-    fn net(
-        &mut self,
-        ts: Micros,
-        net: Net,
-        data: &[u8],
-        depth: u8,
-        out: &mut dyn FnMut(SipBytes<'_>),
-    ) {
+    fn net(&mut self, ts: Micros, net: Net, data: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
         if depth > MAX_DEPTH {
             self.stats.too_deep += 1;
             return;
@@ -224,11 +207,7 @@ impl Decoder {
             return;
         }
         // tolerate a total length of 0 (TSO on the capturing host) or past the frame (snaplen)
-        let end = if total >= ihl && total <= d.len() {
-            total
-        } else {
-            d.len()
-        };
+        let end = if total >= ihl && total <= d.len() { total } else { d.len() };
         let proto = d[9];
         let src = IpAddr::V4(Ipv4Addr::new(d[12], d[13], d[14], d[15]));
         let dst = IpAddr::V4(Ipv4Addr::new(d[16], d[17], d[18], d[19]));
@@ -238,20 +217,12 @@ impl Decoder {
         let payload = &d[ihl..end];
         // identity of the packet: addresses, protocol, IP ID, fragment field and payload (not
         // the TTL or checksum, which differ between two capture points)
-        if self
-            .dedup
-            .is_duplicate(ts, packet_hash(&[&d[4..8], &d[9..10], &d[12..20], payload]))
-        {
+        if self.dedup.is_duplicate(ts, packet_hash(&[&d[4..8], &d[9..10], &d[12..20], payload])) {
             self.stats.duplicates += 1;
             return;
         }
         if more || offset != 0 {
-            let key = FragKey {
-                src,
-                dst,
-                id: u32::from(u16::from_be_bytes([d[4], d[5]])),
-                proto,
-            };
+            let key = FragKey { src, dst, id: u32::from(u16::from_be_bytes([d[4], d[5]])), proto };
             if let Some(whole) = self.defrag.push(ts, key, offset, more, payload) {
                 self.transport(ts, proto, src, dst, &whole, depth, out);
             }
@@ -266,21 +237,10 @@ impl Decoder {
             return;
         }
         let plen = usize::from(u16::from_be_bytes([d[4], d[5]]));
-        let end = if plen > 0 && 40 + plen <= d.len() {
-            40 + plen
-        } else {
-            d.len()
-        };
-        let src = IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&d[8..24]).expect("16 bytes"),
-        ));
-        let dst = IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&d[24..40]).expect("16 bytes"),
-        ));
-        if self
-            .dedup
-            .is_duplicate(ts, packet_hash(&[&d[6..7], &d[8..40], &d[40..end]]))
-        {
+        let end = if plen > 0 && 40 + plen <= d.len() { 40 + plen } else { d.len() };
+        let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[8..24]).expect("16 bytes")));
+        let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&d[24..40]).expect("16 bytes")));
+        if self.dedup.is_duplicate(ts, packet_hash(&[&d[6..7], &d[8..40], &d[40..end]])) {
             self.stats.duplicates += 1;
             return;
         }
@@ -297,12 +257,7 @@ impl Decoder {
                 44 => {
                     let Some(h) = d.get(pos..pos + 8) else { break };
                     let off_m = u16::from_be_bytes([h[2], h[3]]);
-                    let key = FragKey {
-                        src,
-                        dst,
-                        id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-                        proto: h[0],
-                    };
+                    let key = FragKey { src, dst, id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]), proto: h[0] };
                     let offset = usize::from(off_m >> 3) * 8;
                     let more = off_m & 1 == 1;
                     let Some(payload) = d.get(pos + 8..end) else {
@@ -353,15 +308,7 @@ impl Decoder {
         }
     }
 
-    fn udp(
-        &mut self,
-        ts: Micros,
-        src: IpAddr,
-        dst: IpAddr,
-        p: &[u8],
-        depth: u8,
-        out: &mut dyn FnMut(SipBytes<'_>),
-    ) {
+    fn udp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
         if p.len() < 8 {
             self.stats.truncated += 1;
             return;
@@ -369,11 +316,7 @@ impl Decoder {
         let sport = u16::from_be_bytes([p[0], p[1]]);
         let dport = u16::from_be_bytes([p[2], p[3]]);
         let ulen = usize::from(u16::from_be_bytes([p[4], p[5]]));
-        let end = if ulen >= 8 && ulen <= p.len() {
-            ulen
-        } else {
-            p.len()
-        };
+        let end = if ulen >= 8 && ulen <= p.len() { ulen } else { p.len() };
         let payload = &p[8..end];
         self.stats.udp += 1;
         // tunnels carried over UDP
@@ -381,11 +324,7 @@ impl Decoder {
             self.stats.tunnelled += 1;
             return self.net(ts, Net::Ethernet, &payload[8..], depth + 1, out);
         }
-        if (dport == 2152 || sport == 2152)
-            && payload.len() >= 8
-            && payload[0] >> 5 == 1
-            && payload[1] == 0xff
-        {
+        if (dport == 2152 || sport == 2152) && payload.len() >= 8 && payload[0] >> 5 == 1 && payload[1] == 0xff {
             return self.gtp_u(ts, payload, depth, out);
         }
         if !tcp::starts_with_sip(payload) {
@@ -452,25 +391,15 @@ impl Decoder {
         };
         self.stats.tunnelled += 1;
         let res = match proto {
-            0x88BE => inner
-                .get(8..)
-                .map(|e| (Net::Ethernet, e))
-                .ok_or(LinkError::Truncated), // ERSPAN type II
+            0x88BE => inner.get(8..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated), // ERSPAN type II
             0x22EB => {
                 // ERSPAN type III: 12 bytes, plus 8 when the O bit says a platform subheader follows
                 let o = inner.get(11).map(|b| b & 0x01 != 0).unwrap_or(false);
-                inner
-                    .get(if o { 20 } else { 12 }..)
-                    .map(|e| (Net::Ethernet, e))
-                    .ok_or(LinkError::Truncated)
+                inner.get(if o { 20 } else { 12 }..).map(|e| (Net::Ethernet, e)).ok_or(LinkError::Truncated)
             }
             0x880B => {
                 // PPP, optionally with address/control bytes 0xff 0x03
-                let q = if inner.starts_with(&[0xff, 0x03]) {
-                    &inner[2..]
-                } else {
-                    inner
-                };
+                let q = if inner.starts_with(&[0xff, 0x03]) { &inner[2..] } else { inner };
                 match q {
                     [a, rest @ ..] if a & 1 == 1 => link::ppp(u16::from(*a), rest),
                     [a, b, rest @ ..] => link::ppp(u16::from_be_bytes([*a, *b]), rest),
@@ -485,14 +414,7 @@ impl Decoder {
         }
     }
 
-    fn tcp(
-        &mut self,
-        ts: Micros,
-        src: IpAddr,
-        dst: IpAddr,
-        p: &[u8],
-        out: &mut dyn FnMut(SipBytes<'_>),
-    ) {
+    fn tcp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
         if p.len() < 20 {
             self.stats.truncated += 1;
             return;
@@ -506,38 +428,16 @@ impl Decoder {
             self.stats.truncated += 1;
             return;
         };
-        let key = FlowKey {
-            src: SocketAddr::new(src, sport),
-            dst: SocketAddr::new(dst, dport),
-        };
-        let seg = Segment {
-            seq,
-            syn: flags & 0x02 != 0,
-            fin: flags & 0x01 != 0,
-            rst: flags & 0x04 != 0,
-            payload,
-        };
+        let key = FlowKey { src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport) };
+        let seg = Segment { seq, syn: flags & 0x02 != 0, fin: flags & 0x01 != 0, rst: flags & 0x04 != 0, payload };
         let sip_port = self.sip_ports.contains(&sport) || self.sip_ports.contains(&dport);
         self.tcp.push(ts, key, seg, sip_port, &mut |m, ws| {
             let transport = if ws { Transport::Ws } else { Transport::Tcp };
-            out(SipBytes {
-                ts,
-                src: key.src,
-                dst: key.dst,
-                transport,
-                data: m,
-            })
+            out(SipBytes { ts, src: key.src, dst: key.dst, transport, data: m })
         });
     }
 
-    fn sctp(
-        &mut self,
-        ts: Micros,
-        src: IpAddr,
-        dst: IpAddr,
-        p: &[u8],
-        out: &mut dyn FnMut(SipBytes<'_>),
-    ) {
+    fn sctp(&mut self, ts: Micros, src: IpAddr, dst: IpAddr, p: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
         if p.len() < 12 {
             self.stats.truncated += 1;
             return;
@@ -561,13 +461,7 @@ impl Decoder {
                 match flags & 0x03 {
                     0x03 => {
                         if tcp::starts_with_sip(data) {
-                            out(SipBytes {
-                                ts,
-                                src: s,
-                                dst: d,
-                                transport: Transport::Sctp,
-                                data,
-                            });
+                            out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data });
                         }
                     }
                     0x02 => {
@@ -584,13 +478,7 @@ impl Decoder {
                             } else if b == 0x01 {
                                 let msg = self.sctp_partial.remove(&key).expect("present");
                                 if tcp::starts_with_sip(&msg) {
-                                    out(SipBytes {
-                                        ts,
-                                        src: s,
-                                        dst: d,
-                                        transport: Transport::Sctp,
-                                        data: &msg,
-                                    });
+                                    out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data: &msg });
                                 }
                             }
                         }

@@ -122,11 +122,7 @@ impl TcpReassembly {
             if self.flows.len() >= self.max_flows {
                 self.evict(ts);
             }
-            let next_seq = if seg.syn {
-                seg.seq.wrapping_add(1)
-            } else {
-                seg.seq
-            };
+            let next_seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
             self.flows.insert(
                 key,
                 Flow {
@@ -145,11 +141,7 @@ impl TcpReassembly {
         let stats = &mut self.stats;
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_ts = ts;
-        let seq = if seg.syn {
-            seg.seq.wrapping_add(1)
-        } else {
-            seg.seq
-        };
+        let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
         if !seg.payload.is_empty() {
             let off = seq.wrapping_sub(flow.next_seq) as i32;
             if off < 0 {
@@ -164,9 +156,7 @@ impl TcpReassembly {
                 append(flow, seg.payload);
             } else {
                 stats.out_of_order += 1;
-                flow.ahead
-                    .entry(seq)
-                    .or_insert_with(|| seg.payload.to_vec());
+                flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
                 flow.gap_since.get_or_insert(ts);
             }
             settle(flow, stats, ts, max_ahead, max_buffer, out);
@@ -181,14 +171,7 @@ impl TcpReassembly {
     pub fn flush_gaps(&mut self, now: Micros, out: &mut dyn FnMut(FlowKey, &[u8], bool)) {
         let (max_ahead, max_buffer) = (self.max_ahead, self.max_buffer);
         for (key, flow) in self.flows.iter_mut().filter(|(_, f)| f.gap_since.is_some()) {
-            settle(
-                flow,
-                &mut self.stats,
-                now,
-                max_ahead,
-                max_buffer,
-                &mut |m, ws| out(*key, m, ws),
-            );
+            settle(flow, &mut self.stats, now, max_ahead, max_buffer, &mut |m, ws| out(*key, m, ws));
         }
     }
 
@@ -203,11 +186,7 @@ impl TcpReassembly {
     fn evict(&mut self, now: Micros) {
         self.expire(now);
         while self.flows.len() >= self.max_flows {
-            let oldest = self
-                .flows
-                .iter()
-                .min_by_key(|(_, f)| f.last_ts)
-                .map(|(k, _)| *k);
+            let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_ts).map(|(k, _)| *k);
             match oldest {
                 Some(k) => {
                     self.flows.remove(&k);
@@ -254,11 +233,7 @@ fn settle(
             append(flow, &data[skip..]);
         }
     }
-    flow.gap_since = if flow.ahead.is_empty() {
-        None
-    } else {
-        flow.gap_since.or(Some(now))
-    };
+    flow.gap_since = if flow.ahead.is_empty() { None } else { flow.gap_since.or(Some(now)) };
     extract(flow, stats, max_buffer, out);
 }
 
@@ -267,12 +242,7 @@ fn append(flow: &mut Flow, data: &[u8]) {
     flow.next_seq = flow.next_seq.wrapping_add(data.len() as u32);
 }
 
-fn extract(
-    flow: &mut Flow,
-    stats: &mut TcpStats,
-    max_buffer: usize,
-    out: &mut dyn FnMut(&[u8], bool),
-) {
+fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut dyn FnMut(&[u8], bool)) {
     let mut start = 0;
     loop {
         if let Mode::WebSocket { partial } = &mut flow.mode {
@@ -286,12 +256,7 @@ fn extract(
                     flow.synced = false;
                     break;
                 }
-                WsFrame::Complete {
-                    consumed,
-                    fin,
-                    opcode,
-                    payload,
-                } => {
+                WsFrame::Complete { consumed, fin, opcode, payload } => {
                     start += consumed;
                     // data frames (continuation, text, binary); close, ping and pong carry no SIP
                     if opcode <= 2 {
@@ -331,11 +296,7 @@ fn extract(
                 }
                 None => {
                     // keep only the last partial line
-                    let keep = rest
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map(|i| rest.len() - i - 1)
-                        .unwrap_or(rest.len());
+                    let keep = rest.iter().rposition(|&b| b == b'\n').map(|i| rest.len() - i - 1).unwrap_or(rest.len());
                     stats.skipped_bytes += (rest.len() - keep) as u64;
                     start += rest.len() - keep;
                     break;
@@ -349,9 +310,7 @@ fn extract(
             };
             if ws::is_upgrade(&rest[..body]) {
                 stats.websocket_upgrades += 1;
-                flow.mode = Mode::WebSocket {
-                    partial: Vec::new(),
-                };
+                flow.mode = Mode::WebSocket { partial: Vec::new() };
             } else {
                 stats.not_sip_messages += 1;
                 flow.synced = false;
@@ -412,23 +371,14 @@ mod tests {
     const M2: &[u8] = b"SIP/2.0 200 OK\r\nCall-ID: 1\r\nl: 0\r\n\r\n";
 
     fn key() -> FlowKey {
-        FlowKey {
-            src: "127.0.0.1:5060".parse().unwrap(),
-            dst: "127.0.0.2:40000".parse().unwrap(),
-        }
+        FlowKey { src: "127.0.0.1:5060".parse().unwrap(), dst: "127.0.0.2:40000".parse().unwrap() }
     }
 
     fn run(segs: &[(u32, &[u8])]) -> (Vec<Vec<u8>>, TcpStats) {
         let mut t = TcpReassembly::new(10, 1 << 16);
         let mut got = Vec::new();
         for (i, (seq, p)) in segs.iter().enumerate() {
-            let seg = Segment {
-                seq: *seq,
-                syn: false,
-                fin: false,
-                rst: false,
-                payload: p,
-            };
+            let seg = Segment { seq: *seq, syn: false, fin: false, rst: false, payload: p };
             t.push(i as i64, key(), seg, true, &mut |m, _| got.push(m.to_vec()));
         }
         (got, t.stats)
@@ -447,12 +397,7 @@ mod tests {
     fn out_of_order_and_retransmitted() {
         let mut all = M1.to_vec();
         all.extend_from_slice(M2);
-        let (got, st) = run(&[
-            (1000, &all[..20]),
-            (1040, &all[40..]),
-            (1000, &all[..20]),
-            (1020, &all[20..40]),
-        ]);
+        let (got, st) = run(&[(1000, &all[..20]), (1040, &all[40..]), (1000, &all[..20]), (1020, &all[20..40])]);
         assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
         assert_eq!(st.out_of_order, 1);
         assert_eq!(st.retransmitted, 1);
@@ -466,19 +411,9 @@ mod tests {
         let m2_at = 1000 + M1.len() as u32;
         let mut t = TcpReassembly::new(10, 1 << 16);
         let mut got = Vec::new();
-        let seg = |seq, payload| Segment {
-            seq,
-            syn: false,
-            fin: false,
-            rst: false,
-            payload,
-        };
-        t.push(0, key(), seg(1000, &all[..10]), true, &mut |m, _| {
-            got.push(m.to_vec())
-        });
-        t.push(1, key(), seg(m2_at, &all[M1.len()..]), true, &mut |m, _| {
-            got.push(m.to_vec())
-        });
+        let seg = |seq, payload| Segment { seq, syn: false, fin: false, rst: false, payload };
+        t.push(0, key(), seg(1000, &all[..10]), true, &mut |m, _| got.push(m.to_vec()));
+        t.push(1, key(), seg(m2_at, &all[M1.len()..]), true, &mut |m, _| got.push(m.to_vec()));
         assert!(got.is_empty());
         t.flush_gaps(2_000_000, &mut |_, m, _| got.push(m.to_vec()));
         assert_eq!(got, vec![M2.to_vec()]);

@@ -54,23 +54,13 @@ pub fn frame(buf: &[u8], max_len: usize) -> WsFrame {
         Some(m) => data.iter().enumerate().map(|(i, b)| b ^ m[i % 4]).collect(),
         None => data.to_vec(),
     };
-    WsFrame::Complete {
-        consumed: pos + len,
-        fin,
-        opcode,
-        payload,
-    }
+    WsFrame::Complete { consumed: pos + len, fin, opcode, payload }
 }
 
 /// Whether an HTTP message head (request or 101 response) upgrades the connection to WebSocket.
 pub fn is_upgrade(head: &[u8]) -> bool {
-    let lower: Vec<u8> = head
-        .iter()
-        .take(4096)
-        .map(|b| b.to_ascii_lowercase())
-        .collect();
-    (lower.starts_with(b"get ") || lower.starts_with(b"http/1.1 101"))
-        && memmem::find(&lower, b"websocket").is_some()
+    let lower: Vec<u8> = head.iter().take(4096).map(|b| b.to_ascii_lowercase()).collect();
+    (lower.starts_with(b"get ") || lower.starts_with(b"http/1.1 101")) && memmem::find(&lower, b"websocket").is_some()
 }
 
 /// Whether a buffer starts with an HTTP request or response line (not SIP).
@@ -91,12 +81,7 @@ mod tests {
         f.extend_from_slice(&key);
         f.extend(msg.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         match frame(&f, 1 << 16) {
-            WsFrame::Complete {
-                consumed,
-                fin,
-                opcode,
-                payload,
-            } => {
+            WsFrame::Complete { consumed, fin, opcode, payload } => {
                 assert_eq!((consumed, fin, opcode), (f.len(), true, 1));
                 assert_eq!(payload, msg);
             }
@@ -109,14 +94,8 @@ mod tests {
     fn extended_length_and_bound() {
         let mut f = vec![0x82, 126, 0x01, 0x00];
         f.extend(std::iter::repeat_n(b'x', 256));
-        assert!(matches!(
-            frame(&f, 1 << 16),
-            WsFrame::Complete { consumed: 260, .. }
-        ));
-        assert_eq!(
-            frame(&[0x82, 127, 0, 0, 0, 1, 0, 0, 0, 0], 1 << 16),
-            WsFrame::TooLong
-        );
+        assert!(matches!(frame(&f, 1 << 16), WsFrame::Complete { consumed: 260, .. }));
+        assert_eq!(frame(&[0x82, 127, 0, 0, 0, 1, 0, 0, 0, 0], 1 << 16), WsFrame::TooLong);
         assert!(is_upgrade(b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"));
         assert!(!is_upgrade(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
     }

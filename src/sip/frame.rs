@@ -27,9 +27,7 @@ pub fn frame(buf: &[u8]) -> Framed {
 pub fn content_length(head: &[u8]) -> Option<usize> {
     let mut pos = 0;
     while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..])
-            .map(|i| pos + i)
-            .unwrap_or(head.len());
+        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
         let line = &head[pos..end];
         pos = end + 1;
         let Some(colon) = memchr(b':', line) else {
@@ -37,10 +35,7 @@ pub fn content_length(head: &[u8]) -> Option<usize> {
         };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            return std::str::from_utf8(line[colon + 1..].trim_ascii())
-                .ok()?
-                .parse()
-                .ok();
+            return std::str::from_utf8(line[colon + 1..].trim_ascii()).ok()?.parse().ok();
         }
     }
     None
@@ -48,9 +43,7 @@ pub fn content_length(head: &[u8]) -> Option<usize> {
 
 /// Number of keep-alive CRLFs (RFC 5626 3.5.1) at the start of `buf`.
 pub fn leading_crlf(buf: &[u8]) -> usize {
-    buf.iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count()
+    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
 }
 
 #[cfg(test)]
@@ -60,23 +53,15 @@ mod tests {
     #[test]
     fn two_pipelined_messages_split_by_content_length() {
         let a = b"MESSAGE sip:x SIP/2.0\r\nl: 5\r\n\r\nhelloOPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n";
-        let Framed::Complete(n) = frame(a) else {
-            panic!()
-        };
+        let Framed::Complete(n) = frame(a) else { panic!() };
         assert_eq!(&a[n - 5..n], b"hello");
         assert_eq!(frame(&a[n..]), Framed::Complete(a.len() - n));
     }
 
     #[test]
     fn incomplete_body_and_head() {
-        assert_eq!(
-            frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nabc"),
-            Framed::Incomplete
-        );
-        assert_eq!(
-            frame(b"INVITE sip:x SIP/2.0\r\nContent-Len"),
-            Framed::Incomplete
-        );
+        assert_eq!(frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nabc"), Framed::Incomplete);
+        assert_eq!(frame(b"INVITE sip:x SIP/2.0\r\nContent-Len"), Framed::Incomplete);
         assert_eq!(
             frame(b"INVITE sip:x SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
             Framed::Complete(65)

@@ -63,9 +63,22 @@ pub struct Message<'a> {
     pub user_agent: Option<&'a str>,
     pub session_expires: Option<u32>,
     pub content_length: Option<usize>,
+    /// The header section, for the rare lookup of a header not extracted above.
+    pub head: &'a [u8],
 }
 
 impl<'a> Message<'a> {
+    /// The first value of any header, by name (case-insensitive), scanning the header section.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+            let colon = memchr(b':', line)?;
+            if !trim_bytes(&line[..colon]).eq_ignore_ascii_case(name.as_bytes()) {
+                return None;
+            }
+            std::str::from_utf8(&line[colon + 1..]).ok().map(str::trim)
+        })
+    }
+
     pub fn method(&self) -> Option<&'a str> {
         match self.start {
             StartLine::Request { method, .. } => Some(method),
@@ -97,8 +110,7 @@ pub enum ParseError {
 pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
     let head_end = header_end(buf).map(|(h, _)| h).unwrap_or(buf.len());
     let head = &buf[..head_end];
-    let folded =
-        memchr::memchr_iter(b'\n', head).any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')));
+    let folded = memchr::memchr_iter(b'\n', head).any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')));
     if !folded {
         return Cow::Borrowed(buf);
     }
@@ -160,14 +172,13 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         user_agent: None,
         session_expires: None,
         content_length: None,
+        head,
     };
     let (mut have_from, mut have_to, mut have_cseq) = (false, false, false);
 
     let mut pos = (first_end + 1).min(head.len());
     while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..])
-            .map(|i| pos + i)
-            .unwrap_or(head.len());
+        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
         let line = &head[pos..end];
         pos = end + 1;
         let Some(colon) = memchr(b':', line) else {
@@ -236,10 +247,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
 
 fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
     if let Some(rest) = strip_prefix_ci(line, "SIP/2.0 ") {
-        let code = rest
-            .trim_start()
-            .get(..3)
-            .and_then(|c| c.parse::<u16>().ok());
+        let code = rest.trim_start().get(..3).and_then(|c| c.parse::<u16>().ok());
         return match code {
             Some(c) if (100..700).contains(&c) => Ok(StartLine::Response { code: c }),
             _ => Err(ParseError::BadStartLine),
@@ -253,10 +261,7 @@ fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
         return Err(ParseError::NotSip);
     }
     // RFC 3261 token characters; unknown methods are fine
-    if !method
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
-    {
+    if !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
         return Err(ParseError::BadStartLine);
     }
     Ok(StartLine::Request { method, uri })
@@ -307,10 +312,7 @@ fn header_id(name: &[u8]) -> Option<Hdr> {
         (b"session-expires", Hdr::SessionExpires),
         (b"content-length", Hdr::ContentLength),
     ];
-    NAMES
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, h)| *h)
+    NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, h)| *h)
 }
 
 /// Splits a header value on commas that are outside quotes and angle brackets.
@@ -367,21 +369,12 @@ fn name_addr(v: &str) -> NameAddr<'_> {
     }
     if let Some(lt) = v[scan_from..].find('<').map(|i| i + scan_from) {
         if let Some(gt) = v[lt..].find('>').map(|i| i + lt) {
-            return NameAddr {
-                uri: v[lt + 1..gt].trim(),
-                params: &v[gt + 1..],
-            };
+            return NameAddr { uri: v[lt + 1..gt].trim(), params: &v[gt + 1..] };
         }
-        return NameAddr {
-            uri: v[lt + 1..].trim(),
-            params: "",
-        };
+        return NameAddr { uri: v[lt + 1..].trim(), params: "" };
     }
     match v.find(';') {
-        Some(semi) => NameAddr {
-            uri: v[..semi].trim(),
-            params: &v[semi..],
-        },
+        Some(semi) => NameAddr { uri: v[..semi].trim(), params: &v[semi..] },
         None => NameAddr { uri: v, params: "" },
     }
 }
@@ -435,20 +428,12 @@ pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
-    (s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
-        .then(|| &s[p.len()..])
+    (s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())).then(|| &s[p.len()..])
 }
 
 fn trim_bytes(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map(|i| i + 1)
-        .unwrap_or(s);
+    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map(|i| i + 1).unwrap_or(s);
     &b[s..e.max(s)]
 }
 
@@ -466,13 +451,7 @@ mod tests {
             "INVITE sip:bob@lab.example SIP/2.0\nv: SIP/2.0/UDP 127.0.0.2\nf: <sip:alice@lab.example>;tag=abc\nt: sip:bob@lab.example\ni: x1@h\ncseq: 7 INVITE\nM: <sip:alice@127.0.0.2:5060>\nL: 0\nx: 1800;refresher=uac\n\n",
         );
         let m = parse(&b).unwrap();
-        assert_eq!(
-            m.start,
-            StartLine::Request {
-                method: "INVITE",
-                uri: "sip:bob@lab.example"
-            }
-        );
+        assert_eq!(m.start, StartLine::Request { method: "INVITE", uri: "sip:bob@lab.example" });
         assert_eq!(m.call_id, "x1@h");
         assert_eq!((m.cseq, m.cseq_method), (7, "INVITE"));
         assert_eq!(m.from.tag(), Some("abc"));
@@ -508,10 +487,7 @@ mod tests {
         assert_eq!(m.contacts.len(), 3);
         assert_eq!(m.contacts[0].instance(), Some("urn:uuid:0f6c"));
         assert_eq!(m.contacts[0].expires(), Some(3600));
-        assert_eq!(
-            m.contacts[1].addr.uri,
-            "sip:alice@[2001:db8::9]:5070;transport=tcp"
-        );
+        assert_eq!(m.contacts[1].addr.uri, "sip:alice@[2001:db8::9]:5070;transport=tcp");
         assert_eq!(m.contacts[1].expires(), Some(20));
         assert_eq!(m.contacts[2].addr.uri, "sip:alice@10.0.0.1");
         assert_eq!(m.contacts[2].expires(), Some(5));
@@ -530,20 +506,13 @@ mod tests {
         );
         let m = parse(&b).unwrap();
         assert_eq!(m.method(), Some("FROBNICATE"));
-        assert_eq!(
-            m.start,
-            StartLine::Request {
-                method: "FROBNICATE",
-                uri: "sip:[2001:db8::1]:5060"
-            }
-        );
+        assert_eq!(m.start, StartLine::Request { method: "FROBNICATE", uri: "sip:[2001:db8::1]:5060" });
     }
 
     #[test]
     fn display_name_with_angle_bracket_and_bare_uri_params() {
-        let b = msg(
-            "BYE sip:x SIP/2.0\nFrom: \"a <b>\" <sip:a@x>;tag=9\nTo: sip:b@x;tag=8\nCall-ID: q\nCSeq: 2 BYE\n\n",
-        );
+        let b =
+            msg("BYE sip:x SIP/2.0\nFrom: \"a <b>\" <sip:a@x>;tag=9\nTo: sip:b@x;tag=8\nCall-ID: q\nCSeq: 2 BYE\n\n");
         let m = parse(&b).unwrap();
         assert_eq!(m.from.uri, "sip:a@x");
         assert_eq!(m.from.tag(), Some("9"));
@@ -554,25 +523,17 @@ mod tests {
     #[test]
     fn errors_for_what_cannot_be_followed() {
         assert_eq!(parse(b"hello world"), Err(ParseError::NotSip));
-        assert_eq!(
-            parse(b"SIP/2.0 abc OK\r\n\r\n"),
-            Err(ParseError::BadStartLine)
-        );
-        assert_eq!(
-            parse(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\n"),
-            Err(ParseError::MissingCallId)
-        );
-        assert_eq!(
-            parse(b"INVITE sip:x SIP/2.0\r\ni: a\r\n\r\n"),
-            Err(ParseError::MissingCSeq)
-        );
+        assert_eq!(parse(b"SIP/2.0 abc OK\r\n\r\n"), Err(ParseError::BadStartLine));
+        assert_eq!(parse(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\n"), Err(ParseError::MissingCallId));
+        assert_eq!(parse(b"INVITE sip:x SIP/2.0\r\ni: a\r\n\r\n"), Err(ParseError::MissingCSeq));
         assert_eq!(parse(b"\xff\xfe"), Err(ParseError::NotSip));
         assert_eq!(parse(b""), Err(ParseError::NotSip));
     }
 
     #[test]
     fn lf_only_line_ends() {
-        let m = parse(b"SIP/2.0 180 Ringing\nf: <sip:a@x>;tag=1\nt: <sip:b@x>;tag=2\ni: q\nCSeq: 2 INVITE\n\n").unwrap();
+        let m =
+            parse(b"SIP/2.0 180 Ringing\nf: <sip:a@x>;tag=1\nt: <sip:b@x>;tag=2\ni: q\nCSeq: 2 INVITE\n\n").unwrap();
         assert_eq!(m.status(), Some(180));
         assert_eq!(m.to.tag(), Some("2"));
     }

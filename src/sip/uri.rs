@@ -17,9 +17,7 @@ impl<'a> Uri<'a> {
         let colon = s.find(':')?;
         let scheme = &s[..colon];
         if scheme.is_empty()
-            || !scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+            || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
         {
             return None;
         }
@@ -29,12 +27,7 @@ impl<'a> Uri<'a> {
             if num.is_empty() {
                 return None;
             }
-            return Some(Uri {
-                scheme,
-                user: Some(num),
-                host: "",
-                port: None,
-            });
+            return Some(Uri { scheme, user: Some(num), host: "", port: None });
         }
         // user part ends at the last '@' before any ';' or '?' of the host part
         let (user, hostport) = match rest.rfind('@') {
@@ -49,9 +42,7 @@ impl<'a> Uri<'a> {
         let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
             let end = stripped.find(']')?;
             let host = &hostport[..end + 2];
-            let port = hostport[end + 2..]
-                .strip_prefix(':')
-                .and_then(|p| p.parse().ok());
+            let port = hostport[end + 2..].strip_prefix(':').and_then(|p| p.parse().ok());
             (host, port)
         } else {
             match hostport.rfind(':') {
@@ -62,12 +53,7 @@ impl<'a> Uri<'a> {
         if host.is_empty() {
             return None;
         }
-        Some(Uri {
-            scheme,
-            user: user.filter(|u| !u.is_empty()),
-            host,
-            port,
-        })
+        Some(Uri { scheme, user: user.filter(|u| !u.is_empty()), host, port })
     }
 
     /// The address of record `user@domain`, domain lower-cased, without parameters.
@@ -84,12 +70,7 @@ impl<'a> Uri<'a> {
     /// A key for matching a Request-URI against a registered contact: user, host, port
     /// (default 5060), lower-case host.
     pub fn contact_key(&self) -> String {
-        format!(
-            "{}@{}:{}",
-            self.user.unwrap_or(""),
-            self.host.to_ascii_lowercase(),
-            self.port.unwrap_or(5060)
-        )
+        format!("{}@{}:{}", self.user.unwrap_or(""), self.host.to_ascii_lowercase(), self.port.unwrap_or(5060))
     }
 }
 

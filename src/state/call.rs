@@ -5,7 +5,7 @@
 //! legs of a call through a record-routing proxy (same Call-ID and From tag) stay apart, and a
 //! retransmitted or re-authenticated INVITE stays the same attempt.
 use crate::capture::Micros;
-use crate::event::{Direction, EndReason, EndedBy, Event, Kind, Params};
+use crate::event::{Direction, EndReason, EndedBy, Event, Kind, Origin, Params};
 use crate::sip::Message;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,18 +22,11 @@ const LINGER: Micros = 32_000_000;
 enum LegState {
     /// INVITE sent, nothing shows the server accepted it yet. `challenged`: got 401/403/407;
     /// `trying_at`: a 100 Trying came (the transaction proceeds: Timer C, not Timer B, applies).
-    Trying {
-        challenged: bool,
-        trying_at: Option<Micros>,
-    },
+    Trying { challenged: bool, trying_at: Option<Micros> },
     /// Accepted (callout/callin emitted), not answered.
     Early { last_provisional: Micros },
     /// 2xx seen.
-    Answered {
-        at: Micros,
-        last_activity: Micros,
-        session_expires: Option<u32>,
-    },
+    Answered { at: Micros, last_activity: Micros, session_expires: Option<u32> },
     /// callend emitted (or dropped unaccepted); kept to absorb retransmissions.
     Ended { at: Micros },
 }
@@ -52,6 +45,7 @@ struct Leg {
     cancelled: bool,
     /// The final status the client answered with (`in` legs), for the other leg's `ended_by`.
     client_final: Option<u16>,
+    origin: Origin,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -107,10 +101,7 @@ impl Calls {
 
     /// Legs not yet ended.
     pub fn open_legs(&self) -> usize {
-        self.legs
-            .values()
-            .filter(|l| !matches!(l.state, LegState::Ended { .. }))
-            .count()
+        self.legs.values().filter(|l| !matches!(l.state, LegState::Ended { .. })).count()
     }
     pub fn len(&self) -> usize {
         self.legs.len()
@@ -122,45 +113,28 @@ impl Calls {
     /// Finds the leg a message belongs to: same Call-ID and client, the caller's tag as From
     /// (caller to callee) or To (callee to caller). A client whose port changed (a new TCP
     /// connection) is still recognised by its IP.
-    fn find(
-        &self,
-        call_id: &str,
-        client: SocketAddr,
-        tags: [Option<&str>; 2],
-        dir: Option<Direction>,
-    ) -> Option<u64> {
+    fn find(&self, call_id: &str, client: SocketAddr, tags: [Option<&str>; 2], dir: Option<Direction>) -> Option<u64> {
         let ids = self.by_call_id.get(call_id)?;
-        let fits =
-            |l: &Leg| dir.is_none_or(|d| d == l.dir) && tags.contains(&Some(l.caller_tag.as_str()));
-        ids.iter()
-            .copied()
-            .find(|id| {
-                self.legs
-                    .get(id)
-                    .is_some_and(|l| l.client == client && fits(l))
-            })
-            .or_else(|| {
-                ids.iter().copied().find(|id| {
-                    self.legs
-                        .get(id)
-                        .is_some_and(|l| l.client.ip() == client.ip() && fits(l))
-                })
-            })
+        let fits = |l: &Leg| dir.is_none_or(|d| d == l.dir) && tags.contains(&Some(l.caller_tag.as_str()));
+        ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| l.client == client && fits(l))).or_else(|| {
+            ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| l.client.ip() == client.ip() && fits(l)))
+        })
     }
 
-    /// One message on a client<->server hop. `callee`: names the user of a new incoming leg.
+    /// One message on a client<->server hop. `resolve`: names the user of a new leg in a
+    /// direction, and the app behind it.
     pub fn message(
         &mut self,
         ts: Micros,
         msg: &Message<'_>,
         hop: Hop,
-        callee: impl FnOnce() -> String,
+        resolve: impl FnOnce(Direction) -> (String, Origin),
         out: &mut Vec<Event>,
     ) {
         let from_tag = msg.from.tag();
         let to_tag = msg.to.tag();
         match msg.method() {
-            Some("INVITE") if to_tag.is_none() => self.initial_invite(ts, msg, hop, callee, out),
+            Some("INVITE") if to_tag.is_none() => self.initial_invite(ts, msg, hop, resolve, out),
             Some(method) => {
                 let Some(id) = self.find(msg.call_id, hop.client, [from_tag, to_tag], None) else {
                     self.stats.orphan_messages += 1;
@@ -196,15 +170,11 @@ impl Calls {
         ts: Micros,
         msg: &Message<'_>,
         hop: Hop,
-        callee: impl FnOnce() -> String,
+        resolve: impl FnOnce(Direction) -> (String, Origin),
         out: &mut Vec<Event>,
     ) {
         self.stats.invites += 1;
-        let dir = if hop.from_client {
-            Direction::Out
-        } else {
-            Direction::In
-        };
+        let dir = if hop.from_client { Direction::Out } else { Direction::In };
         let from_tag = msg.from.tag().unwrap_or("");
         if let Some(id) = self.find(msg.call_id, hop.client, [Some(from_tag), None], Some(dir)) {
             // a retransmission, or the retry with credentials after a challenge
@@ -213,10 +183,7 @@ impl Calls {
             if matches!(l.state, LegState::Trying { .. } | LegState::Early { .. }) {
                 if msg.cseq != l.invite_cseq && matches!(l.state, LegState::Trying { .. }) {
                     // a new transaction (the retry with credentials): judged on its own responses
-                    l.state = LegState::Trying {
-                        challenged: false,
-                        trying_at: None,
-                    };
+                    l.state = LegState::Trying { challenged: false, trying_at: None };
                 }
                 l.last_invite = ts;
                 l.invite_cseq = msg.cseq;
@@ -225,10 +192,9 @@ impl Calls {
             }
             return;
         }
-        let user = match dir {
-            Direction::Out => msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default(),
-            Direction::In => callee(),
-        };
+        let (user, mut origin) = resolve(dir);
+        // without a known boot cycle, the call itself is the session
+        origin.session_start.get_or_insert(ts);
         if user.is_empty() {
             self.stats.orphan_messages += 1;
             return;
@@ -245,40 +211,25 @@ impl Calls {
             caller_tag: from_tag.to_string(),
             client: hop.client,
             user,
-            state: LegState::Trying {
-                challenged: false,
-                trying_at: None,
-            },
+            state: LegState::Trying { challenged: false, trying_at: None },
             invite_cseq: msg.cseq,
             last_invite: ts,
             cancelled: false,
             client_final: None,
+            origin,
         };
         if dir == Direction::In {
             // an INVITE the server sends to a client is a call the client's user receives
             out.push(leg_event(ts, Kind::IncomingCall, &leg, Params::default()));
-            leg.state = LegState::Early {
-                last_provisional: ts,
-            };
+            leg.state = LegState::Early { last_provisional: ts };
         }
         self.legs.insert(id, leg);
-        self.by_call_id
-            .entry(msg.call_id.to_string())
-            .or_default()
-            .push(id);
+        self.by_call_id.entry(msg.call_id.to_string()).or_default().push(id);
         let d = self.deadline_of(id);
         self.schedule(id, d);
     }
 
-    fn invite_response(
-        &mut self,
-        ts: Micros,
-        id: u64,
-        code: u16,
-        msg: &Message<'_>,
-        hop: Hop,
-        out: &mut Vec<Event>,
-    ) {
+    fn invite_response(&mut self, ts: Micros, id: u64, code: u16, msg: &Message<'_>, hop: Hop, out: &mut Vec<Event>) {
         let Some(leg) = self.legs.get(&id) else {
             return;
         };
@@ -296,9 +247,7 @@ impl Calls {
                 if (200..300).contains(&code)
                     && let Some(se) = msg.session_expires
                     && let Some(l) = self.legs.get_mut(&id)
-                    && let LegState::Answered {
-                        session_expires, ..
-                    } = &mut l.state
+                    && let LegState::Answered { session_expires, .. } = &mut l.state
                 {
                     *session_expires = Some(se);
                     let d = self.deadline_of(id);
@@ -308,10 +257,8 @@ impl Calls {
             LegState::Trying { .. } | LegState::Early { .. } => {
                 if code == 100 {
                     if let LegState::Trying { challenged, .. } = state {
-                        self.legs.get_mut(&id).expect("present").state = LegState::Trying {
-                            challenged,
-                            trying_at: Some(ts),
-                        };
+                        self.legs.get_mut(&id).expect("present").state =
+                            LegState::Trying { challenged, trying_at: Some(ts) };
                         let d = self.deadline_of(id);
                         self.schedule(id, d);
                     }
@@ -321,10 +268,7 @@ impl Calls {
                     if matches!(code, 401 | 403 | 407) {
                         // a challenge or refusal proves nothing about the call
                         if let Some(l) = self.legs.get_mut(&id) {
-                            l.state = LegState::Trying {
-                                challenged: true,
-                                trying_at: None,
-                            };
+                            l.state = LegState::Trying { challenged: true, trying_at: None };
                         }
                         return;
                     }
@@ -336,18 +280,13 @@ impl Calls {
                 }
                 match code {
                     101..=199 => {
-                        leg.state = LegState::Early {
-                            last_provisional: ts,
-                        };
+                        leg.state = LegState::Early { last_provisional: ts };
                         let d = self.deadline_of(id);
                         self.schedule(id, d);
                     }
                     200..=299 => {
-                        leg.state = LegState::Answered {
-                            at: ts,
-                            last_activity: ts,
-                            session_expires: msg.session_expires,
-                        };
+                        leg.state =
+                            LegState::Answered { at: ts, last_activity: ts, session_expires: msg.session_expires };
                         let d = self.deadline_of(id);
                         self.schedule(id, d);
                     }
@@ -407,9 +346,7 @@ impl Calls {
     fn accept(&mut self, ts: Micros, id: u64, out: &mut Vec<Event>) {
         let leg = self.legs.get_mut(&id).expect("present");
         if let LegState::Trying { .. } = leg.state {
-            leg.state = LegState::Early {
-                last_provisional: ts,
-            };
+            leg.state = LegState::Early { last_provisional: ts };
             if leg.dir == Direction::Out {
                 out.push(leg_event(ts, Kind::OutgoingCall, leg, Params::default()));
             }
@@ -420,11 +357,7 @@ impl Calls {
         let Some(leg) = self.legs.get(&id) else {
             return;
         };
-        let ended_by = if hop.from_client {
-            EndedBy::User
-        } else {
-            EndedBy::Peer
-        };
+        let ended_by = if hop.from_client { EndedBy::User } else { EndedBy::Peer };
         match leg.state {
             LegState::Answered { at, .. } => {
                 let dur = (ts - at) as f64 / 1e6;
@@ -484,20 +417,10 @@ impl Calls {
     fn deadline_of(&self, id: u64) -> Micros {
         let l = &self.legs[&id];
         match l.state {
-            LegState::Trying {
-                trying_at: None, ..
-            } => l.last_invite + TIMER_B,
-            LegState::Trying {
-                trying_at: Some(t), ..
-            } => (l.last_invite + TIMER_B).max(t + TIMER_C),
-            LegState::Early { last_provisional } => {
-                (l.last_invite + TIMER_B).max(last_provisional + TIMER_C)
-            }
-            LegState::Answered {
-                last_activity,
-                session_expires,
-                ..
-            } => {
+            LegState::Trying { trying_at: None, .. } => l.last_invite + TIMER_B,
+            LegState::Trying { trying_at: Some(t), .. } => (l.last_invite + TIMER_B).max(t + TIMER_C),
+            LegState::Early { last_provisional } => (l.last_invite + TIMER_B).max(last_provisional + TIMER_C),
+            LegState::Answered { last_activity, session_expires, .. } => {
                 let limit = session_expires
                     .map(|s| (i64::from(s) * 1_000_000).min(self.limits.max_call))
                     .unwrap_or(self.limits.max_call);
@@ -545,16 +468,10 @@ impl Calls {
             }
             LegState::Early { .. } => {
                 self.stats.timeouts += 1;
-                let reason = if leg.cancelled {
-                    EndReason::Cancel
-                } else {
-                    EndReason::Timeout
-                };
+                let reason = if leg.cancelled { EndReason::Cancel } else { EndReason::Timeout };
                 self.end(due, id, 408, reason, EndedBy::Server, 0.0, out);
             }
-            LegState::Answered {
-                at, last_activity, ..
-            } => {
+            LegState::Answered { at, last_activity, .. } => {
                 self.stats.timeouts += 1;
                 let dur = (last_activity - at) as f64 / 1e6;
                 self.end(due, id, 200, EndReason::Timeout, EndedBy::Server, dur, out);
@@ -570,15 +487,7 @@ impl Calls {
         let mut order: Vec<((bool, Micros), u64)> = self
             .legs
             .iter()
-            .map(|(id, l)| {
-                (
-                    (
-                        !matches!(l.state, LegState::Ended { .. }),
-                        self.deadline_of(*id),
-                    ),
-                    *id,
-                )
-            })
+            .map(|(id, l)| ((!matches!(l.state, LegState::Ended { .. }), self.deadline_of(*id)), *id))
             .collect();
         let n = n.min(order.len());
         if n == 0 {
@@ -590,12 +499,8 @@ impl Calls {
         for id in victims {
             self.stats.evicted += 1;
             match self.legs[&id].state {
-                LegState::Early { .. } => {
-                    self.end(now, id, 408, EndReason::Timeout, EndedBy::Server, 0.0, out)
-                }
-                LegState::Answered {
-                    at, last_activity, ..
-                } => {
+                LegState::Early { .. } => self.end(now, id, 408, EndReason::Timeout, EndedBy::Server, 0.0, out),
+                LegState::Answered { at, last_activity, .. } => {
                     let dur = (last_activity - at) as f64 / 1e6;
                     self.end(now, id, 200, EndReason::Timeout, EndedBy::Server, dur, out)
                 }
@@ -620,10 +525,5 @@ impl Calls {
 fn leg_event(ts: Micros, kind: Kind, leg: &Leg, mut params: Params) -> Event {
     params.call_id = Some(leg.call_id.clone());
     params.direction = Some(leg.dir);
-    Event {
-        ts,
-        kind,
-        user: leg.user.clone(),
-        params,
-    }
+    Event { ts, kind, user: leg.user.clone(), params, origin: leg.origin.clone() }
 }

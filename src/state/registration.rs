@@ -1,7 +1,7 @@
 //! Registrations: who registered which device, in which boot cycle (REGISTER Call-ID), and
 //! whether its binding is active. Decides `signup`, `app_start` and `login` on a 2xx to REGISTER.
 use crate::capture::Micros;
-use crate::event::{Event, Kind, Params};
+use crate::event::{Event, Kind, Origin, Params};
 use crate::sip::Message;
 use crate::sip::uri::Uri;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,6 +22,8 @@ struct RequestedBinding {
     device: String,
     contact_key: String,
     expires: Option<u32>,
+    /// An id the app sent for itself (a configured Contact parameter or header).
+    app_instance: Option<String>,
 }
 
 /// The state of one device's binding, enough to tell a refresh from a new login.
@@ -35,6 +37,9 @@ enum BindingState {
 struct Device {
     /// The REGISTER Call-ID of the app's current boot cycle.
     call_id: String,
+    /// When that boot cycle started (its first accepted REGISTER): the session.
+    boot_start: Micros,
+    app_instance: Option<String>,
     state: BindingState,
     last_seen: Micros,
 }
@@ -59,8 +64,11 @@ pub struct Registrations {
     pending_order: VecDeque<(Micros, (String, u32))>,
     max_pending: usize,
     devices: HashMap<(String, String), Device>,
-    /// Registered contact (user@host:port) -> (address of record, last seen), for naming the callee.
-    contacts: HashMap<String, (String, Micros)>,
+    /// Registered contact (user@host:port) -> (address of record, device, last seen), for naming
+    /// the callee and finding the app behind a call.
+    contacts: HashMap<String, (String, Option<String>, Micros)>,
+    /// Contact parameters or headers by which apps name their own instance.
+    identity_names: Vec<String>,
     known_users: HashSet<String>,
     /// Users that signed up during this run (for the persistent store).
     new_users: Vec<String>,
@@ -74,8 +82,14 @@ const DEFAULT_EXPIRES: u32 = 3600;
 const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
 
 impl Registrations {
-    pub fn new(known_users: HashSet<String>, max_devices: usize, max_pending: usize) -> Self {
+    pub fn new(
+        known_users: HashSet<String>,
+        max_devices: usize,
+        max_pending: usize,
+        identity_names: Vec<String>,
+    ) -> Self {
         Registrations {
+            identity_names,
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             max_pending: max_pending.max(1),
@@ -89,10 +103,7 @@ impl Registrations {
     }
 
     pub fn active_devices(&self) -> usize {
-        self.devices
-            .values()
-            .filter(|d| matches!(d.state, BindingState::Active { .. }))
-            .count()
+        self.devices.values().filter(|d| matches!(d.state, BindingState::Active { .. })).count()
     }
     pub fn devices(&self) -> usize {
         self.devices.len()
@@ -111,9 +122,25 @@ impl Registrations {
 
     /// The address of record whose registered contact is this Request-URI, if any.
     pub fn aor_for_contact(&self, uri: &Uri<'_>) -> Option<&str> {
-        self.contacts
-            .get(&uri.contact_key())
-            .map(|(a, _)| a.as_str())
+        self.contacts.get(&uri.contact_key()).map(|(a, _, _)| a.as_str())
+    }
+
+    /// The app behind a contact, when that contact is registered for `aor`.
+    pub fn origin_for_contact(&self, aor: &str, uri: &Uri<'_>) -> Origin {
+        let Some((a, Some(device), _)) = self.contacts.get(&uri.contact_key()) else {
+            return Origin::default();
+        };
+        if a != aor {
+            return Origin::default();
+        }
+        match self.devices.get(&(a.clone(), device.clone())) {
+            Some(d) => Origin {
+                device: Some(device.clone()),
+                session_start: Some(d.boot_start),
+                app_instance: d.app_instance.clone(),
+            },
+            None => Origin { device: Some(device.clone()), ..Origin::default() },
+        }
     }
 
     /// A REGISTER from a client. `push_proxy`: its User-Agent is a push proxy's.
@@ -128,15 +155,13 @@ impl Registrations {
             .filter_map(|c| {
                 let uri = c.addr.parsed_uri()?;
                 let contact_key = uri.contact_key();
-                let device = c
-                    .instance()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| contact_key.clone());
-                Some(RequestedBinding {
-                    device,
-                    contact_key,
-                    expires: c.expires(),
-                })
+                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
+                let app_instance = self.identity_names.iter().find_map(|n| {
+                    crate::sip::parse::param(c.addr.params, n)
+                        .or_else(|| msg.header(n))
+                        .map(|v| v.trim_matches(|ch| ch == '"' || ch == '<' || ch == '>').to_string())
+                });
+                Some(RequestedBinding { device, contact_key, expires: c.expires(), app_instance })
             })
             .collect();
         let key = (msg.call_id.to_string(), msg.cseq);
@@ -192,7 +217,7 @@ impl Registrations {
                 if let Some(aor) = &resp_aor
                     && c.expires() != Some(0)
                 {
-                    self.learn_contact(ts, k, aor);
+                    self.learn_contact(ts, k, aor, None);
                 }
             }
         }
@@ -208,18 +233,11 @@ impl Registrations {
                     return;
                 };
                 let contact_key = uri.contact_key();
-                let device = c
-                    .instance()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| contact_key.clone());
+                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
                 PendingRegister {
                     ts,
                     aor,
-                    bindings: vec![RequestedBinding {
-                        device,
-                        contact_key,
-                        expires: c.expires(),
-                    }],
+                    bindings: vec![RequestedBinding { device, contact_key, expires: c.expires(), app_instance: None }],
                     header_expires: msg.expires,
                     star: false,
                     push_proxy: false,
@@ -237,7 +255,7 @@ impl Registrations {
                     dev.state = BindingState::Removed;
                 }
             }
-            self.contacts.retain(|_, (a, _)| *a != pending.aor);
+            self.contacts.retain(|_, (a, _, _)| *a != pending.aor);
             return;
         }
         let mut signed_up = false;
@@ -257,7 +275,7 @@ impl Registrations {
                 self.contacts.remove(&b.contact_key);
                 continue;
             }
-            self.learn_contact(ts, b.contact_key.clone(), &pending.aor);
+            self.learn_contact(ts, b.contact_key.clone(), &pending.aor, Some(&b.device));
             let expires_at = ts + i64::from(expires) * 1_000_000;
             if pending.push_proxy {
                 // keeps the binding alive; the app did not start
@@ -269,32 +287,29 @@ impl Registrations {
             }
             let prev = self.devices.get(&key);
             let app_start = prev.is_none_or(|d| d.call_id != call_id);
-            let was_active = prev.is_some_and(
-                |d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts),
-            );
+            let was_active =
+                prev.is_some_and(|d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts));
             let login = app_start || !was_active;
+            let boot_start = match prev {
+                Some(d) if !app_start => d.boot_start,
+                _ => ts,
+            };
+            let app_instance = b.app_instance.clone().or_else(|| prev.and_then(|d| d.app_instance.clone()));
+            let origin = Origin {
+                device: Some(b.device.clone()),
+                session_start: Some(boot_start),
+                app_instance: app_instance.clone(),
+            };
             if !signed_up && self.known_users.insert(pending.aor.clone()) {
                 self.new_users.push(pending.aor.clone());
-                out.push(reg_event(
-                    ts,
-                    Kind::AccountCreated,
-                    &pending.aor,
-                    b,
-                    call_id,
-                ));
+                out.push(reg_event(ts, Kind::AccountCreated, &pending.aor, b, call_id, &origin));
                 signed_up = true;
             }
             if app_start {
-                out.push(reg_event(ts, Kind::AppStarted, &pending.aor, b, call_id));
+                out.push(reg_event(ts, Kind::AppStarted, &pending.aor, b, call_id, &origin));
             }
             if login {
-                out.push(reg_event(
-                    ts,
-                    Kind::AccountRegistered,
-                    &pending.aor,
-                    b,
-                    call_id,
-                ));
+                out.push(reg_event(ts, Kind::AccountRegistered, &pending.aor, b, call_id, &origin));
             }
             if !self.devices.contains_key(&key) && self.devices.len() >= self.max_devices {
                 self.evict_device();
@@ -303,6 +318,8 @@ impl Registrations {
                 key,
                 Device {
                     call_id: call_id.to_string(),
+                    boot_start,
+                    app_instance,
                     state: BindingState::Active { expires_at },
                     last_seen: ts,
                 },
@@ -320,22 +337,28 @@ impl Registrations {
         }
     }
 
-    fn learn_contact(&mut self, ts: Micros, contact: String, aor: &str) {
+    fn learn_contact(&mut self, ts: Micros, contact: String, aor: &str, device: Option<&str>) {
         if !self.contacts.contains_key(&contact) && self.contacts.len() >= self.max_devices {
             let n = (self.contacts.len() / 10).max(1);
-            for k in oldest_keys(self.contacts.iter().map(|(k, (_, t))| (k, *t)), n) {
+            for k in oldest_keys(self.contacts.iter().map(|(k, (_, _, t))| (k, *t)), n) {
                 self.contacts.remove(&k);
                 self.stats.contacts_evicted += 1;
             }
         }
-        self.contacts.insert(contact, (aor.to_string(), ts));
+        let entry = self.contacts.entry(contact).or_insert_with(|| (aor.to_string(), None, ts));
+        if entry.0 != aor {
+            *entry = (aor.to_string(), None, ts);
+        }
+        if let Some(d) = device {
+            entry.1 = Some(d.to_string());
+        }
+        entry.2 = ts;
     }
 
     /// Forgets unanswered REGISTER transactions and long-lapsed devices.
     pub fn expire(&mut self, now: Micros) {
         let before = self.pending.len();
-        self.pending
-            .retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
+        self.pending.retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
         self.stats.pending_expired += (before - self.pending.len()) as u64;
         self.devices.retain(|_, d| match d.state {
             BindingState::Active { expires_at } => now - expires_at <= DEVICE_MEMORY,
@@ -355,15 +378,12 @@ fn oldest_keys<'a, K: Clone + 'a>(it: impl Iterator<Item = (&'a K, Micros)>, n: 
     v[..n].iter().map(|(_, k)| (*k).clone()).collect()
 }
 
-fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &str) -> Event {
+fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &str, origin: &Origin) -> Event {
     Event {
         ts,
         kind,
         user: aor.to_string(),
-        params: Params {
-            device: Some(b.device.clone()),
-            reg_call_id: Some(call_id.to_string()),
-            ..Params::default()
-        },
+        origin: origin.clone(),
+        params: Params { device: Some(b.device.clone()), reg_call_id: Some(call_id.to_string()), ..Params::default() },
     }
 }

@@ -3,7 +3,7 @@
 use super::call::{CallLimits, Calls, Hop};
 use super::registration::Registrations;
 use crate::capture::Micros;
-use crate::event::Event;
+use crate::event::{Direction, Event, Origin};
 use crate::sip::Message;
 use crate::sip::uri::Uri;
 use std::collections::{HashMap, HashSet};
@@ -16,9 +16,7 @@ pub struct Servers(pub Vec<(IpAddr, Option<u16>)>);
 impl Servers {
     pub fn contains(&self, a: SocketAddr) -> bool {
         let ip = canonical_ip(a.ip());
-        self.0
-            .iter()
-            .any(|(sip, port)| canonical_ip(*sip) == ip && port.is_none_or(|p| p == a.port()))
+        self.0.iter().any(|(sip, port)| canonical_ip(*sip) == ip && port.is_none_or(|p| p == a.port()))
     }
 }
 
@@ -54,20 +52,20 @@ pub struct TrackerConfig {
     pub max_devices: usize,
     /// REGISTER transactions awaiting their final response.
     pub max_pending: usize,
+    /// Contact parameters or REGISTER headers by which apps send their own instance id.
+    pub identity_names: Vec<String>,
 }
 
 impl TrackerConfig {
     pub fn new(servers: Servers) -> Self {
         TrackerConfig {
             servers,
-            push_proxies: PushProxyAgents {
-                by_domain: HashMap::new(),
-                default: vec!["Acrobits SIPIS".into()],
-            },
+            push_proxies: PushProxyAgents { by_domain: HashMap::new(), default: vec!["Acrobits SIPIS".into()] },
             max_call_secs: 4 * 3600,
             max_legs: 1_000_000,
             max_devices: 1_000_000,
             max_pending: 100_000,
+            identity_names: Vec::new(),
         }
     }
 }
@@ -94,7 +92,12 @@ impl Tracker {
         Tracker {
             servers: cfg.servers,
             push_proxies: cfg.push_proxies,
-            registrations: Registrations::new(known_users, cfg.max_devices, cfg.max_pending),
+            registrations: Registrations::new(
+                known_users,
+                cfg.max_devices,
+                cfg.max_pending,
+                cfg.identity_names.clone(),
+            ),
             calls: Calls::new(CallLimits {
                 max_legs: cfg.max_legs.max(1),
                 max_call: cfg.max_call_secs as Micros * 1_000_000,
@@ -117,25 +120,12 @@ impl Tracker {
     }
 
     /// One parsed SIP message seen going from `src` to `dst`.
-    pub fn message(
-        &mut self,
-        ts: Micros,
-        src: SocketAddr,
-        dst: SocketAddr,
-        msg: &Message<'_>,
-        out: &mut Vec<Event>,
-    ) {
+    pub fn message(&mut self, ts: Micros, src: SocketAddr, dst: SocketAddr, msg: &Message<'_>, out: &mut Vec<Event>) {
         self.stats.messages += 1;
         let (src_srv, dst_srv) = (self.servers.contains(src), self.servers.contains(dst));
         let hop = match (src_srv, dst_srv) {
-            (false, true) => Hop {
-                client: src,
-                from_client: true,
-            },
-            (true, false) => Hop {
-                client: dst,
-                from_client: false,
-            },
+            (false, true) => Hop { client: src, from_client: true },
+            (true, false) => Hop { client: dst, from_client: false },
             (true, true) => {
                 self.stats.server_to_server += 1;
                 return;
@@ -152,11 +142,7 @@ impl Tracker {
         if is_register {
             match (msg.status(), hop.from_client) {
                 (None, true) => {
-                    let domain = msg
-                        .to
-                        .parsed_uri()
-                        .map(|u| u.host.to_ascii_lowercase())
-                        .unwrap_or_default();
+                    let domain = msg.to.parsed_uri().map(|u| u.host.to_ascii_lowercase()).unwrap_or_default();
                     let push = self.push_proxies.matches(&domain, msg.user_agent);
                     self.registrations.request(ts, msg, push);
                 }
@@ -166,15 +152,28 @@ impl Tracker {
             return;
         }
         let regs = &self.registrations;
-        let callee = || {
-            let ruri = match msg.start {
-                crate::sip::StartLine::Request { uri, .. } => Uri::parse(uri),
-                crate::sip::StartLine::Response { .. } => None,
-            };
-            ruri.and_then(|u| regs.aor_for_contact(&u).map(str::to_string))
-                .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
-                .unwrap_or_default()
+        let resolve = |dir: Direction| -> (String, Origin) {
+            match dir {
+                Direction::Out => {
+                    let user = msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default();
+                    let contact = msg.contacts.first().and_then(|c| c.addr.parsed_uri());
+                    let origin = contact.map(|u| regs.origin_for_contact(&user, &u)).unwrap_or_default();
+                    (user, origin)
+                }
+                Direction::In => {
+                    let ruri = match msg.start {
+                        crate::sip::StartLine::Request { uri, .. } => Uri::parse(uri),
+                        crate::sip::StartLine::Response { .. } => None,
+                    };
+                    let user = ruri
+                        .and_then(|u| regs.aor_for_contact(&u).map(str::to_string))
+                        .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
+                        .unwrap_or_default();
+                    let origin = ruri.map(|u| regs.origin_for_contact(&user, &u)).unwrap_or_default();
+                    (user, origin)
+                }
+            }
         };
-        self.calls.message(ts, msg, hop, callee, out);
+        self.calls.message(ts, msg, hop, resolve, out);
     }
 }

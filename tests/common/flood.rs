@@ -13,19 +13,13 @@ pub const SERVER: [u8; 4] = [127, 0, 0, 10];
 pub struct Lcg(u64);
 impl Lcg {
     pub fn next(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 }
 
 fn checksum(h: &mut [u8]) {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -33,14 +27,7 @@ fn checksum(h: &mut [u8]) {
 }
 
 /// An Ethernet/IPv4/UDP frame carrying `payload`.
-pub fn udp_frame(
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    id: u16,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, id: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     f.extend_from_slice(&[0x08, 0x00]);
     let total = (20 + 8 + payload.len()) as u16;
@@ -61,11 +48,7 @@ pub fn udp_frame(
 
 fn request(method: &str, user: &str, ip: [u8; 4], call_id: &str, auth: bool) -> String {
     let [a, b, c, d] = ip;
-    let ruri = if method == "REGISTER" {
-        "sip:lab.example".to_string()
-    } else {
-        format!("sip:{user}@lab.example")
-    };
+    let ruri = if method == "REGISTER" { "sip:lab.example".to_string() } else { format!("sip:{user}@lab.example") };
     let cred = if auth {
         format!(
             "Authorization: Digest username=\"{user}\", realm=\"lab.example\", nonce=\"x\", uri=\"{ruri}\", response=\"00\"\r\n"
@@ -80,11 +63,7 @@ fn request(method: &str, user: &str, ip: [u8; 4], call_id: &str, auth: bool) -> 
 
 fn response(code: &str, method: &str, user: &str, ip: [u8; 4], call_id: &str) -> String {
     let [a, b, c, d] = ip;
-    let hdr = if code.starts_with("401") {
-        "WWW-Authenticate"
-    } else {
-        "Proxy-Authenticate"
-    };
+    let hdr = if code.starts_with("401") { "WWW-Authenticate" } else { "Proxy-Authenticate" };
     format!(
         "SIP/2.0 {code}\r\nVia: SIP/2.0/UDP {a}.{b}.{c}.{d}:5060;branch=z9hG4bK{call_id}\r\nFrom: \"friendly-scanner\" <sip:{user}@lab.example>;tag={call_id}\r\nTo: <sip:{user}@lab.example>;tag=srv{call_id}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n{hdr}: Digest realm=\"lab.example\", nonce=\"x\"\r\nContent-Length: 0\r\n\r\n"
     )
@@ -103,12 +82,7 @@ pub fn flood(attempts: usize, start: i64, span: i64, seed: u64) -> Vec<Frame> {
     let mut out = Vec::with_capacity(attempts * 2);
     for i in 0..attempts {
         let ts = start + span * i as i64 / attempts as i64;
-        let src = [
-            10,
-            (rng.next() % 256) as u8,
-            (rng.next() % 256) as u8,
-            (rng.next() % 254 + 1) as u8,
-        ];
+        let src = [10, (rng.next() % 256) as u8, (rng.next() % 256) as u8, (rng.next() % 254 + 1) as u8];
         let user = format!("{}", 100_000 + rng.next() % 900_000);
         let call_id = format!("flood{i}x{}", rng.next());
         let id = (i % 65_536) as u16;
@@ -119,16 +93,10 @@ pub fn flood(attempts: usize, start: i64, span: i64, seed: u64) -> Vec<Frame> {
             _ => ("INVITE", false, None),
         };
         let req = request(method, &user, src, &call_id, auth);
-        out.push(Frame {
-            ts,
-            data: udp_frame(src, 5060, SERVER, 5060, id, req.as_bytes()),
-        });
+        out.push(Frame { ts, data: udp_frame(src, 5060, SERVER, 5060, id, req.as_bytes()) });
         if let Some(code) = reply {
             let resp = response(code, method, &user, src, &call_id);
-            out.push(Frame {
-                ts: ts + 150,
-                data: udp_frame(SERVER, 5060, src, 5060, id ^ 0x8000, resp.as_bytes()),
-            });
+            out.push(Frame { ts: ts + 150, data: udp_frame(SERVER, 5060, src, 5060, id ^ 0x8000, resp.as_bytes()) });
         }
     }
     out
@@ -137,45 +105,21 @@ pub fn flood(attempts: usize, start: i64, span: i64, seed: u64) -> Vec<Frame> {
 /// Merges frame lists by time and writes an Ethernet pcap.
 pub fn write(path: &Path, mut frames: Vec<Frame>) {
     frames.sort_by_key(|f| f.ts);
-    let header = PcapHeader {
-        datalink: DataLink::ETHERNET,
-        ..Default::default()
-    };
-    let mut w = PcapWriter::with_header(
-        std::io::BufWriter::new(std::fs::File::create(path).unwrap()),
-        header,
-    )
-    .unwrap();
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
+    let mut w = PcapWriter::with_header(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), header).unwrap();
     for f in &frames {
-        w.write_packet(&PcapPacket::new(
-            Duration::from_micros(f.ts as u64),
-            f.data.len() as u32,
-            &f.data,
-        ))
-        .unwrap();
+        w.write_packet(&PcapPacket::new(Duration::from_micros(f.ts as u64), f.data.len() as u32, &f.data)).unwrap();
     }
 }
 
 /// The frames of a capture file.
 pub fn read(path: &Path) -> Vec<Frame> {
     let mut v = Vec::new();
-    siptap::capture::file::read_file(path, |f| {
-        v.push(Frame {
-            ts: f.ts,
-            data: f.data.to_vec(),
-        })
-    })
-    .unwrap();
+    siptap::capture::file::read_file(path, |f| v.push(Frame { ts: f.ts, data: f.data.to_vec() })).unwrap();
     v
 }
 
 /// A copy of frames (the generator's frames are consumed by `write`).
 pub fn read_all(frames: &[Frame]) -> Vec<Frame> {
-    frames
-        .iter()
-        .map(|f| Frame {
-            ts: f.ts,
-            data: f.data.clone(),
-        })
-        .collect()
+    frames.iter().map(|f| Frame { ts: f.ts, data: f.data.clone() }).collect()
 }

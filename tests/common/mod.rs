@@ -11,11 +11,7 @@ pub fn root() -> PathBuf {
 }
 
 pub fn siptap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siptap"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("siptap runs")
+    Command::new(env!("CARGO_BIN_EXE_siptap")).args(args).current_dir(root()).output().expect("siptap runs")
 }
 
 /// `siptap replay` of captures with a config; returns the events as JSON values (asserts exit 0).
@@ -26,30 +22,18 @@ pub fn replay(config: &Path, captures: &[&Path], extra: &[&str]) -> Vec<Value> {
         args.push(c.to_str().unwrap());
     }
     let out = siptap(&args);
-    assert!(
-        out.status.success(),
-        "siptap {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "siptap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     parse_lines(&String::from_utf8(out.stdout).unwrap())
 }
 
 pub fn parse_lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
+    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
 /// Asserts two event lists are equal, showing both in full when not.
 pub fn assert_events(name: &str, got: &[Value], want: &[Value]) {
     if got != want {
-        let show = |v: &[Value]| {
-            v.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let show = |v: &[Value]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
         panic!(
             "{name}: events differ\n--- got ({})\n{}\n--- want ({})\n{}",
             got.len(),
