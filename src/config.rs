@@ -1,5 +1,8 @@
 //! The TOML configuration: schema, defaults and the checks that name key, file and line.
 use crate::event::Kind;
+use crate::sink::firebase::Secret;
+use crate::sink::firebase::identity::{UserIdMode, parse_mapping};
+use crate::sink::firebase::outbox::WhenFull;
 use crate::state::tracker::{PushProxyAgents, Servers, TrackerConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -22,7 +25,36 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
     tenants: BTreeMap<String, Spanned<RawTenant>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    max_in_flight: Option<usize>,
+    max_outbox_events: Option<u64>,
+    when_full: Option<WhenFull>,
+    request_timeout_secs: Option<u64>,
+    max_backoff_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirebase {
+    #[serde(default)]
+    enabled: Option<bool>,
+    app_id: Spanned<String>,
+    api_secret_file: Option<Spanned<String>>,
+    api_secret_env: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    identity_secret_file: Option<Spanned<String>>,
+    identity_secret_env: Option<Spanned<String>>,
+    user_id: Option<UserIdMode>,
+    app_instance_id_from: Option<String>,
+    app_instance_map: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +76,8 @@ struct RawTenant {
     push_proxy_user_agents: Option<Vec<String>>,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    firebase: Option<Spanned<RawFirebase>>,
 }
 
 /// Per-event naming: a string renames, `false` disables, `true` keeps the default name.
@@ -73,6 +107,31 @@ pub struct Tenant {
     /// Name per kind; `None` = disabled.
     pub names: HashMap<Kind, Option<String>>,
     pub push_proxy_user_agents: Vec<String>,
+    pub firebase: Option<FirebaseCfg>,
+}
+
+/// A tenant's Firebase delivery settings, secrets resolved.
+#[derive(Debug, Clone)]
+pub struct FirebaseCfg {
+    pub enabled: bool,
+    pub app_id: String,
+    pub api_secret: Secret,
+    pub base_url: String,
+    pub identity_secret: Option<Secret>,
+    pub user_id: UserIdMode,
+    pub app_instance_id_from: Option<String>,
+    pub app_instance_map: HashMap<String, String>,
+    pub app_instance_map_path: Option<PathBuf>,
+}
+
+/// Delivery settings shared by all tenants.
+#[derive(Debug, Clone)]
+pub struct DeliveryCfg {
+    pub max_in_flight: usize,
+    pub max_outbox_events: u64,
+    pub when_full: WhenFull,
+    pub request_timeout_secs: u64,
+    pub max_backoff_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +153,7 @@ pub struct Config {
     pub max_call_duration_secs: u64,
     pub duplicate_window_ms: u64,
     pub limits: Limits,
+    pub delivery: DeliveryCfg,
     pub tenants: Vec<Tenant>,
 }
 
@@ -240,7 +300,12 @@ impl Config {
                 names.insert(kind, name);
             }
             let _ = span;
+            let firebase = match &t.firebase {
+                Some(fb) => Some(firebase_cfg(fb, &key, path, &at)?),
+                None => None,
+            };
             tenants.push(Tenant {
+                firebase,
                 id: id.clone(),
                 domains,
                 names,
@@ -265,7 +330,16 @@ impl Config {
             None => 4 * 3600,
         };
         let l = &raw.limits;
+        let d = &raw.delivery;
+        let delivery = DeliveryCfg {
+            max_in_flight: d.max_in_flight.unwrap_or(4).max(1),
+            max_outbox_events: d.max_outbox_events.unwrap_or(1_000_000).max(1),
+            when_full: d.when_full.unwrap_or(WhenFull::RejectNew),
+            request_timeout_secs: d.request_timeout_secs.unwrap_or(30).max(1),
+            max_backoff_secs: d.max_backoff_secs.unwrap_or(300).max(1),
+        };
         Ok(Config {
+            delivery,
             path: path.to_path_buf(),
             servers,
             sip_ports: raw.sip_ports.unwrap_or_else(|| vec![5060, 5061, 5080]),
@@ -303,8 +377,115 @@ impl Config {
         tc.max_legs = self.limits.max_call_legs;
         tc.max_devices = self.limits.max_devices;
         tc.max_pending = self.limits.max_pending_transactions;
+        let mut names: Vec<String> =
+            self.tenants.iter().filter_map(|t| t.firebase.as_ref()?.app_instance_id_from.clone()).collect();
+        names.sort();
+        names.dedup();
+        tc.identity_names = names;
         tc
     }
+}
+
+/// Resolves a tenant's `[tenants.<id>.firebase]`: secrets from files or the environment (never
+/// from the config itself), region or endpoint, identity options.
+fn firebase_cfg(
+    fb: &Spanned<RawFirebase>,
+    key: &str,
+    path: &Path,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<FirebaseCfg, ConfigError> {
+    let span = fb.span();
+    let fb = fb.get_ref();
+    let k = format!("{key}.firebase");
+    let enabled = fb.enabled.unwrap_or(true);
+    let app_id = fb.app_id.get_ref().trim().to_string();
+    if app_id.is_empty() || !app_id.contains(':') {
+        return Err(at(
+            fb.app_id.span(),
+            &format!("{k}.app_id"),
+            format!("`{app_id}` is not a Firebase app id (like 1:1234567890:android:0a1b2c3d4e5f)"),
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let secret = |file: &Option<Spanned<String>>,
+                  env: &Option<Spanned<String>>,
+                  name: &str,
+                  required: bool|
+     -> Result<Option<Secret>, ConfigError> {
+        match (file, env) {
+            (Some(_), Some(e)) => Err(at(
+                e.span(),
+                &format!("{k}.{name}_env"),
+                format!("give either {name}_file or {name}_env, not both"),
+            )),
+            (Some(f), None) => {
+                let p = base.join(f.get_ref());
+                let v = std::fs::read_to_string(&p).map_err(|e| {
+                    at(f.span(), &format!("{k}.{name}_file"), format!("cannot read {}: {e}", p.display()))
+                })?;
+                let v = v.trim().to_string();
+                if v.is_empty() {
+                    return Err(at(f.span(), &format!("{k}.{name}_file"), format!("{} is empty", p.display())));
+                }
+                Ok(Some(Secret::new(v)))
+            }
+            (None, Some(e)) => match std::env::var(e.get_ref()) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim().to_string()))),
+                _ => Err(at(
+                    e.span(),
+                    &format!("{k}.{name}_env"),
+                    format!("environment variable `{}` is not set", e.get_ref()),
+                )),
+            },
+            (None, None) if required => Err(at(
+                span.clone(),
+                &k,
+                format!("needs {name}_file or {name}_env (secrets are not read from the config itself)"),
+            )),
+            (None, None) => Ok(None),
+        }
+    };
+    // a disabled tenant need not have its secret at hand
+    let api_secret = secret(&fb.api_secret_file, &fb.api_secret_env, "api_secret", enabled)?
+        .unwrap_or_else(|| Secret::new(String::new()));
+    let identity_secret = secret(&fb.identity_secret_file, &fb.identity_secret_env, "identity_secret", false)?;
+    let base_url = match (&fb.endpoint, fb.region.as_ref().map(|r| (r.get_ref().as_str(), r.span()))) {
+        (Some(e), _) => {
+            let u = e.get_ref().trim_end_matches('/').to_string();
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(at(e.span(), &format!("{k}.endpoint"), format!("`{u}` is not an http(s) URL")));
+            }
+            u
+        }
+        (None, None | Some(("default", _))) => "https://www.google-analytics.com".into(),
+        (None, Some(("eu", _))) => "https://region1.google-analytics.com".into(),
+        (None, Some((other, sp))) => {
+            return Err(at(sp, &format!("{k}.region"), format!("`{other}` is not a region (default or eu)")));
+        }
+    };
+    let (app_instance_map, app_instance_map_path) = match &fb.app_instance_map {
+        Some(m) => {
+            let p = base.join(m.get_ref());
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                at(m.span(), &format!("{k}.app_instance_map"), format!("cannot read {}: {e}", p.display()))
+            })?;
+            let map = parse_mapping(&text, &p.display().to_string())
+                .map_err(|e| at(m.span(), &format!("{k}.app_instance_map"), e))?;
+            (map, Some(p))
+        }
+        None => (HashMap::new(), None),
+    };
+    Ok(FirebaseCfg {
+        enabled,
+        app_id,
+        api_secret,
+        base_url,
+        identity_secret,
+        user_id: fb.user_id.unwrap_or(UserIdMode::Hashed),
+        app_instance_id_from: fb.app_instance_id_from.clone(),
+        app_instance_map,
+        app_instance_map_path,
+    })
 }
 
 /// GA4 event-name rules: 1-40 characters, letters, digits and underscores, starting with a

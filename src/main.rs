@@ -4,11 +4,19 @@ use clap::{Parser, Subcommand};
 use siptap::capture::file::read_file;
 use siptap::config::Config;
 use siptap::pipeline::{Pipeline, Routed};
+use siptap::sink::firebase::Delivery;
+use siptap::sink::firebase::mp::QueuedEvent;
+use siptap::sink::firebase::outbox::Outbox;
+use siptap::sink::firebase::sender::{self, SenderConfig, SenderStats};
 use siptap::sink::jsonl;
 use siptap::store::KnownUsersStore;
 use std::collections::HashSet;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "siptap", version, about = "Derive softphone analytics events from passively captured SIP signalling")]
@@ -30,8 +38,36 @@ enum Cmd {
         /// Print every counter (skipped, malformed, evicted...) on stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Also deliver the events of tenants with Firebase settings (needs --state: the outbox
+        /// lives there, so nothing is lost if delivery is interrupted).
+        #[arg(long, requires = "state")]
+        send: bool,
+        /// With --send: how long to keep trying before leaving the rest in the outbox.
+        #[arg(long, default_value_t = 120)]
+        send_timeout: u64,
         /// Capture files, read in the order given.
         #[arg(required = true)]
+        captures: Vec<PathBuf>,
+    },
+    /// Deliver what is left in the outbox of a state directory.
+    Flush {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Build the Measurement Protocol requests for a capture's events (or one sample event of
+    /// each kind per tenant) and check them locally; with --remote also against each tenant's
+    /// /debug/mp/collect, printing its validation messages.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        remote: bool,
         captures: Vec<PathBuf>,
     },
     /// Check a configuration file and exit.
@@ -58,7 +94,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { config, state, stats, captures } => replay(config, state, stats, captures),
+        Cmd::Replay { config, state, stats, send, send_timeout, captures } => {
+            replay(config, state, stats, send.then_some(send_timeout), captures)
+        }
+        Cmd::Flush { config, state, timeout, stats } => flush(config, state, timeout, stats),
+        Cmd::Validate { config, remote, captures } => validate(config, remote, captures),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             println!(
@@ -73,7 +113,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<PathBuf>) -> Result<()> {
+fn replay(
+    config: PathBuf,
+    state: Option<PathBuf>,
+    stats: bool,
+    send_timeout: Option<u64>,
+    captures: Vec<PathBuf>,
+) -> Result<()> {
     let cfg = Config::load(&config)?;
     for c in &captures {
         if !c.is_file() {
@@ -85,6 +131,17 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
         Some(s) => s.load()?,
         None => HashSet::new(),
     };
+    // with --send, events of delivering tenants are committed to the outbox in batches
+    let delivery = match (&state, send_timeout) {
+        (Some(dir), Some(_)) => {
+            let key = identity_key(dir)?;
+            let outbox = Outbox::open(dir, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?;
+            Some((Delivery::new(&cfg, &key), Arc::new(outbox)))
+        }
+        _ => None,
+    };
+    let mut pending: Vec<QueuedEvent> = Vec::new();
+    let mut queue_err: Option<anyhow::Error> = None;
     let mut pipeline = Pipeline::new(&cfg, known);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -94,6 +151,17 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
             && let Err(e) = jsonl::write(&mut out, &r)
         {
             write_err = Some(e);
+        }
+        if let Some((d, outbox)) = &delivery
+            && let Some(q) = d.queue(&r)
+        {
+            pending.push(q);
+            if pending.len() >= 1000 && queue_err.is_none() {
+                if let Err(e) = outbox.push(&pending) {
+                    queue_err = Some(e);
+                }
+                pending.clear();
+            }
         }
     };
     for c in &captures {
@@ -108,6 +176,9 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
         }
     }
     let _ = out.flush();
+    if let Some(e) = queue_err {
+        return Err(e).context("cannot queue events in the outbox");
+    }
     if let Some(s) = &store {
         let users: Vec<(String, i64)> = pipeline.take_new_users().into_iter().map(|u| (u, now_micros())).collect();
         s.add(&users)?;
@@ -121,7 +192,196 @@ fn replay(config: PathBuf, state: Option<PathBuf>, stats: bool, captures: Vec<Pa
             writeln!(err, "{:32} {kib}", "peak_rss_kib")?;
         }
     }
+    if let (Some((d, outbox)), Some(timeout)) = (delivery, send_timeout) {
+        outbox.push(&pending).context("cannot queue events in the outbox")?;
+        deliver(&cfg, &d, outbox, timeout, stats)?;
+    }
     Ok(())
+}
+
+fn flush(config: PathBuf, state: PathBuf, timeout: u64, stats: bool) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let key = identity_key(&state)?;
+    let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
+    deliver(&cfg, &Delivery::new(&cfg, &key), outbox, timeout, stats)
+}
+
+/// Sends the outbox until it is empty or `timeout` seconds pass.
+fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, stats: bool) -> Result<()> {
+    let sender_stats = Arc::new(SenderStats::default());
+    let scfg = SenderConfig {
+        max_in_flight: cfg.delivery.max_in_flight,
+        request_timeout: Duration::from_secs(cfg.delivery.request_timeout_secs),
+        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_secs),
+        poll: Duration::from_millis(100),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    rt.block_on(sender::run(
+        outbox.clone(),
+        d.targets(),
+        scfg,
+        sender_stats.clone(),
+        true,
+        Some(deadline),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    if stats {
+        let mut err = std::io::stderr().lock();
+        let o = &outbox.stats;
+        for (k, v) in [
+            ("outbox_queued", o.queued.load(Relaxed)),
+            ("outbox_dropped_full", o.dropped_full.load(Relaxed)),
+            ("outbox_dropped_too_old", o.dropped_too_old.load(Relaxed)),
+            ("outbox_rejected", o.rejected.load(Relaxed)),
+            ("outbox_left", outbox.len()),
+            ("delivery_requests_ok", sender_stats.requests_ok.load(Relaxed)),
+            ("delivery_events_sent", sender_stats.events_sent.load(Relaxed)),
+            ("delivery_retries", sender_stats.retries.load(Relaxed)),
+            ("delivery_transport_errors", sender_stats.transport_errors.load(Relaxed)),
+            ("delivery_5xx_429", sender_stats.http_5xx_429.load(Relaxed)),
+            ("delivery_4xx", sender_stats.http_4xx.load(Relaxed)),
+            ("delivery_invalid_not_sent", sender_stats.invalid_local.load(Relaxed)),
+        ] {
+            writeln!(err, "{k:32} {v}")?;
+        }
+    }
+    // only the delivering tenants' queues count: a tenant since disabled keeps its events
+    let targets: HashSet<String> = d.targets().into_iter().map(|t| t.tenant).collect();
+    let left: usize =
+        targets.iter().map(|t| outbox.pending(t, usize::MAX, &HashSet::new()).map(|v| v.len()).unwrap_or(0)).sum();
+    if left > 0 {
+        bail!("{left} event(s) not delivered within {timeout} s; they stay in the outbox (`siptap flush` sends them)");
+    }
+    let refused = sender_stats.http_4xx.load(Relaxed) + sender_stats.invalid_local.load(Relaxed);
+    if refused > 0 {
+        bail!("{refused} request(s) refused or invalid, not retried; kept in the outbox's rejected table");
+    }
+    Ok(())
+}
+
+fn validate(config: PathBuf, remote: bool, captures: Vec<PathBuf>) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    // ids are keyed hashes; an ephemeral key is enough to check the requests' shape
+    let d = Delivery::new(&cfg, &random_bytes(32)?);
+    if d.is_empty() {
+        bail!("no tenant has [tenants.<id>.firebase] enabled: nothing to validate");
+    }
+    let mut routed = Vec::new();
+    if captures.is_empty() {
+        routed = sample_events(&cfg);
+    } else {
+        let mut pipeline = Pipeline::new(&cfg, HashSet::new());
+        for c in &captures {
+            read_file(c, |frame| pipeline.frame(frame, &mut |r| routed.push(r)))?;
+        }
+        pipeline.finish(&mut |r| routed.push(r));
+    }
+    let queued: Vec<QueuedEvent> = routed.iter().filter_map(|r| d.queue(r)).collect();
+    let now = now_micros();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
+    let mut problems = 0;
+    for t in d.targets() {
+        let mine: Vec<&QueuedEvent> = queued.iter().filter(|q| q.tenant == t.tenant).collect();
+        for (i, batch) in siptap::sink::firebase::mp::batches(&mine).iter().enumerate() {
+            // replayed captures are old: judge their shape as if sent when they happened
+            let body = siptap::sink::firebase::mp::body(batch);
+            let local = siptap::sink::firebase::mp::validate(
+                &body,
+                if captures.is_empty() { now } else { batch[0].timestamp_micros },
+            );
+            let names: Vec<&str> = batch.iter().map(|e| e.name.as_str()).collect();
+            println!(
+                "tenant {} request {} ({} events: {}): {}",
+                t.tenant,
+                i + 1,
+                batch.len(),
+                names.join(","),
+                if local.is_empty() { "ok" } else { "INVALID" }
+            );
+            for m in &local {
+                println!("  local: {m}");
+            }
+            problems += local.len();
+            if remote {
+                match rt.block_on(sender::debug_validate(&client, &t, body)) {
+                    Ok(msgs) if msgs.is_empty() => println!("  debug endpoint: no validation messages"),
+                    Ok(msgs) => {
+                        problems += msgs.len();
+                        for m in msgs {
+                            println!("  debug endpoint: {m}");
+                        }
+                    }
+                    Err(e) => println!("  debug endpoint unreachable: {e}"),
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        bail!("{problems} validation problem(s)");
+    }
+    Ok(())
+}
+
+/// One event of each kind per delivering tenant, stamped now, for `validate` without a capture.
+fn sample_events(cfg: &Config) -> Vec<Routed> {
+    use siptap::event::{Direction, EndReason, EndedBy, Event, Kind, Origin, Params};
+    let mut v = Vec::new();
+    let router = siptap::tenant::Router::new(cfg);
+    for t in &cfg.tenants {
+        let Some(domain) = t.domains.first() else { continue };
+        for kind in Kind::ALL {
+            let mut params = Params::default();
+            if matches!(kind, Kind::OutgoingCall | Kind::IncomingCall | Kind::CallEnded) {
+                params.call_id = Some("sample-call@siptap".into());
+                params.direction = Some(Direction::Out);
+            }
+            if kind == Kind::CallEnded {
+                params.answered = Some(true);
+                params.status = Some(200);
+                params.reason = Some(EndReason::Bye);
+                params.ended_by = Some(EndedBy::User);
+                params.duration_sec = Some(61.5);
+            }
+            let event =
+                Event { ts: now_micros(), kind, user: format!("sample@{domain}"), params, origin: Origin::default() };
+            if let siptap::tenant::Route::To { tenant, name } = router.route(&event) {
+                v.push(Routed { tenant, name, event });
+            }
+        }
+    }
+    v
+}
+
+/// The installation's identity key (keyed hashes of users and devices), made on first use.
+fn identity_key(dir: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    let p = dir.join("identity.key");
+    if let Ok(k) = std::fs::read(&p) {
+        if k.len() >= 16 {
+            return Ok(k);
+        }
+        bail!("{}: identity key too short", p.display());
+    }
+    let k = random_bytes(32)?;
+    let tmp = dir.join("identity.key.tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&k)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &p)?;
+    Ok(k)
+}
+
+fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b)
 }
 
 fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {

@@ -1,2 +1,3 @@
 //! Where routed events go.
+pub mod firebase;
 pub mod jsonl;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: run the real `siptap` binary and compare JSON lines.
 #![allow(dead_code)]
 pub mod flood;
+pub mod mp_server;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,293 @@
+//! Delivery to a local fake Measurement Protocol server (tests/common/mp_server.rs): every event
+//! of the lab captures arrives, across outages, a restart and a `kill -9` mid-batch; duplicates
+//! are limited to the batches in flight at the kill; 4xx is never retried; the secret never shows.
+mod common;
+use common::mp_server::FakeMp;
+use common::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "s3cr3t-ApiSecret-value";
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+/// Lab captures (real sipp + Kamailio traffic) shifted so that they end `ago` before now.
+fn recent_capture(dir: &Path, ago: Duration) -> PathBuf {
+    let lab = root().join("fixtures/lab/captures");
+    let mut frames = Vec::new();
+    for c in ["register.pcap", "call_caller_bye.pcap", "call_busy.pcap", "call_cancel.pcap", "call_tcp.pcap"] {
+        frames.extend(flood::read(&lab.join(c)));
+    }
+    let last = frames.iter().map(|f| f.ts).max().unwrap();
+    let shift = now_micros() - ago.as_micros() as i64 - last;
+    for f in &mut frames {
+        f.ts += shift;
+    }
+    let p = dir.join("recent.pcap");
+    flood::write(&p, frames);
+    p
+}
+
+fn config(dir: &Path, endpoint: &str) -> PathBuf {
+    let p = dir.join("siptap.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "sip_servers = [\"127.0.0.10:5060\"]\n[delivery]\nmax_in_flight = 2\nmax_backoff_secs = 1\nrequest_timeout_secs = 5\n\
+             [tenants.lab]\ndomains = [\"lab.example\"]\n[tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\n\
+             api_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{endpoint}\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_siptap")).args(args).env("SIPTAP_TEST_API_SECRET", SECRET).output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains(SECRET), "the API secret appeared in siptap's output");
+    out
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    capture: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+fn setup(endpoint: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = recent_capture(dir.path(), Duration::from_secs(60));
+    let config = config(dir.path(), endpoint);
+    let state = dir.path().join("state");
+    Setup { capture, config, state, _dir: dir }
+}
+
+impl Setup {
+    fn replay_send(&self, timeout: u64) -> Output {
+        run(&[
+            "replay",
+            "--send",
+            "--stats",
+            "--send-timeout",
+            &timeout.to_string(),
+            "--state",
+            self.state.to_str().unwrap(),
+            "--config",
+            self.config.to_str().unwrap(),
+            self.capture.to_str().unwrap(),
+        ])
+    }
+    fn flush(&self) -> Output {
+        run(&[
+            "flush",
+            "--timeout",
+            "30",
+            "--state",
+            self.state.to_str().unwrap(),
+            "--config",
+            self.config.to_str().unwrap(),
+        ])
+    }
+    /// The events replay derives (checked by the lab tests), as (name, timestamp_micros) counts.
+    fn expected(&self) -> HashMap<(String, String), usize> {
+        let out = run(&["replay", "--config", self.config.to_str().unwrap(), self.capture.to_str().unwrap()]);
+        let mut m = HashMap::new();
+        for e in parse_lines(&String::from_utf8(out.stdout).unwrap()) {
+            *m.entry((e["event"].as_str().unwrap().to_string(), e["time"].as_str().unwrap().to_string()))
+                .or_default() += 1;
+        }
+        m
+    }
+}
+
+fn counts(events: &[(String, i64, String)]) -> HashMap<(String, String), usize> {
+    let mut m = HashMap::new();
+    for (name, ts, _) in events {
+        *m.entry((name.clone(), siptap::timefmt::rfc3339_micros(*ts))).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn every_event_arrives_once_in_valid_requests() {
+    let mp = FakeMp::start();
+    let s = setup(&mp.url());
+    let out = s.replay_send(30);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = s.expected();
+    // register 6; caller_bye 7 (bob signs up); busy, cancel and tcp 6 each (bob's new boot
+    // cycle: app_start and login, then callin, callout and two callends)
+    assert_eq!(want.values().sum::<usize>(), 6 + 7 + 6 + 6 + 6, "lab events in these captures");
+    assert_eq!(counts(&mp.accepted_events()), want);
+    for r in mp.requests() {
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.app_id, "1:1234567890:android:0a1b2c3d4e5f");
+        assert_eq!(r.api_secret, SECRET);
+        let body = r.body.to_string();
+        // phone numbers and SIP addresses do not reach Google by default
+        assert!(!body.contains("alice") && !body.contains("bob") && !body.contains("127.0.0"), "{body}");
+        assert!(r.body["user_id"].as_str().is_some_and(|u| u.len() == 32));
+    }
+    // a call's events share a (hashed) call_id and a session
+    let evs: Vec<Value> = mp.requests().iter().flat_map(|r| r.body["events"].as_array().unwrap().clone()).collect();
+    let ends = evs.iter().filter(|e| e["name"] == "callend").count();
+    assert_eq!(ends, 8);
+    for e in &evs {
+        assert!(e["params"]["session_id"].as_i64().is_some());
+    }
+}
+
+#[test]
+fn outages_are_retried_until_everything_arrives() {
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = vec![503, 503, 429, 500, 503];
+    let s = setup(&mp.url());
+    let out = s.replay_send(60);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["delivery_5xx_429", "5"]), "{err}");
+}
+
+#[test]
+fn a_server_down_then_a_restart_loses_nothing() {
+    // a port with nothing listening
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = setup(&format!("http://127.0.0.1:{port}"));
+    let out = s.replay_send(2);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stay in the outbox"));
+    let mp = FakeMp::on(port);
+    let out = s.flush();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+}
+
+#[test]
+fn kill_9_mid_batch_loses_nothing_and_repeats_only_the_batches_in_flight() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = setup(&format!("http://127.0.0.1:{port}"));
+    assert!(!s.replay_send(1).status.success(), "nothing listens yet: events stay queued");
+    let mp = FakeMp::on(port);
+    mp.behaviour.lock().unwrap().hang = true;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["flush", "--state", s.state.to_str().unwrap(), "--config", s.config.to_str().unwrap()])
+        .env("SIPTAP_TEST_API_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while mp.requests().len() < 2 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // the server got (and, as far as we know, recorded) the requests in flight at the kill
+    let in_flight = mp.requests();
+    assert!(!in_flight.is_empty() && in_flight.len() <= 2, "max_in_flight = 2: {} requests", in_flight.len());
+    mp.behaviour.lock().unwrap().hang = false;
+    let out = s.flush();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut got = counts(&mp.accepted_events());
+    let in_flight_events: Vec<(String, i64, String)> = in_flight
+        .iter()
+        .flat_map(|r| {
+            r.body["events"].as_array().unwrap().iter().map(|e| {
+                (e["name"].as_str().unwrap().to_string(), e["timestamp_micros"].as_i64().unwrap(), String::new())
+            })
+        })
+        .collect();
+    let dup = counts(&in_flight_events);
+    // every event arrived after the restart, once
+    assert_eq!(got, s.expected());
+    // counting what the killed batches delivered too, an event arrived twice only if it was in flight
+    for (k, n) in dup {
+        *got.get_mut(&k).unwrap() += n;
+    }
+    for (k, n) in &got {
+        assert!(*n <= 2, "{k:?} arrived {n} times");
+    }
+}
+
+#[test]
+fn a_4xx_is_kept_not_retried() {
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = vec![400];
+    let s = setup(&mp.url());
+    let out = s.replay_send(30);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected table"));
+    let reqs = mp.requests();
+    let refused: Vec<&Value> = reqs.iter().filter(|r| r.answered == 400).map(|r| &r.body).collect();
+    assert_eq!(refused.len(), 1);
+    // none of the refused request's events was sent again
+    let refused_events = refused[0]["events"].as_array().unwrap().len();
+    let total: usize = s.expected().values().sum();
+    assert_eq!(mp.accepted_events().len(), total - refused_events);
+}
+
+#[test]
+fn events_past_the_72_hour_window_are_dropped_and_counted() {
+    let mp = FakeMp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let capture = recent_capture(dir.path(), Duration::from_secs(4 * 24 * 3600));
+    let cfg = config(dir.path(), &mp.url());
+    let state = dir.path().join("state");
+    let out = run(&[
+        "replay",
+        "--send",
+        "--stats",
+        "--state",
+        state.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        capture.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mp.requests().is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["outbox_dropped_too_old", "31"]), "{err}");
+}
+
+#[test]
+fn validate_checks_locally_and_against_the_debug_endpoint() {
+    let mp = FakeMp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mp.url());
+    let out = run(&["validate", "--remote", "--config", cfg.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("tenant lab request 1 (6 events: signup,login,app_start,callout,callin,callend): ok"),
+        "{text}"
+    );
+    assert!(text.contains("debug endpoint: no validation messages"), "{text}");
+    assert!(mp.requests().iter().all(|r| r.path == "/debug/mp/collect"));
+}
+
+#[test]
+fn a_missing_secret_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://127.0.0.1:9");
+    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["check-config", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(":10:")
+            && err.contains("tenants.lab.firebase.api_secret_env")
+            && err.contains("SIPTAP_TEST_API_SECRET"),
+        "{err}"
+    );
+}
