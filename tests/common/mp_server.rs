@@ -167,6 +167,7 @@ impl FakeMp {
 
 fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mutex<Behaviour>>) {
     conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    conn.set_nodelay(true).ok();
     let mut w = conn.try_clone().unwrap();
     let mut rd = BufReader::new(conn);
     loop {
@@ -230,7 +231,7 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mu
         };
         rec.answered = status;
         received.lock().unwrap().push(rec);
-        let _ = write!(w, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+        let _ = w.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Outbox {
     max_events: u64,
     when_full: WhenFull,
     pub stats: OutboxStats,
+    /// Wakes the sender when events are queued (it also polls, so a missed wake only delays).
+    pub wake: tokio::sync::Notify,
 }
 
 impl Outbox {
@@ -66,6 +68,7 @@ impl Outbox {
             max_events: max_events.max(1),
             when_full,
             stats: OutboxStats::default(),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -123,6 +126,7 @@ impl Outbox {
         tx.commit()?;
         let n = events.len() as u64 - refused;
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
+        self.wake.notify_waiters();
         self.stats.dropped_full.fetch_add(refused, Ordering::Relaxed);
         if refused > 0 {
             tracing::error!(

@@ -125,8 +125,12 @@ async fn tenant_loop(
             tokio::time::sleep_until(until.into()).await;
             continue;
         }
+        // registered before looking, so that events queued meanwhile wake us
+        let woken = outbox.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let skip = in_flight.lock().expect("not poisoned").clone();
-        let rows = match outbox.pending(&t.tenant, mp::MAX_EVENTS * cfg.max_in_flight.max(1) * 2, &skip) {
+        let rows = match outbox.pending(&t.tenant, 1000, &skip) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(tenant = %t.tenant, error = %e, "cannot read the outbox");
@@ -138,7 +142,10 @@ async fn tenant_loop(
             if until_empty && !busy {
                 return;
             }
-            tokio::time::sleep(cfg.poll).await;
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(cfg.poll) => {}
+            }
             continue;
         }
         let now = now_micros();
