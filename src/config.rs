@@ -27,7 +27,41 @@ struct RawConfig {
     #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
+    hep: RawHep,
+    #[serde(default)]
+    run: RawRun,
+    #[serde(default)]
     tenants: BTreeMap<String, Spanned<RawTenant>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHep {
+    ports: Option<Vec<u16>>,
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    sources: Vec<Spanned<RawHepSource>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHepSource {
+    address: Option<Spanned<String>>,
+    capture_id: Option<u32>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    interfaces: Option<Vec<String>>,
+    buffer_mib: Option<u32>,
+    metrics_listen: Option<Spanned<String>>,
+    jsonl_path: Option<String>,
+    log_format: Option<Spanned<String>>,
+    state_dir: Option<String>,
+    stop_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,7 +188,31 @@ pub struct Config {
     pub duplicate_window_ms: u64,
     pub limits: Limits,
     pub delivery: DeliveryCfg,
+    pub hep: HepCfg,
+    pub run: RunCfg,
     pub tenants: Vec<Tenant>,
+}
+
+/// HEP input: ports recognised in captures, the live listener, accepted sources.
+#[derive(Debug, Clone)]
+pub struct HepCfg {
+    pub ports: Vec<u16>,
+    pub listen: Option<SocketAddr>,
+    pub sources: Vec<crate::decode::HepSource>,
+}
+
+/// `siptap run` settings.
+#[derive(Debug, Clone)]
+pub struct RunCfg {
+    /// Interfaces to capture on (`any` works); empty: none (HEP only).
+    pub interfaces: Vec<String>,
+    pub buffer_mib: u32,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where tenants without Firebase get their events as JSON lines (`-`: stdout).
+    pub jsonl_path: String,
+    pub log_json: bool,
+    pub state_dir: PathBuf,
+    pub stop_timeout_secs: u64,
 }
 
 pub const DEFAULT_PUSH_PROXY_AGENTS: &[&str] = &["Acrobits SIPIS"];
@@ -338,7 +396,62 @@ impl Config {
             request_timeout_secs: d.request_timeout_secs.unwrap_or(30).max(1),
             max_backoff_secs: d.max_backoff_secs.unwrap_or(300).max(1),
         };
+        let hep = {
+            let h = &raw.hep;
+            let listen = match &h.listen {
+                Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| at(l.span(), "hep.listen", format!("`{}` is not IP:port", l.get_ref())))?),
+                None => None,
+            };
+            let mut sources = Vec::new();
+            for src in &h.sources {
+                let sp = src.span();
+                let src = src.get_ref();
+                let address = match &src.address {
+                    Some(a) => Some(a.get_ref().parse::<IpAddr>().map_err(|_| at(a.span(), "hep.sources.address", format!("`{}` is not an IP address", a.get_ref())))?),
+                    None => None,
+                };
+                let password = match (&src.password_env, &src.password_file) {
+                    (Some(e), None) => Some(std::env::var(e.get_ref()).map_err(|_| at(e.span(), "hep.sources.password_env", format!("environment variable `{}` is not set", e.get_ref())))?),
+                    (None, Some(f)) => {
+                        let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+                        Some(std::fs::read_to_string(&p).map_err(|e| at(f.span(), "hep.sources.password_file", format!("cannot read {}: {e}", p.display())))?.trim().to_string())
+                    }
+                    (Some(e), Some(_)) => return Err(at(e.span(), "hep.sources", "give password_env or password_file, not both".into())),
+                    (None, None) => None,
+                };
+                if address.is_none() && src.capture_id.is_none() && password.is_none() {
+                    return Err(at(sp, "hep.sources", "a source needs an address, a capture_id or a password".into()));
+                }
+                sources.push(crate::decode::HepSource { address, capture_id: src.capture_id, password });
+            }
+            HepCfg { ports: h.ports.clone().unwrap_or_else(|| vec![9060]), listen, sources }
+        };
+        let run = {
+            let r = &raw.run;
+            let metrics_listen = match &r.metrics_listen {
+                Some(m) if m.get_ref().is_empty() => None,
+                Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| at(m.span(), "run.metrics_listen", format!("`{}` is not IP:port", m.get_ref())))?),
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 9109))),
+            };
+            let log_json = match &r.log_format {
+                Some(f) if f.get_ref() == "json" => true,
+                Some(f) if f.get_ref() == "text" => false,
+                Some(f) => return Err(at(f.span(), "run.log_format", format!("`{}` is not text or json", f.get_ref()))),
+                None => false,
+            };
+            RunCfg {
+                interfaces: r.interfaces.clone().unwrap_or_else(|| vec!["any".into()]),
+                buffer_mib: r.buffer_mib.unwrap_or(32).max(1),
+                metrics_listen,
+                jsonl_path: r.jsonl_path.clone().unwrap_or_else(|| "-".into()),
+                log_json,
+                state_dir: PathBuf::from(r.state_dir.clone().unwrap_or_else(|| "/var/lib/siptap".into())),
+                stop_timeout_secs: r.stop_timeout_secs.unwrap_or(10).max(1),
+            }
+        };
         Ok(Config {
+            hep,
+            run,
             delivery,
             path: path.to_path_buf(),
             servers,

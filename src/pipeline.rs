@@ -45,6 +45,8 @@ impl Pipeline {
             max_tcp_streams: l.max_tcp_streams,
             max_tcp_buffer: l.max_tcp_buffer_bytes,
             duplicate_window: cfg.duplicate_window_ms as Micros * 1000,
+            hep_ports: cfg.hep.ports.clone(),
+            hep_sources: cfg.hep.sources.clone(),
         };
         let mut ports = cfg.sip_ports.clone();
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
@@ -134,6 +136,10 @@ impl Pipeline {
             ("frames_tunnelled", d.tunnelled),
             ("frames_too_deep", d.too_deep),
             ("frames_duplicate", d.duplicates),
+            ("hep_packets", d.hep_packets),
+            ("hep_not_sip", d.hep_not_sip),
+            ("hep_malformed", d.hep_malformed),
+            ("hep_refused", d.hep_refused),
             ("ip_other_protocol", d.other_ip_proto),
             ("udp_datagrams", d.udp),
             ("udp_not_sip", d.udp_not_sip),

@@ -70,7 +70,8 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
     // SIP messages quoted inside ICMP errors are not SIP traffic and must not count. The FAX
     // capture holds 23 frames twice (same IP ID, TTL and bytes, 1-2 ms apart: two mirror ports;
     // counted with tshark, see `duplicates` below): siptap drops those copies, tshark does not.
-    // HEP encapsulation is not decoded yet (the run/HEP issue): those two captures yield none.
+    // The two HEP captures count the SIP inside HEP v3 (zlib-compressed in the second, where every
+    // packet was mirrored three times by two agents: 7 unique messages of 21).
     let table: &[(&str, u64)] = &[
         ("irontec-sngrep__aaa.pcap", 81),
         ("irontec-sngrep__ipv6frag.pcap", 32),
@@ -85,8 +86,8 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         ("sipcapture-heplify__ipip0.pcap", 8),
         ("sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap", 92 - 23),
         ("sipcapture-heplify__rtp_rtcp_sip_ipv4_udp.pcap", 14),
-        ("sipcapture-hep-wireshark__hep.pcap", 0),
-        ("sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng", 0),
+        ("sipcapture-hep-wireshark__hep.pcap", 6),
+        ("sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng", 21 - 14),
         ("ntop-nDPI__gre_sip.pcapng", 36),
         ("ntop-nDPI__sip_hello.pcapng", 8),
         ("arkime-arkime__gtp-iphone.pcap", 17),
@@ -113,7 +114,8 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         // (same IP ID, addresses, UDP checksum and length)
         let duplicates = match name.as_str() {
             "sipcapture-heplify__FAX-Call-t38-CA-TDM-SIP-FB-1.pcap" => 23,
-            "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng" => 7,
+            // 7 identical IP packets, and 7 more HEP copies of the same SIP from another agent
+            "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng" => 7 + 7,
             _ => 0,
         };
         assert_eq!(stat(&st, "frames_duplicate"), duplicates, "{name}: duplicate frames");
@@ -266,4 +268,23 @@ fn register_brute_force_without_success_creates_nothing() {
     let st = stats(config(&servers).path(), &dir.join("sipcapture-heplify__ipip0.pcap"));
     assert_eq!(stat(&st, "register_challenged"), 3);
     assert_eq!(stat(&st, "known_users"), 0);
+}
+
+#[test]
+fn hep_carries_the_original_addresses_and_times() {
+    // HEP3 with zlib payloads: 192.168.137.1 registers through the proxy 192.168.137.247:5060 to
+    // the registrar on :5070. The proxy's 401 to the client is seen; the 200 only between the two
+    // servers (the capture ends before the proxy relays it): a challenge, no event.
+    let Some(dir) = shared() else { return };
+    let f = "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng";
+    check(f, &["192.168.137.247"], &[]);
+    let st = stats(config(&["192.168.137.247"]).path(), &dir.join(f));
+    assert_eq!(stat(&st, "register_challenged"), 1);
+    assert_eq!(stat(&st, "sip_server_to_server"), 4);
+    assert_eq!(stat(&st, "hep_packets"), 21 - 7);
+    // plain HEP3: INVITE, 100, 407 (unauthenticated so far), OPTIONS, PUBLISH; a log and an RTCP chunk
+    let st = stats(config(&["192.168.1.2"]).path(), &dir.join("sipcapture-hep-wireshark__hep.pcap"));
+    assert_eq!(stat(&st, "hep_not_sip"), 2);
+    assert_eq!(stat(&st, "invites_initial"), 1);
+    assert_eq!(stat(&st, "events"), 0);
 }

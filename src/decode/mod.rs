@@ -2,6 +2,7 @@
 //! reassembly), tunnels (IP-in-IP, GRE, ERSPAN, VXLAN, GTP-U), UDP, TCP (stream reassembly) and
 //! SCTP. Sans-IO: time is the frame's timestamp.
 pub mod defrag;
+pub mod hep;
 pub mod link;
 pub mod tcp;
 pub mod ws;
@@ -50,10 +51,14 @@ pub struct DecodeStats {
     /// The same IP packet seen again within the duplicate window (two mirror ports, a SPAN of
     /// both directions): dropped. A SIP retransmission comes later and is not one of these.
     pub duplicates: u64,
+    pub hep_packets: u64,
+    pub hep_not_sip: u64,
+    pub hep_malformed: u64,
+    pub hep_refused: u64,
 }
 
 /// Limits for the decoder's tables.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DecodeLimits {
     pub max_fragments: usize,
     pub fragment_timeout_secs: u64,
@@ -61,6 +66,18 @@ pub struct DecodeLimits {
     pub max_tcp_buffer: usize,
     /// Copies of one IP packet closer together than this are duplicates (0: keep all).
     pub duplicate_window: Micros,
+    /// UDP ports on which HEP v3 is recognised.
+    pub hep_ports: Vec<u16>,
+    /// When not empty, HEP is taken only from these sources.
+    pub hep_sources: Vec<HepSource>,
+}
+
+/// A HEP sender siptap accepts: its address, and the capture id and password it must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HepSource {
+    pub address: Option<IpAddr>,
+    pub capture_id: Option<u32>,
+    pub password: Option<String>,
 }
 
 impl Default for DecodeLimits {
@@ -71,6 +88,8 @@ impl Default for DecodeLimits {
             max_tcp_streams: 65_536,
             max_tcp_buffer: 256 * 1024,
             duplicate_window: 20_000,
+            hep_ports: vec![9060],
+            hep_sources: Vec::new(),
         }
     }
 }
@@ -85,6 +104,8 @@ pub struct Decoder {
     sctp_partial: HashMap<(SocketAddr, SocketAddr, u16), Vec<u8>>,
     max_message: usize,
     dedup: Dedup,
+    hep_ports: Vec<u16>,
+    hep_sources: Vec<HepSource>,
 }
 
 /// Recently seen IP packets, by hash, to drop copies of one packet seen twice.
@@ -144,6 +165,8 @@ impl Decoder {
             sctp_partial: HashMap::new(),
             max_message: limits.max_tcp_buffer,
             dedup: Dedup { window: limits.duplicate_window, seen: HashMap::new(), order: VecDeque::new() },
+            hep_ports: limits.hep_ports,
+            hep_sources: limits.hep_sources,
         }
     }
 
@@ -327,6 +350,9 @@ impl Decoder {
         if (dport == 2152 || sport == 2152) && payload.len() >= 8 && payload[0] >> 5 == 1 && payload[1] == 0xff {
             return self.gtp_u(ts, payload, depth, out);
         }
+        if (self.hep_ports.contains(&dport) || self.hep_ports.contains(&sport)) && hep::is_hep3(payload) {
+            return self.hep(ts, src, payload, out);
+        }
         if !tcp::starts_with_sip(payload) {
             self.stats.udp_not_sip += 1;
             return;
@@ -338,6 +364,51 @@ impl Decoder {
             transport: Transport::Udp,
             data: payload,
         });
+    }
+
+    /// One HEP v3 packet sent by `sender` (from a capture, or received by the live listener).
+    /// The SIP inside keeps its own addresses and, when the packet carries one, its own time.
+    pub fn hep(&mut self, ts: Micros, sender: IpAddr, payload: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {
+        self.stats.hep_packets += 1;
+        let p = match hep::parse(payload, self.max_message) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.hep_malformed += 1;
+                return;
+            }
+        };
+        if !self.hep_sources.is_empty()
+            && !self.hep_sources.iter().any(|s| {
+                s.address.is_none_or(|a| a == sender)
+                    && s.capture_id.is_none_or(|c| Some(c) == p.capture_id)
+                    && s.password.as_deref().is_none_or(|pw| Some(pw) == p.password)
+            })
+        {
+            self.stats.hep_refused += 1;
+            return;
+        }
+        if p.payload_type != 1 || !tcp::starts_with_sip(&p.payload) {
+            self.stats.hep_not_sip += 1;
+            return;
+        }
+        let ts = p.ts.unwrap_or(ts);
+        // several agents (or one agent on several interfaces) may mirror the same message
+        let ident = packet_hash(&[
+            &ts.to_be_bytes(),
+            p.src.to_string().as_bytes(),
+            p.dst.to_string().as_bytes(),
+            &p.payload,
+        ]);
+        if self.dedup.is_duplicate(ts, ident) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let transport = match p.ip_proto {
+            6 => Transport::Tcp,
+            132 => Transport::Sctp,
+            _ => Transport::Udp,
+        };
+        out(SipBytes { ts, src: p.src, dst: p.dst, transport, data: &p.payload });
     }
 
     fn gtp_u(&mut self, ts: Micros, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
