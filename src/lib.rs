@@ -5,6 +5,7 @@
 //! and call legs) -> `event` + `tenant` (routed events) -> `sink` (output). `pipeline` joins them.
 pub mod capture;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod event;
 #[doc(hidden)]

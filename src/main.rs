@@ -70,6 +70,23 @@ enum Cmd {
         remote: bool,
         captures: Vec<PathBuf>,
     },
+    /// Run as a daemon: live capture (libpcap) and/or HEP input, events to the Firebase outbox or
+    /// JSON lines, Prometheus metrics on localhost. SIGHUP reloads the configuration, SIGTERM stops.
+    Run {
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
+        config: PathBuf,
+        /// Overrides run.state_dir.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Run even as root (not recommended: siptap needs only CAP_NET_RAW).
+        #[arg(long)]
+        allow_root: bool,
+    },
+    /// One-screen summary from a running siptap's metrics endpoint.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:9109")]
+        metrics: String,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long)]
@@ -85,8 +102,18 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // JSON logs when `siptap run`'s config asks; plain text without timestamps under journald
+    let json = matches!(&cli.cmd, Cmd::Run { config, .. } if Config::load(config).is_ok_and(|c| c.run.log_json));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    if json {
+        builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+    if let Err(e) = run(cli) {
         eprintln!("siptap: error: {e:#}");
         std::process::exit(1);
     }
@@ -98,6 +125,10 @@ fn run(cli: Cli) -> Result<()> {
             replay(config, state, stats, send.then_some(send_timeout), captures)
         }
         Cmd::Flush { config, state, timeout, stats } => flush(config, state, timeout, stats),
+        Cmd::Run { config, state, allow_root } => {
+            siptap::daemon::run(siptap::daemon::RunOptions { config, allow_root, state_dir: state })
+        }
+        Cmd::Status { metrics } => status(&metrics),
         Cmd::Validate { config, remote, captures } => validate(config, remote, captures),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
@@ -134,7 +165,7 @@ fn replay(
     // with --send, events of delivering tenants are committed to the outbox in batches
     let delivery = match (&state, send_timeout) {
         (Some(dir), Some(_)) => {
-            let key = identity_key(dir)?;
+            let key = siptap::sink::firebase::identity_key(dir)?;
             let outbox = Outbox::open(dir, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?;
             Some((Delivery::new(&cfg, &key), Arc::new(outbox)))
         }
@@ -201,7 +232,7 @@ fn replay(
 
 fn flush(config: PathBuf, state: PathBuf, timeout: u64, stats: bool) -> Result<()> {
     let cfg = Config::load(&config)?;
-    let key = identity_key(&state)?;
+    let key = siptap::sink::firebase::identity_key(&state)?;
     let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
     deliver(&cfg, &Delivery::new(&cfg, &key), outbox, timeout, stats)
 }
@@ -263,7 +294,7 @@ fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, stats:
 fn validate(config: PathBuf, remote: bool, captures: Vec<PathBuf>) -> Result<()> {
     let cfg = Config::load(&config)?;
     // ids are keyed hashes; an ephemeral key is enough to check the requests' shape
-    let d = Delivery::new(&cfg, &random_bytes(32)?);
+    let d = Delivery::new(&cfg, &siptap::sink::firebase::random_bytes(32)?);
     if d.is_empty() {
         bail!("no tenant has [tenants.<id>.firebase] enabled: nothing to validate");
     }
@@ -354,34 +385,43 @@ fn sample_events(cfg: &Config) -> Vec<Routed> {
     v
 }
 
-/// The installation's identity key (keyed hashes of users and devices), made on first use.
-fn identity_key(dir: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    let p = dir.join("identity.key");
-    if let Ok(k) = std::fs::read(&p) {
-        if k.len() >= 16 {
-            return Ok(k);
+fn status(url: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let text = rt
+        .block_on(async {
+            let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+            c.get(format!("{}/metrics", url.trim_end_matches('/'))).send().await?.error_for_status()?.text().await
+        })
+        .with_context(|| format!("cannot read {url}/metrics (is siptap running, with run.metrics_listen there?)"))?;
+    let mut v: Vec<(String, f64)> = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, val)) = l.rsplit_once(' ')
+            && let Ok(x) = val.parse()
+        {
+            v.push((k.to_string(), x));
         }
-        bail!("{}: identity key too short", p.display());
     }
-    let k = random_bytes(32)?;
-    let tmp = dir.join("identity.key.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&k)?;
-        f.sync_all()?;
+    let get = |k: &str| v.iter().filter(|(n, _)| n == k || n.starts_with(&format!("{k}{{"))).map(|(_, x)| x).sum::<f64>();
+    println!("siptap at {url}");
+    println!("  capture      {:>12} packets   {:>8} dropped by the kernel", get("siptap_capture_packets_total"), get("siptap_capture_kernel_drops_total"));
+    println!("  SIP          {:>12} messages  {:>8} malformed   {:>8} duplicate frames", get("siptap_sip_messages"), get("siptap_sip_malformed"), get("siptap_frames_duplicate"));
+    println!("  state        {:>12} active registrations   {:>8} open call legs", get("siptap_active_devices"), get("siptap_open_call_legs"));
+    println!("  events:");
+    for (k, x) in v.iter().filter(|(n, _)| n.starts_with("siptap_events_total{")) {
+        println!("    {:<60} {x}", k.trim_start_matches("siptap_events_total"));
     }
-    std::fs::rename(&tmp, &p)?;
-    Ok(k)
-}
-
-fn random_bytes(n: usize) -> Result<Vec<u8>> {
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .context("cannot read /dev/urandom")?;
-    Ok(b)
+    let lat_n = get("siptap_delivery_latency_seconds_count");
+    let lat = if lat_n > 0.0 { get("siptap_delivery_latency_seconds_sum") / lat_n * 1000.0 } else { 0.0 };
+    println!("  outbox       {:>12} queued    {:>8} dropped (full)  {:>8} dropped (>72 h)", get("siptap_outbox_depth"), get("siptap_outbox_dropped_full_total"), get("siptap_outbox_dropped_too_old_total"));
+    println!(
+        "  delivery     {:>12} events sent in {} requests; {} transport errors, {} 5xx/429, {} 4xx; mean latency {lat:.1} ms",
+        get("siptap_delivery_events_total"),
+        get("siptap_delivery_requests_total{result=\"ok\"}"),
+        get("siptap_delivery_requests_total{result=\"transport_error\"}"),
+        get("siptap_delivery_requests_total{result=\"5xx_429\"}"),
+        get("siptap_delivery_requests_total{result=\"4xx\"}")
+    );
+    Ok(())
 }
 
 fn seed_users(state: PathBuf, file: PathBuf) -> Result<()> {

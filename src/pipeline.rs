@@ -89,6 +89,30 @@ impl Pipeline {
         self.drain(out);
     }
 
+    /// One HEP packet received by a listener (no link, IP or UDP header around it).
+    pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], out: &mut dyn FnMut(Routed)) {
+        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
+        *last_ts = Some(last_ts.map_or(ts, |t| t.max(ts)));
+        tracker.tick(ts, scratch);
+        decoder.hep(ts, sender, data, &mut |m| {
+            stats.sip_messages += 1;
+            let unfolded = sip::parse::unfold(m.data);
+            match sip::parse(&unfolded) {
+                Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
+                Err(_) => stats.malformed += 1,
+            }
+        });
+        self.drain(out);
+    }
+
+    /// Applies a reloaded configuration without losing state: tenants, event names, server
+    /// addresses, push proxies and identity names change; table bounds keep their start values.
+    pub fn reload(&mut self, cfg: &Config) {
+        self.router = Router::new(cfg);
+        self.tracker.reconfigure(cfg.tracker_config());
+        self.decoder.set_hep_sources(cfg.hep.sources.clone());
+    }
+
     /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).
     pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
         self.tracker.tick(now, &mut self.scratch);

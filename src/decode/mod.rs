@@ -366,6 +366,10 @@ impl Decoder {
         });
     }
 
+    pub fn set_hep_sources(&mut self, sources: Vec<HepSource>) {
+        self.hep_sources = sources;
+    }
+
     /// One HEP v3 packet sent by `sender` (from a capture, or received by the live listener).
     /// The SIP inside keeps its own addresses and, when the packet carries one, its own time.
     pub fn hep(&mut self, ts: Micros, sender: IpAddr, payload: &[u8], out: &mut dyn FnMut(SipBytes<'_>)) {

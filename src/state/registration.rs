@@ -115,6 +115,10 @@ impl Registrations {
         self.known_users.len()
     }
 
+    pub fn set_identity_names(&mut self, names: Vec<String>) {
+        self.identity_names = names;
+    }
+
     /// Users that signed up since the last call (to persist).
     pub fn take_new_users(&mut self) -> Vec<String> {
         std::mem::take(&mut self.new_users)

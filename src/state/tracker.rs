@@ -107,6 +107,13 @@ impl Tracker {
         }
     }
 
+    /// Takes a new configuration's servers, push proxies and identity names; keeps all state.
+    pub fn reconfigure(&mut self, cfg: TrackerConfig) {
+        self.servers = cfg.servers;
+        self.push_proxies = cfg.push_proxies;
+        self.registrations.set_identity_names(cfg.identity_names);
+    }
+
     /// Fires the timers due at `now`. Call before feeding a message stamped `now`, so that
     /// events come out in time order.
     pub fn tick(&mut self, now: Micros, out: &mut Vec<Event>) {

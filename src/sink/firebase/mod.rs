@@ -12,7 +12,9 @@ use crate::pipeline::Routed;
 use identity::Identity;
 use mp::QueuedEvent;
 use serde_json::{Map, Value};
+use anyhow::Context;
 use std::collections::HashMap;
+use std::io::Write;
 
 /// A secret (API secret, identity key): its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -132,3 +134,34 @@ impl Delivery {
         })
     }
 }
+
+/// The installation's identity key (keyed hashes of users and devices), made on first use.
+pub fn identity_key(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::create_dir_all(dir).map_err(anyhow::Error::from).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    let p = dir.join("identity.key");
+    if let Ok(k) = std::fs::read(&p) {
+        if k.len() >= 16 {
+            return Ok(k);
+        }
+        anyhow::bail!("{}: identity key too short", p.display());
+    }
+    let k = random_bytes(32)?;
+    let tmp = dir.join("identity.key.tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&k)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &p)?;
+    Ok(k)
+}
+
+pub fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(anyhow::Error::from).context("cannot read /dev/urandom")?;
+    Ok(b)
+}
+

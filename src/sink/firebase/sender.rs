@@ -20,8 +20,10 @@ pub struct SenderStats {
     pub http_5xx_429: AtomicU64,
     pub http_4xx: AtomicU64,
     pub invalid_local: AtomicU64,
-    /// Acknowledgement delay of each request (enqueue-independent: from send to 2xx), in µs.
+    /// Delay of each request from send to 2xx, in µs (the last 10,000).
     pub latencies_us: Mutex<Vec<u64>>,
+    pub latency_sum_us: AtomicU64,
+    pub latency_count: AtomicU64,
 }
 
 pub struct SenderConfig {
@@ -214,7 +216,14 @@ async fn tenant_loop(
                         stats.requests_ok.fetch_add(1, Ordering::Relaxed);
                         stats.events_sent.fetch_add(ids.len() as u64, Ordering::Relaxed);
                         outbox.stats.acked.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        stats.latencies_us.lock().expect("not poisoned").push(started.elapsed().as_micros() as u64);
+                        let us = started.elapsed().as_micros() as u64;
+                        stats.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+                        stats.latency_count.fetch_add(1, Ordering::Relaxed);
+                        let mut l = stats.latencies_us.lock().expect("not poisoned");
+                        if l.len() >= 10_000 {
+                            l.drain(..5_000);
+                        }
+                        l.push(us);
                         *backoff.lock().expect("not poisoned") = (0, None);
                     }
                     Err((Some(status), answer)) if (400..500).contains(&status) && status != 429 => {

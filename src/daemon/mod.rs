@@ -1,0 +1,338 @@
+//! `siptap run`: the daemon. Thin shells around the same sans-IO pipeline as `replay`: capture
+//! threads (libpcap) and a HEP listener feed one core thread; a clock tick drives timeouts when
+//! traffic is quiet; events go to the Firebase outbox (tenants with Firebase settings) or to
+//! JSON lines; a tokio thread runs delivery, the metrics endpoint and signal handling.
+pub mod hep_listener;
+pub mod live;
+pub mod metrics;
+pub mod notify;
+
+use crate::capture::{Frame, Micros};
+use crate::config::Config;
+use crate::pipeline::{Pipeline, Routed};
+use crate::sink::firebase::mp::QueuedEvent;
+use crate::sink::firebase::outbox::Outbox;
+use crate::sink::firebase::sender::{self, SenderConfig, SenderStats};
+use crate::sink::firebase::{Delivery, Target};
+use crate::sink::jsonl;
+use crate::store::KnownUsersStore;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the core thread receives.
+pub enum Input {
+    Frame { ts: Micros, linktype: u32, data: Vec<u8> },
+    Hep { ts: Micros, sender: IpAddr, data: Vec<u8> },
+    Tick,
+    Reload,
+    Stop,
+}
+
+/// What the core publishes for the metrics endpoint, once a tick.
+#[derive(Default)]
+pub struct Snapshot {
+    pub counters: Vec<(String, u64)>,
+    pub events: BTreeMap<(String, String), u64>,
+}
+
+pub struct Shared {
+    pub snapshot: Mutex<Snapshot>,
+    pub captures: Vec<(String, Arc<live::CaptureStats>)>,
+    pub outbox: Option<Arc<Outbox>>,
+    pub sender: Arc<SenderStats>,
+    pub last_tick: AtomicI64,
+}
+
+impl Shared {
+    pub fn healthy(&self) -> bool {
+        now_micros() - self.last_tick.load(Ordering::Relaxed) < 5_000_000
+    }
+}
+
+fn now_micros() -> Micros {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Commands for the delivery side (the tokio thread).
+enum SenderCmd {
+    Restart(Vec<Target>),
+    /// Deliver what is queued for at most this long, then stop.
+    Drain(Duration),
+}
+
+/// Whether this process runs as root (from /proc, without a libc dependency).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub allow_root: bool,
+    /// Overrides `run.state_dir`.
+    pub state_dir: Option<PathBuf>,
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    if is_root() && !opts.allow_root {
+        bail!(
+            "refusing to run as root: siptap reads untrusted traffic and needs only CAP_NET_RAW. \
+             Use the systemd unit (a dedicated user with that capability), or pass --allow-root"
+        );
+    }
+    let mut cfg = Config::load(&opts.config)?;
+    let state = opts.state_dir.clone().unwrap_or_else(|| cfg.run.state_dir.clone());
+    let store = KnownUsersStore::open(&state)?;
+    let key = crate::sink::firebase::identity_key(&state)?;
+    let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
+    let mut delivery = Delivery::new(&cfg, &key);
+    let mut pipeline = Pipeline::new(&cfg, store.load()?);
+    let mut jsonl_out = open_jsonl(&cfg.run.jsonl_path)?;
+
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
+    let stop = Arc::new(AtomicBool::new(false));
+    let captures = if cfg.run.interfaces.is_empty() { Vec::new() } else { live::start(&cfg, tx.clone(), stop.clone())? };
+    if let Some(addr) = cfg.hep.listen {
+        hep_listener::start(addr, tx.clone(), stop.clone())?;
+    }
+    let sender_stats = Arc::new(SenderStats::default());
+    let shared = Arc::new(Shared {
+        snapshot: Mutex::default(),
+        captures,
+        outbox: Some(outbox.clone()),
+        sender: sender_stats.clone(),
+        last_tick: AtomicI64::new(now_micros()),
+    });
+
+    // the tokio side: delivery, metrics, signals
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<SenderCmd>();
+    let metrics = match cfg.run.metrics_listen {
+        Some(a) => Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen for metrics on {a}"))?),
+        None => None,
+    };
+    let async_side = {
+        let (outbox, shared, tx, cfg) = (outbox.clone(), shared.clone(), tx.clone(), cfg.clone());
+        let targets = delivery.targets();
+        std::thread::Builder::new().name("delivery".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(async_main(outbox, targets, cfg, shared, tx, cmd_rx, metrics))
+        })?
+    };
+    // the clock: timeouts fire when traffic is quiet, and the watchdog is fed from the core loop
+    {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        std::thread::Builder::new().name("tick".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1000));
+                if tx.send(Input::Tick).is_err() {
+                    return;
+                }
+            }
+        })?;
+    }
+    drop(tx);
+    notify::notify("READY=1");
+    tracing::info!(
+        interfaces = ?cfg.run.interfaces,
+        hep = ?cfg.hep.listen,
+        metrics = ?cfg.run.metrics_listen,
+        delivering = ?delivery.targets().iter().map(|t| t.tenant.clone()).collect::<Vec<_>>(),
+        "siptap running"
+    );
+
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut queued: Vec<QueuedEvent> = Vec::new();
+    let mut last_watchdog = Instant::now();
+    let watchdog = notify::watchdog_interval();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(i) => i,
+            Err(RecvTimeoutError::Timeout) => Input::Tick,
+            Err(RecvTimeoutError::Disconnected) => Input::Stop,
+        };
+        // take what else is waiting, so that one outbox commit covers a burst
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let mut stopping = false;
+        let mut tick = false;
+        let mut reload = false;
+        {
+            let mut emit = |r: Routed| {
+                *counts.entry((r.tenant.to_string(), r.event.kind.canonical().to_string())).or_default() += 1;
+                match delivery.queue(&r) {
+                    Some(q) => queued.push(q),
+                    None => {
+                        let _ = jsonl::write(&mut jsonl_out, &r);
+                    }
+                }
+            };
+            for input in batch {
+                match input {
+                    Input::Frame { ts, linktype, data } => pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit),
+                    Input::Hep { ts, sender, data } => pipeline.hep(ts, sender, &data, &mut emit),
+                    Input::Tick => {
+                        pipeline.tick(now_micros(), &mut emit);
+                        tick = true;
+                    }
+                    Input::Reload => reload = true,
+                    Input::Stop => stopping = true,
+                }
+            }
+        }
+        if !queued.is_empty() {
+            if let Err(e) = outbox.push(&queued) {
+                tracing::error!(error = %e, events = queued.len(), "cannot queue events in the outbox");
+            }
+            queued.clear();
+        }
+        let _ = jsonl_out.flush();
+        let users: Vec<(String, i64)> = pipeline.take_new_users().into_iter().map(|u| (u, now_micros())).collect();
+        if let Err(e) = store.add(&users) {
+            tracing::error!(error = %e, "cannot store new users");
+        }
+        if tick {
+            shared.last_tick.store(now_micros(), Ordering::Relaxed);
+            let mut snap = shared.snapshot.lock().expect("not poisoned");
+            snap.counters = pipeline.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            snap.events = counts.clone();
+            if watchdog.is_some_and(|w| last_watchdog.elapsed() >= w) {
+                notify::notify("WATCHDOG=1");
+                last_watchdog = Instant::now();
+            }
+        }
+        if reload {
+            notify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+            match Config::load(&opts.config) {
+                Ok(new) => {
+                    pipeline.reload(&new);
+                    delivery = Delivery::new(&new, &key);
+                    let _ = cmd_tx.send(SenderCmd::Restart(delivery.targets()));
+                    if new.run.jsonl_path != cfg.run.jsonl_path {
+                        match open_jsonl(&new.run.jsonl_path) {
+                            Ok(w) => jsonl_out = w,
+                            Err(e) => tracing::error!(error = %e, "cannot open the new jsonl_path; keeping the old one"),
+                        }
+                    }
+                    tracing::info!(tenants = new.tenants.len(), "configuration reloaded (tables kept; bounds, interfaces and listeners need a restart)");
+                    cfg = new;
+                }
+                Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),
+            }
+            notify::notify("READY=1");
+        }
+        if stopping {
+            break;
+        }
+    }
+    // stop: capture first, then hand what is queued to delivery for a bounded time
+    notify::notify("STOPPING=1");
+    stop.store(true, Ordering::Relaxed);
+    let _ = cmd_tx.send(SenderCmd::Drain(Duration::from_secs(cfg.run.stop_timeout_secs)));
+    let _ = async_side.join();
+    tracing::info!(left_in_outbox = outbox.len(), "siptap stopped");
+    Ok(())
+}
+
+fn monotonic_usec() -> u128 {
+    // CLOCK_MONOTONIC via /proc/uptime is coarse but enough for RELOADING=1
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1e6) as u128)
+        .unwrap_or(0)
+}
+
+fn open_jsonl(path: &str) -> Result<Box<dyn Write + Send>> {
+    if path == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(path))
+        .with_context(|| format!("cannot open {path} for events"))?;
+    Ok(Box::new(std::io::BufWriter::new(f)))
+}
+
+async fn async_main(
+    outbox: Arc<Outbox>,
+    targets: Vec<Target>,
+    cfg: Config,
+    shared: Arc<Shared>,
+    core: SyncSender<Input>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<SenderCmd>,
+    metrics: Option<std::net::TcpListener>,
+) {
+    if let Some(l) = metrics {
+        let _ = l.set_nonblocking(true);
+        if let Ok(l) = tokio::net::TcpListener::from_std(l) {
+            tokio::spawn(metrics::serve(l, shared.clone()));
+        }
+    }
+    // signals go to the core loop as inputs
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let core = core.clone();
+        tokio::spawn(async move {
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                return;
+            };
+            loop {
+                let input = tokio::select! {
+                    _ = hup.recv() => Input::Reload,
+                    _ = term.recv() => Input::Stop,
+                    _ = int.recv() => Input::Stop,
+                };
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || core.send(input)).await;
+            }
+        });
+    }
+    drop(core);
+    let scfg = |c: &Config| SenderConfig {
+        max_in_flight: c.delivery.max_in_flight,
+        request_timeout: Duration::from_secs(c.delivery.request_timeout_secs),
+        max_backoff: Duration::from_secs(c.delivery.max_backoff_secs),
+        poll: Duration::from_millis(200),
+    };
+    let spawn = |targets: Vec<Target>, until_empty: bool, deadline: Option<Instant>| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = tokio::spawn(sender::run(outbox.clone(), targets, scfg(&cfg), shared.sender.clone(), until_empty, deadline, stop.clone()));
+        (h, stop)
+    };
+    let mut current = spawn(targets.clone(), false, None);
+    let mut targets = targets;
+    while let Some(cmd) = cmds.recv().await {
+        match cmd {
+            SenderCmd::Restart(t) => {
+                current.1.store(true, Ordering::Relaxed);
+                let _ = (&mut current.0).await;
+                targets = t;
+                current = spawn(targets.clone(), false, None);
+            }
+            SenderCmd::Drain(limit) => {
+                current.1.store(true, Ordering::Relaxed);
+                let _ = (&mut current.0).await;
+                let (h, _) = spawn(targets.clone(), true, Some(Instant::now() + limit));
+                let _ = h.await;
+                return;
+            }
+        }
+    }
+}
