@@ -399,7 +399,11 @@ impl Config {
         let hep = {
             let h = &raw.hep;
             let listen = match &h.listen {
-                Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| at(l.span(), "hep.listen", format!("`{}` is not IP:port", l.get_ref())))?),
+                Some(l) => Some(
+                    l.get_ref()
+                        .parse::<SocketAddr>()
+                        .map_err(|_| at(l.span(), "hep.listen", format!("`{}` is not IP:port", l.get_ref())))?,
+                ),
                 None => None,
             };
             let mut sources = Vec::new();
@@ -407,16 +411,37 @@ impl Config {
                 let sp = src.span();
                 let src = src.get_ref();
                 let address = match &src.address {
-                    Some(a) => Some(a.get_ref().parse::<IpAddr>().map_err(|_| at(a.span(), "hep.sources.address", format!("`{}` is not an IP address", a.get_ref())))?),
+                    Some(a) => Some(a.get_ref().parse::<IpAddr>().map_err(|_| {
+                        at(a.span(), "hep.sources.address", format!("`{}` is not an IP address", a.get_ref()))
+                    })?),
                     None => None,
                 };
                 let password = match (&src.password_env, &src.password_file) {
-                    (Some(e), None) => Some(std::env::var(e.get_ref()).map_err(|_| at(e.span(), "hep.sources.password_env", format!("environment variable `{}` is not set", e.get_ref())))?),
+                    (Some(e), None) => Some(std::env::var(e.get_ref()).map_err(|_| {
+                        at(
+                            e.span(),
+                            "hep.sources.password_env",
+                            format!("environment variable `{}` is not set", e.get_ref()),
+                        )
+                    })?),
                     (None, Some(f)) => {
                         let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
-                        Some(std::fs::read_to_string(&p).map_err(|e| at(f.span(), "hep.sources.password_file", format!("cannot read {}: {e}", p.display())))?.trim().to_string())
+                        Some(
+                            std::fs::read_to_string(&p)
+                                .map_err(|e| {
+                                    at(
+                                        f.span(),
+                                        "hep.sources.password_file",
+                                        format!("cannot read {}: {e}", p.display()),
+                                    )
+                                })?
+                                .trim()
+                                .to_string(),
+                        )
                     }
-                    (Some(e), Some(_)) => return Err(at(e.span(), "hep.sources", "give password_env or password_file, not both".into())),
+                    (Some(e), Some(_)) => {
+                        return Err(at(e.span(), "hep.sources", "give password_env or password_file, not both".into()));
+                    }
                     (None, None) => None,
                 };
                 if address.is_none() && src.capture_id.is_none() && password.is_none() {
@@ -428,15 +453,20 @@ impl Config {
         };
         let run = {
             let r = &raw.run;
-            let metrics_listen = match &r.metrics_listen {
-                Some(m) if m.get_ref().is_empty() => None,
-                Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| at(m.span(), "run.metrics_listen", format!("`{}` is not IP:port", m.get_ref())))?),
-                None => Some(SocketAddr::from(([127, 0, 0, 1], 9109))),
-            };
+            let metrics_listen =
+                match &r.metrics_listen {
+                    Some(m) if m.get_ref().is_empty() => None,
+                    Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        at(m.span(), "run.metrics_listen", format!("`{}` is not IP:port", m.get_ref()))
+                    })?),
+                    None => Some(SocketAddr::from(([127, 0, 0, 1], 9109))),
+                };
             let log_json = match &r.log_format {
                 Some(f) if f.get_ref() == "json" => true,
                 Some(f) if f.get_ref() == "text" => false,
-                Some(f) => return Err(at(f.span(), "run.log_format", format!("`{}` is not text or json", f.get_ref()))),
+                Some(f) => {
+                    return Err(at(f.span(), "run.log_format", format!("`{}` is not text or json", f.get_ref())));
+                }
                 None => false,
             };
             RunCfg {

@@ -28,7 +28,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 }
                 _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
             };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = conn.write_all(resp.as_bytes()).await;
         });
     }
@@ -41,7 +44,10 @@ fn render(s: &Shared) -> String {
     for (k, v) in &snap.counters {
         let _ = writeln!(o, "# TYPE siptap_{k} counter\nsiptap_{k} {v}");
     }
-    let _ = writeln!(o, "# HELP siptap_events_total Events derived, by tenant and kind.\n# TYPE siptap_events_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP siptap_events_total Events derived, by tenant and kind.\n# TYPE siptap_events_total counter"
+    );
     for ((tenant, kind), v) in &snap.events {
         let _ = writeln!(o, "siptap_events_total{{tenant=\"{tenant}\",kind=\"{kind}\"}} {v}");
     }
@@ -50,10 +56,21 @@ fn render(s: &Shared) -> String {
     for (name, c) in &s.captures {
         let _ = writeln!(o, "siptap_capture_packets_total{{interface=\"{name}\"}} {}", c.received.load(Relaxed));
     }
-    let _ = writeln!(o, "# HELP siptap_capture_kernel_drops_total Packets the kernel dropped (buffer full or interface).\n# TYPE siptap_capture_kernel_drops_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP siptap_capture_kernel_drops_total Packets the kernel dropped (buffer full or interface).\n# TYPE siptap_capture_kernel_drops_total counter"
+    );
     for (name, c) in &s.captures {
-        let _ = writeln!(o, "siptap_capture_kernel_drops_total{{interface=\"{name}\",where=\"buffer\"}} {}", c.dropped.load(Relaxed));
-        let _ = writeln!(o, "siptap_capture_kernel_drops_total{{interface=\"{name}\",where=\"interface\"}} {}", c.if_dropped.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "siptap_capture_kernel_drops_total{{interface=\"{name}\",where=\"buffer\"}} {}",
+            c.dropped.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "siptap_capture_kernel_drops_total{{interface=\"{name}\",where=\"interface\"}} {}",
+            c.if_dropped.load(Relaxed)
+        );
     }
     if let Some(ob) = s.outbox.as_ref() {
         let _ = writeln!(o, "# TYPE siptap_outbox_depth gauge\nsiptap_outbox_depth {}", ob.len());
@@ -67,7 +84,10 @@ fn render(s: &Shared) -> String {
         }
     }
     let d = &s.sender;
-    let _ = writeln!(o, "# HELP siptap_delivery_requests_total Measurement Protocol requests by result.\n# TYPE siptap_delivery_requests_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP siptap_delivery_requests_total Measurement Protocol requests by result.\n# TYPE siptap_delivery_requests_total counter"
+    );
     for (result, v) in [
         ("ok", &d.requests_ok),
         ("transport_error", &d.transport_errors),
@@ -77,7 +97,11 @@ fn render(s: &Shared) -> String {
     ] {
         let _ = writeln!(o, "siptap_delivery_requests_total{{result=\"{result}\"}} {}", v.load(Relaxed));
     }
-    let _ = writeln!(o, "# TYPE siptap_delivery_events_total counter\nsiptap_delivery_events_total {}", d.events_sent.load(Relaxed));
+    let _ = writeln!(
+        o,
+        "# TYPE siptap_delivery_events_total counter\nsiptap_delivery_events_total {}",
+        d.events_sent.load(Relaxed)
+    );
     let _ = writeln!(
         o,
         "# HELP siptap_delivery_latency_seconds Time from sending a request to its 2xx.\n# TYPE siptap_delivery_latency_seconds summary\nsiptap_delivery_latency_seconds_sum {}\nsiptap_delivery_latency_seconds_count {}",

@@ -100,7 +100,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
     let stop = Arc::new(AtomicBool::new(false));
-    let captures = if cfg.run.interfaces.is_empty() { Vec::new() } else { live::start(&cfg, tx.clone(), stop.clone())? };
+    let captures =
+        if cfg.run.interfaces.is_empty() { Vec::new() } else { live::start(&cfg, tx.clone(), stop.clone())? };
     if let Some(addr) = cfg.hep.listen {
         hep_listener::start(addr, tx.clone(), stop.clone())?;
     }
@@ -182,7 +183,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
             };
             for input in batch {
                 match input {
-                    Input::Frame { ts, linktype, data } => pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit),
+                    Input::Frame { ts, linktype, data } => {
+                        pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit)
+                    }
                     Input::Hep { ts, sender, data } => pipeline.hep(ts, sender, &data, &mut emit),
                     Input::Tick => {
                         pipeline.tick(now_micros(), &mut emit);
@@ -224,10 +227,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     if new.run.jsonl_path != cfg.run.jsonl_path {
                         match open_jsonl(&new.run.jsonl_path) {
                             Ok(w) => jsonl_out = w,
-                            Err(e) => tracing::error!(error = %e, "cannot open the new jsonl_path; keeping the old one"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot open the new jsonl_path; keeping the old one")
+                            }
                         }
                     }
-                    tracing::info!(tenants = new.tenants.len(), "configuration reloaded (tables kept; bounds, interfaces and listeners need a restart)");
+                    tracing::info!(
+                        tenants = new.tenants.len(),
+                        "configuration reloaded (tables kept; bounds, interfaces and listeners need a restart)"
+                    );
                     cfg = new;
                 }
                 Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),
@@ -313,7 +321,15 @@ async fn async_main(
     };
     let spawn = |targets: Vec<Target>, until_empty: bool, deadline: Option<Instant>| {
         let stop = Arc::new(AtomicBool::new(false));
-        let h = tokio::spawn(sender::run(outbox.clone(), targets, scfg(&cfg), shared.sender.clone(), until_empty, deadline, stop.clone()));
+        let h = tokio::spawn(sender::run(
+            outbox.clone(),
+            targets,
+            scfg(&cfg),
+            shared.sender.clone(),
+            until_empty,
+            deadline,
+            stop.clone(),
+        ));
         (h, stop)
     };
     let mut current = spawn(targets.clone(), false, None);

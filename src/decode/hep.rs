@@ -109,7 +109,15 @@ pub fn parse(p: &[u8], max_payload: usize) -> Result<HepPacket<'_>, HepError> {
 
 /// Builds a HEP v3 packet (for tests and tools).
 #[allow(clippy::too_many_arguments)]
-pub fn build(src: SocketAddr, dst: SocketAddr, ts: Micros, ip_proto: u8, capture_id: u32, password: Option<&str>, payload: &[u8]) -> Vec<u8> {
+pub fn build(
+    src: SocketAddr,
+    dst: SocketAddr,
+    ts: Micros,
+    ip_proto: u8,
+    capture_id: u32,
+    password: Option<&str>,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut chunks: Vec<u8> = Vec::new();
     let mut chunk = |ty: u16, v: &[u8]| {
         chunks.extend_from_slice(&0u16.to_be_bytes());

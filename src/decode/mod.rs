@@ -397,12 +397,8 @@ impl Decoder {
         }
         let ts = p.ts.unwrap_or(ts);
         // several agents (or one agent on several interfaces) may mirror the same message
-        let ident = packet_hash(&[
-            &ts.to_be_bytes(),
-            p.src.to_string().as_bytes(),
-            p.dst.to_string().as_bytes(),
-            &p.payload,
-        ]);
+        let ident =
+            packet_hash(&[&ts.to_be_bytes(), p.src.to_string().as_bytes(), p.dst.to_string().as_bytes(), &p.payload]);
         if self.dedup.is_duplicate(ts, ident) {
             self.stats.duplicates += 1;
             return;

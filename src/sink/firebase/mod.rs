@@ -9,10 +9,10 @@ pub mod sender;
 use crate::config::Config;
 use crate::event::Kind;
 use crate::pipeline::Routed;
+use anyhow::Context;
 use identity::Identity;
 use mp::QueuedEvent;
 use serde_json::{Map, Value};
-use anyhow::Context;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -137,7 +137,9 @@ impl Delivery {
 
 /// The installation's identity key (keyed hashes of users and devices), made on first use.
 pub fn identity_key(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::create_dir_all(dir).map_err(anyhow::Error::from).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
     let p = dir.join("identity.key");
     if let Ok(k) = std::fs::read(&p) {
         if k.len() >= 16 {
@@ -161,7 +163,7 @@ pub fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
     let mut b = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .map_err(anyhow::Error::from).context("cannot read /dev/urandom")?;
+        .map_err(anyhow::Error::from)
+        .context("cannot read /dev/urandom")?;
     Ok(b)
 }
-
