@@ -1,0 +1,105 @@
+//! Operations: the systemd unit (verified by systemd-analyze where available, least privilege),
+//! the man page, the root refusal, and the capture filter that keeps IP fragments.
+mod common;
+use common::*;
+use std::process::Command;
+
+fn unit() -> String {
+    std::fs::read_to_string(root().join("systemd/siptap.service")).unwrap()
+}
+
+#[test]
+fn the_unit_file_verifies() {
+    let Ok(o) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIPPED: systemd-analyze is not installed here");
+        return;
+    };
+    assert!(o.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("siptap.service");
+    std::fs::write(&p, unit().replace("/usr/bin/siptap", env!("CARGO_BIN_EXE_siptap"))).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&p).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("siptap.service:"), "{text}");
+}
+
+#[test]
+fn the_unit_grants_only_cap_net_raw_and_confines_the_rest() {
+    let u = unit();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "User=siptap",
+        "AmbientCapabilities=CAP_NET_RAW\n",
+        "CapabilityBoundingSet=CAP_NET_RAW\n",
+        "NoNewPrivileges=yes",
+        "StateDirectory=siptap",
+        "ProtectSystem=strict",
+        "SystemCallFilter=@system-service",
+        "MemoryMax=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(u.contains(line), "unit lacks {line}");
+    }
+    assert!(!u.contains("CAP_NET_ADMIN"), "CAP_NET_ADMIN is not needed");
+}
+
+#[test]
+fn the_man_page_covers_every_command() {
+    let man = std::fs::read_to_string(root().join("doc/siptap.1")).unwrap();
+    let help = String::from_utf8(siptap(&["--help"]).stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 7, "{commands:?}");
+    for c in commands {
+        assert!(man.contains(&format!(".B {}", c.replace('-', "\\-"))), "man page lacks {c}");
+    }
+}
+
+#[test]
+fn run_refuses_root_without_the_flag() {
+    let uid0 = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !uid0 {
+        eprintln!("SKIPPED: not running as root, nothing to refuse");
+        return;
+    }
+    let out = siptap(&["run", "--config", "config.toml.example"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("refusing to run as root") && err.contains("CAP_NET_RAW"), "{err}");
+}
+
+fn ipv4_frame(proto: u8, frag_offset: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 48, 0, 1]);
+    f.extend_from_slice(&frag_offset.to_be_bytes());
+    f.extend_from_slice(&[64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0u8; 24]);
+    f
+}
+
+#[test]
+fn the_capture_filter_keeps_sip_hep_and_every_ip_fragment() {
+    let cfg = siptap::config::Config::load(&root().join("config.toml.example")).unwrap();
+    let filter = siptap::daemon::live::bpf_filter(&cfg);
+    let cap = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
+    let prog = cap.compile(&filter, true).expect("the filter compiles");
+    assert!(prog.filter(&ipv4_frame(17, 0, 5060)), "UDP 5060");
+    assert!(prog.filter(&ipv4_frame(6, 0, 5061)), "TCP 5061");
+    assert!(prog.filter(&ipv4_frame(17, 0, 9060)), "HEP");
+    // a non-first fragment has no UDP header: `port 5060` alone would lose it
+    assert!(prog.filter(&ipv4_frame(17, 185, 1234)), "a non-first IPv4 fragment");
+    assert!(!prog.filter(&ipv4_frame(6, 0, 443)), "HTTPS is not wanted");
+    assert!(!prog.filter(&ipv4_frame(17, 0, 53)), "DNS is not wanted");
+}
