@@ -246,3 +246,51 @@ fn sighup_reloads_names_without_losing_state() {
     // state survived the reload: alice signed up once, before it
     assert_eq!(names.iter().filter(|n| **n == "signup").count(), 2, "alice and bob: {names:?}");
 }
+
+#[test]
+fn sigterm_while_firebase_is_down_loses_nothing() {
+    if !can_run() {
+        return;
+    }
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // delivery fails with 503 while siptap runs
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = vec![503; 10_000];
+    let metrics = free_port();
+    let cfg = config(dir.path(), &mp, metrics, "interfaces = [\"lo\"]\nstop_timeout_secs = 2", "");
+    let child = start(&cfg);
+    wait_healthy(metrics);
+    let caps = dir.path().join("caps");
+    let o =
+        Command::new(root().join("fixtures/lab/make-captures.sh")).arg("register").env("OUT", &caps).output().unwrap();
+    assert!(o.status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    stop(child);
+    assert!(t.elapsed() < Duration::from_secs(10), "stopped in {:?}", t.elapsed());
+    assert!(mp.accepted_events().is_empty());
+    // the events waited in the outbox: a flush once Firebase is back delivers them all
+    mp.behaviour.lock().unwrap().fail.clear();
+    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["flush", "--config", cfg.to_str().unwrap(), "--state", dir.path().join("state").to_str().unwrap()])
+        .env("SIPTAP_TEST_API_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<(String, i64)> =
+        mp.accepted_events().into_iter().map(|(n, t, _)| (n, t.rem_euclid(86_400_000_000))).collect();
+    let want: Vec<(String, i64)> = {
+        let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+            .args(["replay", "--config", cfg.to_str().unwrap(), caps.join("register.pcap").to_str().unwrap()])
+            .env("SIPTAP_TEST_API_SECRET", SECRET)
+            .output()
+            .unwrap();
+        parse_lines(&String::from_utf8(out.stdout).unwrap())
+            .iter()
+            .map(|e| (e["event"].as_str().unwrap().to_string(), micros(e["time"].as_str().unwrap())))
+            .collect()
+    };
+    assert_eq!(want.len(), 6);
+    assert_same("after stop", got, want, 1_000);
+}
