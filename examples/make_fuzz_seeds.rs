@@ -31,12 +31,26 @@ fn main() {
                 // selector 0 is Ethernet, the lab captures' link type
                 std::fs::write(seeds.join("decode").join(format!("{stem}-{i}")), [&[0u8][..], data].concat()).unwrap();
             }
+            let mut hep_frames = Vec::new();
             d.decode(siptap::capture::Frame { ts: *ts, linktype: *linktype, data }, &mut |m| {
                 if n % 3 == 0 {
                     std::fs::write(seeds.join("sip_parse").join(format!("{stem}-{n}")), m.data).unwrap();
                 }
+                if n % 5 == 0 {
+                    // the same message as HEP v3 in UDP to port 9060, on raw IP (selector 1)
+                    let hep = siptap::decode::hep::build(m.src, m.dst, m.ts, 17, 2001, Some("pw"), m.data);
+                    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 127, 0, 0, 10, 127, 0, 0, 1];
+                    let total = (20 + 8 + hep.len()) as u16;
+                    ip[2..4].copy_from_slice(&total.to_be_bytes());
+                    let mut udp = vec![0x13, 0xc4, 0x23, 0x64, 0, 0, 0, 0];
+                    udp[4..6].copy_from_slice(&((8 + hep.len()) as u16).to_be_bytes());
+                    hep_frames.push([&[1u8][..], &ip, &udp, &hep].concat());
+                }
                 n += 1;
             });
+            for (j, f) in hep_frames.into_iter().enumerate() {
+                std::fs::write(seeds.join("decode").join(format!("{stem}-hep-{i}-{j}")), f).unwrap();
+            }
         }
     }
 }
