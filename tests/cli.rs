@@ -235,3 +235,25 @@ fn an_invite_nobody_answers_creates_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn an_answered_call_times_out_after_its_negotiated_session_expires() {
+    // bob's 200 set Session-Expires: 90 and nobody refreshed: 90 s after the last in-dialog
+    // message (the ACKs, frames 15 and 16) each leg ends with reason timeout, well before the
+    // 4-hour default, and before the later capture's events
+    let cut = lab("derived/session_timer_no_bye.pcap");
+    let later = lab("derived/call_busy_plus1h.pcap");
+    let ev = replay(&root().join("config.toml.example"), &[&cut, &later], &[]);
+    let ends: Vec<&serde_json::Value> = ev.iter().filter(|e| e["params"]["reason"] == "timeout").collect();
+    assert_eq!(ends.len(), 2, "{ev:?}");
+    let t = |n| siptap::timefmt::rfc3339_micros(frame_time(&cut, n) + 90_000_000);
+    assert_eq!(
+        (ends[0]["user"].as_str().unwrap(), ends[0]["time"].as_str().unwrap()),
+        ("alice@lab.example", t(15).as_str())
+    );
+    assert_eq!(
+        (ends[1]["user"].as_str().unwrap(), ends[1]["time"].as_str().unwrap()),
+        ("bob@lab.example", t(16).as_str())
+    );
+    assert!(ends.iter().all(|e| e["params"]["answered"] == true && e["params"]["ended_by"] == "server"));
+}
