@@ -257,3 +257,43 @@ fn an_answered_call_times_out_after_its_negotiated_session_expires() {
     );
     assert!(ends.iter().all(|e| e["params"]["answered"] == true && e["params"]["ended_by"] == "server"));
 }
+
+#[test]
+fn a_full_call_table_evicts_the_longest_idle_leg_and_still_ends_it() {
+    // room for two legs: the answered call without BYE holds both; an hour later each new leg
+    // of the busy call evicts the longest-idle old one, which gets its callend (timeout) then
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "sip_servers = [\"127.0.0.10:5060\"]\n[limits]\nmax_call_legs = 2\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+    );
+    let cut = lab("derived/answered_no_bye.pcap");
+    let later = lab("derived/call_busy_plus1h.pcap");
+    let out = siptap(&[
+        "replay",
+        "--stats",
+        "--config",
+        cfg.to_str().unwrap(),
+        cut.to_str().unwrap(),
+        later.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let ev = parse_lines(&String::from_utf8(out.stdout).unwrap());
+    let ends: Vec<&serde_json::Value> = ev.iter().filter(|e| e["params"]["reason"] == "timeout").collect();
+    assert_eq!(ends.len(), 2, "{ev:?}");
+    // alice's old leg goes when alice's new INVITE arrives (frame 5), bob's when his does (frame 10)
+    let t = |n| siptap::timefmt::rfc3339_micros(frame_time(&later, n));
+    assert_eq!(
+        (ends[0]["user"].as_str().unwrap(), ends[0]["time"].as_str().unwrap()),
+        ("alice@lab.example", t(5).as_str())
+    );
+    assert_eq!(
+        (ends[1]["user"].as_str().unwrap(), ends[1]["time"].as_str().unwrap()),
+        ("bob@lab.example", t(10).as_str())
+    );
+    assert!(ends.iter().all(|e| e["params"]["answered"] == true && e["params"]["status"] == 200));
+    // and the busy call itself is complete
+    assert_eq!(kinds(&ev).iter().filter(|k| k.starts_with("callend")).count(), 4);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["call_legs_evicted", "2"]), "{err}");
+}

@@ -46,6 +46,8 @@ struct Leg {
     /// The final status the client answered with (`in` legs), for the other leg's `ended_by`.
     client_final: Option<u16>,
     origin: Origin,
+    /// The last message seen on the leg (for eviction: the longest idle goes first).
+    last_seen: Micros,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -140,6 +142,7 @@ impl Calls {
                     self.stats.orphan_messages += 1;
                     return;
                 };
+                self.seen(id, ts);
                 match method {
                     "CANCEL" => {
                         if let Some(l) = self.legs.get_mut(&id) {
@@ -156,6 +159,7 @@ impl Calls {
                     self.stats.orphan_messages += 1;
                     return;
                 };
+                self.seen(id, ts);
                 if msg.cseq_method.eq_ignore_ascii_case("INVITE") {
                     self.invite_response(ts, id, code, msg, hop, out);
                 } else {
@@ -179,6 +183,7 @@ impl Calls {
         if let Some(id) = self.find(msg.call_id, hop.client, [Some(from_tag), None], Some(dir)) {
             // a retransmission, or the retry with credentials after a challenge
             self.stats.retransmissions += 1;
+            self.seen(id, ts);
             let l = self.legs.get_mut(&id).expect("found");
             if matches!(l.state, LegState::Trying { .. } | LegState::Early { .. }) {
                 if msg.cseq != l.invite_cseq && matches!(l.state, LegState::Trying { .. }) {
@@ -217,6 +222,7 @@ impl Calls {
             cancelled: false,
             client_final: None,
             origin,
+            last_seen: ts,
         };
         if dir == Direction::In {
             // an INVITE the server sends to a client is a call the client's user receives
@@ -479,16 +485,19 @@ impl Calls {
         }
     }
 
-    /// Makes room: forgets the hundredth of the legs whose timers are nearest (ended legs first),
-    /// in one batch so that a full table does not cost a scan per new leg. An accepted leg still
-    /// gets its `callend` (timeout), so that analytics stay balanced.
+    fn seen(&mut self, id: u64, ts: Micros) {
+        if let Some(l) = self.legs.get_mut(&id) {
+            l.last_seen = l.last_seen.max(ts);
+        }
+    }
+
+    /// Makes room: forgets the hundredth of the legs idle the longest (ended legs first), in one
+    /// batch so that a full table does not cost a scan per new leg. An accepted leg still gets its
+    /// `callend` (timeout), so that analytics stay balanced.
     fn evict(&mut self, now: Micros, out: &mut Vec<Event>) {
         let n = (self.legs.len() / 100).max(1);
-        let mut order: Vec<((bool, Micros), u64)> = self
-            .legs
-            .iter()
-            .map(|(id, l)| ((!matches!(l.state, LegState::Ended { .. }), self.deadline_of(*id)), *id))
-            .collect();
+        let mut order: Vec<((bool, Micros), u64)> =
+            self.legs.iter().map(|(id, l)| ((!matches!(l.state, LegState::Ended { .. }), l.last_seen), *id)).collect();
         let n = n.min(order.len());
         if n == 0 {
             return;
