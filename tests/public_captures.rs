@@ -288,3 +288,21 @@ fn hep_carries_the_original_addresses_and_times() {
     assert_eq!(stat(&st, "invites_initial"), 1);
     assert_eq!(stat(&st, "events"), 0);
 }
+
+#[test]
+fn webrtc_call_over_websocket_bridged_to_udp() {
+    // A WebRTC client (10.243.17.55, SIP over plain ws to the proxy's port 8080): INVITE, 407,
+    // INVITE with credentials, 180 (callout), 200; the proxy and the SBC (10.243.0.157 and
+    // .143) bridge it to a UDP callee at 10.243.1.36:5090 (callin), whose in-dialog requests go
+    // to its public address 18.214.104.248 (NAT): the BYE there still ends its leg.
+    check(
+        "sipcapture-heplify__sip_tcp_websocket.pcap",
+        &["10.243.0.157", "10.243.0.143"],
+        &[
+            "outgoing_call 12675941249_Uclx8s21Ck82KTJtkFC1ltbEbcHGKjXLrsz2bdJVWGX@dev-mike.tncp.textnow.com out",
+            "incoming_call 9998112263382742@10.243.0.157 in",
+            "call_ended 12675941249_Uclx8s21Ck82KTJtkFC1ltbEbcHGKjXLrsz2bdJVWGX@dev-mike.tncp.textnow.com out true 200 bye user",
+            "call_ended 9998112263382742@10.243.0.157 in true 200 bye peer",
+        ],
+    );
+}

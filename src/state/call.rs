@@ -112,14 +112,26 @@ impl Calls {
         self.legs.is_empty()
     }
 
-    /// Finds the leg a message belongs to: same Call-ID and client, the caller's tag as From
-    /// (caller to callee) or To (callee to caller). A client whose port changed (a new TCP
-    /// connection) is still recognised by its IP.
+    /// Finds the leg a message belongs to: same Call-ID, the caller's tag as From (caller to
+    /// callee) or To (callee to caller), and the same client. A client whose port changed (a new
+    /// TCP connection) is still recognised by its IP; one whose address changed altogether (NAT:
+    /// in-dialog requests go to the Contact's public address) by the tags, when only one leg of
+    /// the call has them.
     fn find(&self, call_id: &str, client: SocketAddr, tags: [Option<&str>; 2], dir: Option<Direction>) -> Option<u64> {
         let ids = self.by_call_id.get(call_id)?;
         let fits = |l: &Leg| dir.is_none_or(|d| d == l.dir) && tags.contains(&Some(l.caller_tag.as_str()));
-        ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| l.client == client && fits(l))).or_else(|| {
-            ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| l.client.ip() == client.ip() && fits(l)))
+        let matching = |pred: &dyn Fn(&Leg) -> bool| {
+            ids.iter().copied().find(|id| self.legs.get(id).is_some_and(|l| fits(l) && pred(l)))
+        };
+        matching(&|l| l.client == client).or_else(|| matching(&|l| l.client.ip() == client.ip())).or_else(|| {
+            if dir.is_some() {
+                return None; // a new initial INVITE from another address is another leg
+            }
+            let mut it = ids.iter().copied().filter(|id| self.legs.get(id).is_some_and(fits));
+            match (it.next(), it.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
         })
     }
 
