@@ -291,3 +291,36 @@ fn a_missing_secret_is_a_config_error_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_outbox_says_so_and_applies_its_policy() {
+    for (policy, kept_newest) in [("reject_new", false), ("drop_oldest", true)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let s = setup(&format!("http://127.0.0.1:{port}"));
+        let text = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("[delivery]\n", &format!("[delivery]\nmax_outbox_events = 5\nwhen_full = \"{policy}\"\n"));
+        std::fs::write(&s.config, text).unwrap();
+        let out = s.replay_send(1);
+        assert!(!out.status.success(), "nothing listens: events stay queued");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["outbox_dropped_full", "26"]),
+            "{policy}: {err}"
+        );
+        if policy == "reject_new" {
+            assert!(err.contains("outbox full"), "{err}");
+        }
+        let mp = FakeMp::on(port);
+        assert!(s.flush().status.success());
+        let want = s.expected_in_order();
+        let got = counts(&mp.accepted_events());
+        // reject_new keeps the first five queued, drop_oldest the last five
+        let kept = if kept_newest { &want[want.len() - 5..] } else { &want[..5] };
+        let mut expect = HashMap::new();
+        for k in kept {
+            *expect.entry(k.clone()).or_insert(0usize) += 1;
+        }
+        assert_eq!(got, expect, "{policy}");
+    }
+}
