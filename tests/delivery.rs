@@ -97,12 +97,20 @@ impl Setup {
         ])
     }
     /// The events replay derives (checked by the lab tests), as (name, timestamp_micros) counts.
-    fn expected(&self) -> HashMap<(String, String), usize> {
+    /// The events replay derives (checked by the lab tests), in order, as (name, time).
+    fn expected_in_order(&self) -> Vec<(String, String)> {
         let out = run(&["replay", "--config", self.config.to_str().unwrap(), self.capture.to_str().unwrap()]);
+        parse_lines(&String::from_utf8(out.stdout).unwrap())
+            .iter()
+            .map(|e| (e["event"].as_str().unwrap().to_string(), e["time"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// The same, as counts.
+    fn expected(&self) -> HashMap<(String, String), usize> {
         let mut m = HashMap::new();
-        for e in parse_lines(&String::from_utf8(out.stdout).unwrap()) {
-            *m.entry((e["event"].as_str().unwrap().to_string(), e["time"].as_str().unwrap().to_string()))
-                .or_default() += 1;
+        for k in self.expected_in_order() {
+            *m.entry(k).or_default() += 1;
         }
         m
     }
