@@ -145,39 +145,27 @@ impl Calls {
         resolve: impl FnOnce(Direction) -> (String, Origin),
         out: &mut Vec<Event>,
     ) {
-        let from_tag = msg.from.tag();
         let to_tag = msg.to.tag();
-        match msg.method() {
-            Some("INVITE") if to_tag.is_none() => self.initial_invite(ts, msg, hop, resolve, out),
-            Some(method) => {
-                let Some(id) = self.find(msg.call_id, hop.client, [from_tag, to_tag], None) else {
-                    self.stats.orphan_messages += 1;
-                    return;
-                };
-                self.seen(id, ts);
-                match method {
-                    "CANCEL" => {
-                        if let Some(l) = self.legs.get_mut(&id) {
-                            l.cancelled = true;
-                        }
-                    }
-                    "BYE" => self.bye(ts, id, hop, out),
-                    _ => self.touch(ts, id),
+        if msg.method() == Some("INVITE") && to_tag.is_none() {
+            return self.initial_invite(ts, msg, hop, resolve, out);
+        }
+        // everything else belongs to a leg we follow, or is counted and ignored
+        let Some(id) = self.find(msg.call_id, hop.client, [msg.from.tag(), to_tag], None) else {
+            self.stats.orphan_messages += 1;
+            return;
+        };
+        self.seen(id, ts);
+        match (msg.method(), msg.status()) {
+            (Some("CANCEL"), _) => {
+                if let Some(l) = self.legs.get_mut(&id) {
+                    l.cancelled = true;
                 }
             }
-            None => {
-                let code = msg.status().unwrap_or(0);
-                let Some(id) = self.find(msg.call_id, hop.client, [from_tag, to_tag], None) else {
-                    self.stats.orphan_messages += 1;
-                    return;
-                };
-                self.seen(id, ts);
-                if msg.cseq_method.eq_ignore_ascii_case("INVITE") {
-                    self.invite_response(ts, id, code, msg, hop, out);
-                } else {
-                    self.touch(ts, id);
-                }
+            (Some("BYE"), _) => self.bye(ts, id, hop, out),
+            (None, Some(code)) if msg.cseq_method.eq_ignore_ascii_case("INVITE") => {
+                self.invite_response(ts, id, code, msg, hop, out)
             }
+            _ => self.touch(ts, id),
         }
     }
 
