@@ -332,3 +332,39 @@ fn a_full_outbox_says_so_and_applies_its_policy() {
         assert_eq!(got, expect, "{policy}");
     }
 }
+
+#[test]
+fn the_app_instance_id_comes_from_the_app_then_the_mapping_then_a_keyed_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    // erin's REGISTER carries ;x-app-id=00112233445566778899aabbccddeeff in its Contact
+    let mut frames = flood::read(&root().join("fixtures/lab/captures/register_app_id.pcap"));
+    let shift = now_micros() - 60_000_000 - frames.iter().map(|f| f.ts).max().unwrap();
+    for f in &mut frames {
+        f.ts += shift;
+    }
+    let capture = dir.path().join("erin.pcap");
+    flood::write(&capture, frames);
+    std::fs::write(dir.path().join("ids.txt"), "erin@lab.example -> ffffffffffffffffffffffffffffffff\n").unwrap();
+    let ids = |extra: &str| -> Vec<String> {
+        let mp = FakeMp::start();
+        let cfg = config(dir.path(), &mp.url());
+        std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + extra).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let out = run(&[
+            "replay",
+            "--send",
+            "--state",
+            state.path().to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            capture.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        mp.requests().iter().map(|r| r.body["app_instance_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids("app_instance_id_from = \"x-app-id\"\n"), ["00112233445566778899aabbccddeeff"]);
+    assert_eq!(ids("app_instance_map = \"ids.txt\"\n"), ["f".repeat(32)]);
+    let derived = ids("");
+    assert_eq!(derived.len(), 1);
+    assert!(derived[0].len() == 32 && derived[0] != "f".repeat(32) && !derived[0].starts_with("0011223344"));
+}
