@@ -150,6 +150,23 @@ fn ip_in_ip(frames: Vec<F>) -> Vec<F> {
         .collect()
 }
 
+/// Every IPv4 packet inside an outer IPv6 header (next header 4: IPv4-in-IPv6), on raw IP.
+fn ipv4_in_ipv6(frames: Vec<F>) -> Vec<F> {
+    frames
+        .into_iter()
+        .filter_map(|f| {
+            let (_, ip, payload) = split_ipv4(&f.data)?;
+            let inner = [ip, payload].concat();
+            let mut outer = vec![0x60, 0, 0, 0];
+            outer.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+            outer.extend_from_slice(&[4, 64]);
+            outer.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            outer.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            Some(F { ts: f.ts, data: [outer, inner].concat() })
+        })
+        .collect()
+}
+
 /// Every Ethernet frame in VXLAN (UDP 4789) inside an outer Ethernet + 802.1Q + IPv4.
 fn vxlan_vlan(frames: Vec<F>) -> Vec<F> {
     frames
@@ -234,6 +251,12 @@ fn every_frame_seen_twice_by_two_mirror_ports() {
 #[test]
 fn ip_in_ip_on_raw_ip_link_type() {
     let s = same_events("ipip", DataLink::RAW, ip_in_ip, &["frames_tunnelled"]);
+    assert!(s[0] > 200);
+}
+
+#[test]
+fn ipv4_in_ipv6_tunnel() {
+    let s = same_events("ip4in6", DataLink::RAW, ipv4_in_ipv6, &["frames_tunnelled"]);
     assert!(s[0] > 200);
 }
 
