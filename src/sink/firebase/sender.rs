@@ -160,12 +160,10 @@ async fn tenant_loop(
             let _ = outbox.remove(&t.tenant, &ids);
         }
         let refs: Vec<&QueuedEvent> = fresh.iter().map(|(_, e)| e).collect();
-        let ids_of = |batch: &[&QueuedEvent]| -> Vec<u64> {
-            batch
-                .iter()
-                .map(|b| fresh.iter().find(|(_, e)| std::ptr::eq(e, *b)).map(|(i, _)| *i).expect("from fresh"))
-                .collect()
-        };
+        // each queued event's outbox key, by its address (batches hand back references)
+        let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
+        let key_of: std::collections::HashMap<usize, u64> = fresh.iter().map(|(i, e)| (addr(e), *i)).collect();
+        let ids_of = |batch: &[&QueuedEvent]| -> Vec<u64> { batch.iter().map(|b| key_of[&addr(b)]).collect() };
         for batch in mp::batches(&refs) {
             let permit = sem.clone().acquire_owned().await.expect("semaphore open");
             let ids = ids_of(&batch);
