@@ -156,18 +156,38 @@ fn config(dir: &Path, mp: &FakeMp, metrics: u16, run: &str, hep: &str) -> PathBu
     p
 }
 
-#[test]
-fn live_capture_on_loopback_delivers_what_replay_derives() {
+/// A running `siptap run` beside the fake Measurement Protocol server, holding the lab.
+struct Running {
+    _lab: std::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    mp: FakeMp,
+    metrics: u16,
+    cfg: PathBuf,
+    child: Child,
+}
+
+/// Starts siptap with these `[run]` and HEP settings; `None` (after saying SKIPPED) where the
+/// test cannot run here.
+fn launch(run: &str, hep: &str, fail: Vec<u16>) -> Option<Running> {
     if !can_run() {
-        return;
+        return None;
     }
-    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = fail;
     let metrics = free_port();
-    let cfg = config(dir.path(), &mp, metrics, "interfaces = [\"lo\"]", "");
+    let cfg = config(dir.path(), &mp, metrics, run, hep);
     let child = start(&cfg);
     wait_healthy(metrics);
+    Some(Running { _lab: lab, dir, mp, metrics, cfg, child })
+}
+
+#[test]
+fn live_capture_on_loopback_delivers_what_replay_derives() {
+    let Some(Running { dir, mp, metrics, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
+        return;
+    };
     let caps = dir.path().join("caps");
     make_traffic(&caps, None);
     let want = replayed(&cfg, &caps);
@@ -186,24 +206,11 @@ fn live_capture_on_loopback_delivers_what_replay_derives() {
 
 #[test]
 fn hep_from_kamailio_siptrace_delivers_the_same_events() {
-    if !can_run() {
-        return;
-    }
-    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mp = FakeMp::start();
-    let metrics = free_port();
     let hep = free_port();
     // no sniffing: only what Kamailio mirrors, and only from it (capture id 2001)
-    let cfg = config(
-        dir.path(),
-        &mp,
-        metrics,
-        "interfaces = []",
-        &format!("[hep]\nlisten = \"127.0.0.1:{hep}\"\n[[hep.sources]]\naddress = \"127.0.0.10\"\ncapture_id = 2001\n"),
-    );
-    let child = start(&cfg);
-    wait_healthy(metrics);
+    let hep_cfg =
+        format!("[hep]\nlisten = \"127.0.0.1:{hep}\"\n[[hep.sources]]\naddress = \"127.0.0.10\"\ncapture_id = 2001\n");
+    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = []", &hep_cfg, vec![]) else { return };
     let caps = dir.path().join("caps");
     make_traffic(&caps, Some(format!("-A WITH_HEP -A HEP_URI=\"sip:127.0.0.1:{hep}\"")));
     let want = replayed(&cfg, &caps);
@@ -215,16 +222,7 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
 
 #[test]
 fn sighup_reloads_names_without_losing_state() {
-    if !can_run() {
-        return;
-    }
-    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mp = FakeMp::start();
-    let metrics = free_port();
-    let cfg = config(dir.path(), &mp, metrics, "interfaces = [\"lo\"]", "");
-    let child = start(&cfg);
-    wait_healthy(metrics);
+    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else { return };
     let caps = dir.path().join("caps");
     // register first, then rename callend and reload, then the calls
     let mk = |names: &[&str]| {
@@ -249,18 +247,12 @@ fn sighup_reloads_names_without_losing_state() {
 
 #[test]
 fn sigterm_while_firebase_is_down_loses_nothing() {
-    if !can_run() {
-        return;
-    }
-    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
     // delivery fails with 503 while siptap runs
-    let mp = FakeMp::start();
-    mp.behaviour.lock().unwrap().fail = vec![503; 10_000];
-    let metrics = free_port();
-    let cfg = config(dir.path(), &mp, metrics, "interfaces = [\"lo\"]\nstop_timeout_secs = 2", "");
-    let child = start(&cfg);
-    wait_healthy(metrics);
+    let Some(Running { dir, mp, cfg, child, .. }) =
+        launch("interfaces = [\"lo\"]\nstop_timeout_secs = 2", "", vec![503; 10_000])
+    else {
+        return;
+    };
     let caps = dir.path().join("caps");
     let o =
         Command::new(root().join("fixtures/lab/make-captures.sh")).arg("register").env("OUT", &caps).output().unwrap();
