@@ -185,7 +185,8 @@ fn launch(run: &str, hep: &str, fail: Vec<u16>) -> Option<Running> {
 
 #[test]
 fn live_capture_on_loopback_delivers_what_replay_derives() {
-    let Some(Running { dir, mp, metrics, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
+    let Some(Running { _lab: _held, dir, mp, metrics, cfg, child }) = launch("interfaces = [\"lo\"]", "", vec![])
+    else {
         return;
     };
     let caps = dir.path().join("caps");
@@ -210,7 +211,9 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
     // no sniffing: only what Kamailio mirrors, and only from it (capture id 2001)
     let hep_cfg =
         format!("[hep]\nlisten = \"127.0.0.1:{hep}\"\n[[hep.sources]]\naddress = \"127.0.0.10\"\ncapture_id = 2001\n");
-    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = []", &hep_cfg, vec![]) else { return };
+    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) = launch("interfaces = []", &hep_cfg, vec![]) else {
+        return;
+    };
     let caps = dir.path().join("caps");
     make_traffic(&caps, Some(format!("-A WITH_HEP -A HEP_URI=\"sip:127.0.0.1:{hep}\"")));
     let want = replayed(&cfg, &caps);
@@ -222,7 +225,9 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
 
 #[test]
 fn sighup_reloads_names_without_losing_state() {
-    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else { return };
+    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
+        return;
+    };
     let caps = dir.path().join("caps");
     // register first, then rename callend and reload, then the calls
     let mk = |names: &[&str]| {
@@ -248,7 +253,7 @@ fn sighup_reloads_names_without_losing_state() {
 #[test]
 fn sigterm_while_firebase_is_down_loses_nothing() {
     // delivery fails with 503 while siptap runs
-    let Some(Running { dir, mp, cfg, child, .. }) =
+    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) =
         launch("interfaces = [\"lo\"]\nstop_timeout_secs = 2", "", vec![503; 10_000])
     else {
         return;
