@@ -163,6 +163,14 @@ fn main() {
             });
         }
     });
+    let no_dedup_rate = rate(frames.len(), secs, || {
+        let mut d = Decoder::new(DecodeLimits { duplicate_window: 0, ..DecodeLimits::default() }, vec![5060]);
+        for f in &frames {
+            d.decode(siptap::capture::Frame { ts: f.ts, linktype: f.linktype, data: &f.data }, &mut |m| {
+                black_box(m.data.len());
+            });
+        }
+    });
     let mut events = 0usize;
     let pipe_rate = rate(frames.len(), secs, || {
         let mut p = Pipeline::new(&cfg, HashSet::new());
@@ -176,6 +184,7 @@ fn main() {
     });
     println!("\nPipeline (frames/s; ratio to decoding alone):");
     println!("  decode only (link, IP, UDP/TCP)  {decode_rate:>12.0}  1.00");
+    println!("  decode, duplicate check off      {no_dedup_rate:>12.0}  {:.2}", no_dedup_rate / decode_rate);
     println!(
         "  whole pipeline to routed events   {pipe_rate:>12.0}  {:.2}  ({:.0} SIP messages/s)",
         pipe_rate / decode_rate,
