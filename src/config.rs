@@ -277,11 +277,12 @@ impl Config {
             ConfigError(format!("{}:{line}: {key}: {msg}", path.display()))
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let msg = e.message().to_string();
-            match line {
-                Some(l) => ConfigError(format!("{}:{l}: {msg}", path.display())),
-                None => ConfigError(format!("{}: {msg}", path.display())),
+            let Some(span) = e.span() else { return ConfigError(format!("{}: {msg}", path.display())) };
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            match dotted_key(text, line_no) {
+                Some(key) => ConfigError(format!("{}:{line_no}: {key}: {msg}", path.display())),
+                None => ConfigError(format!("{}:{line_no}: {msg}", path.display())),
             }
         })?;
 
@@ -527,6 +528,26 @@ impl Config {
         tc.identity_names = names;
         tc
     }
+}
+
+/// The dotted key defined on a line (`table.key` from the nearest `[table]` above), for errors.
+fn dotted_key(text: &str, line_no: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no.checked_sub(1)?)?.trim();
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = lines[..line_no - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').trim_end_matches(']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 /// Resolves a tenant's `[tenants.<id>.firebase]`: secrets from files or the environment (never

@@ -31,9 +31,9 @@ fn config_error(text: &str) -> String {
 #[test]
 fn config_errors_name_key_file_and_line() {
     let e = config_error("sip_servers = [\"127.0.0.10\"]\nsip_server = 1\n");
-    assert!(e.contains(":2:") && e.contains("sip_server"), "{e}");
+    assert!(e.contains(":2: sip_server:") && e.contains("unknown field"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"]\n[tenants.lab]\ndomains = \"lab.example\"\n");
-    assert!(e.contains(":3:") && e.contains("sequence"), "{e}");
+    assert!(e.contains(":3: tenants.lab.domains:") && e.contains("sequence"), "{e}");
     let e = config_error("# servers\nsip_servers = []\n");
     assert!(e.contains(":2:") && e.contains("sip_servers"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\", \"not-an-ip\"]\n");
@@ -46,6 +46,14 @@ fn config_errors_name_key_file_and_line() {
     assert!(e.contains(":5:") && e.contains("hangup"), "{e}");
     let e = config_error(&format!("default_tenant = \"nope\"\n{LAB}"));
     assert!(e.contains(":1:") && e.contains("default_tenant"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[hep]\nports = [9060]\nlisten = \"nope\"\n");
+    assert!(e.contains(":4:") && e.contains("hep.listen"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[[hep.sources]]\n");
+    assert!(e.contains(":2:") && e.contains("hep.sources"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[run]\nlog_format = \"xml\"\n");
+    assert!(e.contains(":3:") && e.contains("run.log_format"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[delivery]\nwhen_full = \"panic\"\n");
+    assert!(e.contains(":3: delivery.when_full:") && e.contains("reject_new"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"\n");
     assert!(e.contains(":1:") || e.contains(":2:"), "{e}");
 }
