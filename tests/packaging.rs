@@ -103,3 +103,51 @@ fn the_capture_filter_keeps_sip_hep_and_every_ip_fragment() {
     assert!(!prog.filter(&ipv4_frame(6, 0, 443)), "HTTPS is not wanted");
     assert!(!prog.filter(&ipv4_frame(17, 0, 53)), "DNS is not wanted");
 }
+
+#[test]
+fn sd_notify_readiness_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("siptap.toml");
+    // no capture (nothing to sniff, no privilege needed): HEP input only
+    std::fs::write(
+        &cfg,
+        format!(
+            "sip_servers = [\"127.0.0.10\"]\n[hep]\nlisten = \"127.0.0.1:{}\"\n[run]\ninterfaces = []\nmetrics_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+            free(),
+            free(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["run", "--allow-root", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(), "READY=1");
+    // the watchdog is fed from the core loop at half of WatchdogSec
+    assert_eq!(recv(), "WATCHDOG=1");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let mut got = recv();
+    while got == "WATCHDOG=1" {
+        got = recv();
+    }
+    assert_eq!(got, "STOPPING=1");
+    let t = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success() && t.elapsed() < Duration::from_secs(15));
+}
