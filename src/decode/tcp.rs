@@ -61,6 +61,8 @@ pub struct TcpReassembly {
     max_flows: usize,
     max_buffer: usize,
     max_ahead: usize,
+    /// Bytes all streams may hold together (checked once a second of packet time).
+    max_total_bytes: usize,
     idle_timeout: Micros,
     pub stats: TcpStats,
 }
@@ -81,6 +83,7 @@ impl TcpReassembly {
             max_flows: max_flows.max(1),
             max_buffer: max_buffer.max(1024),
             max_ahead: 64,
+            max_total_bytes: 64 << 20,
             idle_timeout: 300 * 1_000_000,
             stats: TcpStats::default(),
         }
@@ -143,6 +146,7 @@ impl TcpReassembly {
         flow.last_ts = ts;
         let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
         if !seg.payload.is_empty() {
+            let mut give_up = false;
             let off = seq.wrapping_sub(flow.next_seq) as i32;
             if off < 0 {
                 // retransmission, possibly carrying new bytes past next_seq
@@ -156,10 +160,17 @@ impl TcpReassembly {
                 append(flow, seg.payload);
             } else {
                 stats.out_of_order += 1;
-                flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
-                flow.gap_since.get_or_insert(ts);
+                let held: usize = flow.ahead.values().map(Vec::len).sum();
+                if held + seg.payload.len() > max_buffer {
+                    // no more room behind the gap: stop waiting for it
+                    stats.overflows += 1;
+                    give_up = true;
+                } else {
+                    flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
+                    flow.gap_since.get_or_insert(ts);
+                }
             }
-            settle(flow, stats, ts, max_ahead, max_buffer, out);
+            settle(flow, stats, ts, give_up, max_ahead, max_buffer, out);
         }
         if seg.fin {
             self.flows.remove(&key);
@@ -171,7 +182,7 @@ impl TcpReassembly {
     pub fn flush_gaps(&mut self, now: Micros, out: &mut dyn FnMut(FlowKey, &[u8], bool)) {
         let (max_ahead, max_buffer) = (self.max_ahead, self.max_buffer);
         for (key, flow) in self.flows.iter_mut().filter(|(_, f)| f.gap_since.is_some()) {
-            settle(flow, &mut self.stats, now, max_ahead, max_buffer, &mut |m, ws| out(*key, m, ws));
+            settle(flow, &mut self.stats, now, false, max_ahead, max_buffer, &mut |m, ws| out(*key, m, ws));
         }
     }
 
@@ -181,6 +192,22 @@ impl TcpReassembly {
         let before = self.flows.len();
         self.flows.retain(|_, f| now - f.last_ts <= t);
         self.stats.evicted += (before - self.flows.len()) as u64;
+        // all streams together stay under the byte budget: the longest idle go first
+        let bytes = |f: &Flow| f.buf.len() + f.ahead.values().map(Vec::len).sum::<usize>();
+        let mut total: usize = self.flows.values().map(bytes).sum();
+        if total > self.max_total_bytes {
+            let mut by_age: Vec<(Micros, FlowKey, usize)> =
+                self.flows.iter().map(|(k, f)| (f.last_ts, *k, bytes(f))).collect();
+            by_age.sort_unstable_by_key(|(t, _, _)| *t);
+            for (_, k, b) in by_age {
+                if total <= self.max_total_bytes {
+                    break;
+                }
+                self.flows.remove(&k);
+                self.stats.evicted += 1;
+                total -= b;
+            }
+        }
     }
 
     fn evict(&mut self, now: Micros) {
@@ -201,18 +228,19 @@ impl TcpReassembly {
 /// How long missing bytes are waited for before the stream skips them.
 const GAP_WAIT: Micros = 1_000_000;
 
-/// Skips a gap that waited too long (or holds too many segments behind it), pulls in the held
+/// Skips a gap that waited too long (or holds too many segments or bytes behind it), pulls in the held
 /// segments that are now in order, and frames what can be framed.
 fn settle(
     flow: &mut Flow,
     stats: &mut TcpStats,
     now: Micros,
+    give_up: bool,
     max_ahead: usize,
     max_buffer: usize,
     out: &mut dyn FnMut(&[u8], bool),
 ) {
     if let Some(since) = flow.gap_since
-        && (flow.ahead.len() > max_ahead || now - since > GAP_WAIT)
+        && (give_up || flow.ahead.len() > max_ahead || now - since > GAP_WAIT)
         && let Some((&first, _)) = flow.ahead.iter().next()
     {
         // the missing bytes are not coming: drop the partial message, resynchronise after the gap
@@ -417,6 +445,22 @@ mod tests {
         assert!(got.is_empty());
         t.flush_gaps(2_000_000, &mut |_, m, _| got.push(m.to_vec()));
         assert_eq!(got, vec![M2.to_vec()]);
+        assert_eq!(t.stats.gaps, 1);
+    }
+
+    #[test]
+    fn bytes_held_behind_a_gap_are_capped() {
+        // 4 KiB per stream; a gap then 3 segments of 1.5 KiB: the third does not fit, the
+        // stream stops waiting, skips the gap and resynchronises (none of it is SIP here)
+        let mut t = TcpReassembly::new(10, 4096);
+        let junk = vec![b'x'; 1536];
+        let first = Segment { seq: 1_000, syn: false, fin: false, rst: false, payload: b"x\r\n" };
+        t.push(0, key(), first, true, &mut |_, _| {});
+        for i in 0..3u32 {
+            let seg = Segment { seq: 10_000 + i * 1536, syn: false, fin: false, rst: false, payload: &junk };
+            t.push(0, key(), seg, true, &mut |_, _| {});
+        }
+        assert_eq!(t.stats.overflows, 1);
         assert_eq!(t.stats.gaps, 1);
     }
 
