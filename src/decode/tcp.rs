@@ -46,8 +46,11 @@ pub struct FlowKey {
 struct Flow {
     next_seq: u32,
     buf: Vec<u8>,
-    /// Segments ahead of `next_seq`, by sequence number.
+    /// Segments ahead of `next_seq`, keyed by their offset from `base` (so that the order holds
+    /// across the 2^32 wrap of sequence numbers).
     ahead: BTreeMap<u32, Vec<u8>>,
+    /// The first sequence number seen: the origin of the `ahead` keys.
+    base: u32,
     /// Since when the bytes at `next_seq` are missing.
     gap_since: Option<Micros>,
     /// Whether `buf` starts at a message boundary.
@@ -132,6 +135,7 @@ impl TcpReassembly {
                     next_seq,
                     buf: Vec::new(),
                     ahead: BTreeMap::new(),
+                    base: next_seq,
                     gap_since: None,
                     synced: seg.syn || starts_sip || upgrade,
                     mode: Mode::Sip,
@@ -166,7 +170,7 @@ impl TcpReassembly {
                     stats.overflows += 1;
                     give_up = true;
                 } else {
-                    flow.ahead.entry(seq).or_insert_with(|| seg.payload.to_vec());
+                    flow.ahead.entry(seq.wrapping_sub(flow.base)).or_insert_with(|| seg.payload.to_vec());
                     flow.gap_since.get_or_insert(ts);
                 }
             }
@@ -241,7 +245,7 @@ fn settle(
 ) {
     if let Some(since) = flow.gap_since
         && (give_up || flow.ahead.len() > max_ahead || now - since > GAP_WAIT)
-        && let Some((&first, _)) = flow.ahead.iter().next()
+        && let Some(first) = flow.ahead.keys().next().map(|k| flow.base.wrapping_add(*k))
     {
         // the missing bytes are not coming: drop the partial message, resynchronise after the gap
         stats.gaps += 1;
@@ -250,12 +254,12 @@ fn settle(
         flow.synced = false;
         flow.next_seq = first;
     }
-    while let Some((&s, _)) = flow.ahead.iter().next() {
-        let off = s.wrapping_sub(flow.next_seq) as i32;
+    while let Some(&k) = flow.ahead.keys().next() {
+        let off = flow.base.wrapping_add(k).wrapping_sub(flow.next_seq) as i32;
         if off > 0 {
             break;
         }
-        let data = flow.ahead.remove(&s).expect("present");
+        let data = flow.ahead.remove(&k).expect("present");
         let skip = (-(off as i64)) as usize;
         if skip < data.len() {
             append(flow, &data[skip..]);
@@ -462,6 +466,20 @@ mod tests {
         }
         assert_eq!(t.stats.overflows, 1);
         assert_eq!(t.stats.gaps, 1);
+    }
+
+    #[test]
+    fn reordering_across_the_sequence_number_wrap() {
+        let mut all = M1.to_vec();
+        all.extend_from_slice(M2);
+        // offsets 0..30 lie before the 2^32 wrap, 31.. after it; two segments wait behind a
+        // gap, one before the wrap (20..40) and one after it (40..): the earlier must go first
+        let start = u32::MAX - 30;
+        let at = |o: usize| start.wrapping_add(o as u32);
+        let (got, st) =
+            run(&[(at(0), &all[..10]), (at(40), &all[40..]), (at(20), &all[20..40]), (at(10), &all[10..20])]);
+        assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
+        assert_eq!(st.gaps, 0);
     }
 
     #[test]
