@@ -65,27 +65,7 @@ impl Pipeline {
         let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
         *last_ts = Some(last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
         tracker.tick(frame.ts, scratch);
-        decoder.decode(frame, &mut |m| {
-            stats.sip_messages += 1;
-            let unfolded = sip::parse::unfold(m.data);
-            match sip::parse(&unfolded) {
-                Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
-                Err(e) => {
-                    stats.malformed += 1;
-                    if std::env::var_os("SIPTAP_DEBUG_MALFORMED").is_some() {
-                        let n = m.data.len().min(
-                            std::env::var("SIPTAP_DEBUG_MALFORMED").ok().and_then(|v| v.parse().ok()).unwrap_or(80),
-                        );
-                        eprintln!(
-                            "malformed {e:?} {} -> {}: {:?}",
-                            m.src,
-                            m.dst,
-                            String::from_utf8_lossy(&m.data[..n])
-                        );
-                    }
-                }
-            }
-        });
+        decoder.decode(frame, &mut |m| sip_message(stats, tracker, scratch, m));
         self.drain(out);
     }
 
@@ -94,14 +74,7 @@ impl Pipeline {
         let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
         *last_ts = Some(last_ts.map_or(ts, |t| t.max(ts)));
         tracker.tick(ts, scratch);
-        decoder.hep(ts, sender, data, &mut |m| {
-            stats.sip_messages += 1;
-            let unfolded = sip::parse::unfold(m.data);
-            match sip::parse(&unfolded) {
-                Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
-                Err(_) => stats.malformed += 1,
-            }
-        });
+        decoder.hep(ts, sender, data, &mut |m| sip_message(stats, tracker, scratch, m));
         self.drain(out);
     }
 
@@ -214,5 +187,23 @@ impl Pipeline {
             ("active_devices", self.tracker.registrations.active_devices() as u64),
             ("known_users", self.tracker.registrations.known_users() as u64),
         ]
+    }
+}
+
+/// One SIP message's bytes from the decoder: parsed and fed to the tracker, or counted as malformed.
+fn sip_message(
+    stats: &mut PipelineStats,
+    tracker: &mut Tracker,
+    scratch: &mut Vec<Event>,
+    m: crate::decode::SipBytes<'_>,
+) {
+    stats.sip_messages += 1;
+    let unfolded = sip::parse::unfold(m.data);
+    match sip::parse(&unfolded) {
+        Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
+        Err(e) => {
+            stats.malformed += 1;
+            tracing::debug!(error = ?e, src = %m.src, dst = %m.dst, "malformed SIP message skipped");
+        }
     }
 }
