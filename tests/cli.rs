@@ -142,7 +142,7 @@ fn tenants_rename_disable_and_route() {
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["events_unrouted", "7"]), "{err}");
+    assert_eq!(stat_of(&err, "events_unrouted"), 7, "{err}");
     let cfg = write_config(
         dir.path(),
         "sip_servers = [\"127.0.0.10\"]\ndefault_tenant = \"other\"\n[tenants.other]\ndomains = [\"other.example\"]\n",
@@ -238,10 +238,7 @@ fn an_invite_nobody_answers_creates_nothing() {
     assert!(ev.iter().all(|e| e["params"]["call_id"] != "1-8000@127.0.0.2" && e["user"] != "nobody@lab.example"));
     let err = String::from_utf8(out.stderr).unwrap();
     // the 407'd first INVITE and the unanswered retry are one attempt, never accepted
-    assert!(
-        err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["call_attempts_unaccepted", "1"]),
-        "{err}"
-    );
+    assert_eq!(stat_of(&err, "call_attempts_unaccepted"), 1, "{err}");
 }
 
 #[test]
@@ -303,5 +300,5 @@ fn a_full_call_table_evicts_the_longest_idle_leg_and_still_ends_it() {
     // and the busy call itself is complete
     assert_eq!(kinds(&ev).iter().filter(|k| k.starts_with("callend")).count(), 4);
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["call_legs_evicted", "2"]), "{err}");
+    assert_eq!(stat_of(&err, "call_legs_evicted"), 2, "{err}");
 }

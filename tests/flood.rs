@@ -56,14 +56,7 @@ fn a_flood_of_scanner_attempts_creates_nothing_and_real_calls_stay_exact() {
     want.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
     assert_events("flood", &parse_lines(&String::from_utf8(out.stdout).unwrap()), &want);
     let err = String::from_utf8(out.stderr).unwrap();
-    let stat = |k: &str| -> u64 {
-        err.lines()
-            .find_map(|l| {
-                let mut it = l.split_whitespace();
-                (it.next() == Some(k)).then(|| it.next().unwrap().parse().unwrap())
-            })
-            .unwrap_or_else(|| panic!("no counter {k}"))
-    };
+    let stat = |k: &str| stat_of(&err, k);
     let q = attempts as u64 / 4;
     assert_eq!(stat("known_users"), 2, "alice and bob only");
     // the flood's 401s, plus the real ones: alice 5 and dave 1 (register), bob 1 per call capture

@@ -211,11 +211,7 @@ fn same_events(label: &str, linktype: DataLink, reframe: fn(Vec<F>) -> Vec<F>, c
         assert_events(&format!("{name} ({label})"), &parse_lines(&String::from_utf8(out.stdout).unwrap()), &want);
         let err = String::from_utf8(out.stderr).unwrap();
         for (i, c) in counters.iter().enumerate() {
-            let v: u64 = err
-                .lines()
-                .find_map(|l| l.strip_prefix(c).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse().unwrap()))
-                .unwrap_or_else(|| panic!("no counter {c}"));
-            sums[i] += v;
+            sums[i] += stat_of(&err, c);
         }
     }
     sums

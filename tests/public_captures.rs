@@ -46,21 +46,11 @@ fn summary(e: &Value) -> String {
     s
 }
 
-fn stats(config: &std::path::Path, capture: &std::path::Path) -> Vec<(String, u64)> {
+/// The `--stats` output of a replay.
+fn stats(config: &std::path::Path, capture: &std::path::Path) -> String {
     let out = siptap(&["replay", "--stats", "--config", config.to_str().unwrap(), capture.to_str().unwrap()]);
     assert!(out.status.success(), "{}: {}", capture.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stderr)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-fn stat(st: &[(String, u64)], k: &str) -> u64 {
-    st.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {k}"))
+    String::from_utf8(out.stderr).unwrap()
 }
 
 #[test]
@@ -108,8 +98,8 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
         let st = stats(cfg.path(), &p);
         let want = table.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
         let want = want.unwrap_or_else(|| panic!("{name}: not in this test's table; add it with tshark's count"));
-        assert_eq!(stat(&st, "sip_messages"), want, "{name}: SIP messages");
-        assert_eq!(stat(&st, "sip_malformed"), 0, "{name}: malformed");
+        assert_eq!(stat_of(&st, "sip_messages"), want, "{name}: SIP messages");
+        assert_eq!(stat_of(&st, "sip_malformed"), 0, "{name}: malformed");
         // copies of one IP packet within 20 ms, counted independently with tshark
         // (same IP ID, addresses, UDP checksum and length)
         let duplicates = match name.as_str() {
@@ -118,7 +108,7 @@ fn every_public_capture_replays_and_yields_its_sip_messages() {
             "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng" => 7 + 7,
             _ => 0,
         };
-        assert_eq!(stat(&st, "frames_duplicate"), duplicates, "{name}: duplicate frames");
+        assert_eq!(stat_of(&st, "frames_duplicate"), duplicates, "{name}: duplicate frames");
         seen += 1;
     }
     assert_eq!(seen, table.len(), "captures in {}", dir.display());
@@ -255,8 +245,8 @@ fn scanner_traffic_creates_only_the_one_real_registration() {
         ],
     );
     let st = stats(config(&servers).path(), &dir.join("CESNET-ipfixprobe__sip.pcap"));
-    assert_eq!(stat(&st, "register_challenged"), 14);
-    assert_eq!(stat(&st, "known_users"), 1);
+    assert_eq!(stat_of(&st, "register_challenged"), 14);
+    assert_eq!(stat_of(&st, "known_users"), 1);
 }
 
 #[test]
@@ -266,8 +256,8 @@ fn register_brute_force_without_success_creates_nothing() {
     let servers = ["157.161.10.72", "157.161.10.73"];
     check("sipcapture-heplify__ipip0.pcap", &servers, &[]);
     let st = stats(config(&servers).path(), &dir.join("sipcapture-heplify__ipip0.pcap"));
-    assert_eq!(stat(&st, "register_challenged"), 3);
-    assert_eq!(stat(&st, "known_users"), 0);
+    assert_eq!(stat_of(&st, "register_challenged"), 3);
+    assert_eq!(stat_of(&st, "known_users"), 0);
 }
 
 #[test]
@@ -279,14 +269,14 @@ fn hep_carries_the_original_addresses_and_times() {
     let f = "sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng";
     check(f, &["192.168.137.247"], &[]);
     let st = stats(config(&["192.168.137.247"]).path(), &dir.join(f));
-    assert_eq!(stat(&st, "register_challenged"), 1);
-    assert_eq!(stat(&st, "sip_server_to_server"), 4);
-    assert_eq!(stat(&st, "hep_packets"), 21 - 7);
+    assert_eq!(stat_of(&st, "register_challenged"), 1);
+    assert_eq!(stat_of(&st, "sip_server_to_server"), 4);
+    assert_eq!(stat_of(&st, "hep_packets"), 21 - 7);
     // plain HEP3: INVITE, 100, 407 (unauthenticated so far), OPTIONS, PUBLISH; a log and an RTCP chunk
     let st = stats(config(&["192.168.1.2"]).path(), &dir.join("sipcapture-hep-wireshark__hep.pcap"));
-    assert_eq!(stat(&st, "hep_not_sip"), 2);
-    assert_eq!(stat(&st, "invites_initial"), 1);
-    assert_eq!(stat(&st, "events"), 0);
+    assert_eq!(stat_of(&st, "hep_not_sip"), 2);
+    assert_eq!(stat_of(&st, "invites_initial"), 1);
+    assert_eq!(stat_of(&st, "events"), 0);
 }
 
 #[test]

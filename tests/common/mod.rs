@@ -44,3 +44,14 @@ pub fn assert_events(name: &str, got: &[Value], want: &[Value]) {
         );
     }
 }
+
+/// A counter's value in the `--stats` lines siptap writes on stderr (`name value`).
+pub fn stat_of(stderr: &str, name: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name)).then(|| it.next()?.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{stderr}"))
+}
