@@ -4,6 +4,7 @@
 //! `capture` (frames) -> `decode` (SIP bytes) -> `sip` (message view) -> `state` (registrations
 //! and call legs) -> `event` + `tenant` (routed events) -> `sink` (output). `pipeline` joins them.
 pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decode;

@@ -2,6 +2,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use siptap::capture::file::read_file;
+use siptap::clock::now_micros;
 use siptap::config::Config;
 use siptap::pipeline::{Pipeline, Routed};
 use siptap::sink::firebase::Delivery;
@@ -478,8 +479,4 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

@@ -1,6 +1,7 @@
 //! Receives HEP v3 over UDP and TCP (Kamailio `siptrace`, OpenSIPS, FreeSWITCH, Asterisk
 //! `res_hep`, heplify) and hands each packet to the core.
 use super::Input;
+use crate::clock::now_micros;
 use anyhow::{Context, Result};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -8,10 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
 
 pub fn start(addr: SocketAddr, tx: SyncSender<Input>, stop: Arc<AtomicBool>) -> Result<()> {
     let udp = UdpSocket::bind(addr).with_context(|| format!("cannot listen for HEP on udp {addr}"))?;

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod notify;
 
 use crate::capture::{Frame, Micros};
+use crate::clock::now_micros;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Routed};
 use crate::sink::firebase::mp::QueuedEvent;
@@ -54,10 +55,6 @@ impl Shared {
     pub fn healthy(&self) -> bool {
         now_micros() - self.last_tick.load(Ordering::Relaxed) < 5_000_000
     }
-}
-
-fn now_micros() -> Micros {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Commands for the delivery side (the tokio thread).

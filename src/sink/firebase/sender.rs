@@ -5,6 +5,7 @@
 use super::mp::{self, MAX_AGE_MICROS, QueuedEvent};
 use super::outbox::Outbox;
 use super::{Secret, Target};
+use crate::clock::now_micros;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,10 +32,6 @@ pub struct SenderConfig {
     pub request_timeout: Duration,
     pub max_backoff: Duration,
     pub poll: Duration,
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// The collect URL with its query; the secret is in it, so this string is never logged.
