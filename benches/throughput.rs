@@ -10,7 +10,6 @@ use siptap::config::Config;
 use siptap::decode::{DecodeLimits, Decoder};
 use siptap::pipeline::Pipeline;
 use siptap::sip;
-use std::collections::HashSet;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -173,7 +172,7 @@ fn main() {
     });
     let mut events = 0usize;
     let pipe_rate = rate(frames.len(), secs, || {
-        let mut p = Pipeline::new(&cfg, HashSet::new());
+        let mut p = Pipeline::new(&cfg, Box::<siptap::state::users::MemoryUsers>::default(), [1, 2]);
         for f in &frames {
             p.frame(siptap::capture::Frame { ts: f.ts, linktype: f.linktype, data: &f.data }, &mut |r| {
                 black_box(&r);

@@ -100,6 +100,9 @@ struct RawLimits {
     max_tcp_streams: Option<usize>,
     max_tcp_buffer_bytes: Option<usize>,
     max_pending_transactions: Option<usize>,
+    max_contacts_per_register: Option<usize>,
+    known_users_cache: Option<usize>,
+    store_cache_mib: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +179,12 @@ pub struct Limits {
     pub max_tcp_streams: usize,
     pub max_tcp_buffer_bytes: usize,
     pub max_pending_transactions: usize,
+    /// Contacts of one REGISTER (or its 2xx) that are followed; the rest are counted.
+    pub max_contacts_per_register: usize,
+    /// Known users kept in memory (the rest are read from the store when needed).
+    pub known_users_cache: usize,
+    /// redb's page cache per database file, in MiB.
+    pub store_cache_mib: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -497,12 +506,16 @@ impl Config {
                 max_tcp_streams: l.max_tcp_streams.unwrap_or(65_536).max(1),
                 max_tcp_buffer_bytes: l.max_tcp_buffer_bytes.unwrap_or(256 * 1024).max(4096),
                 max_pending_transactions: l.max_pending_transactions.unwrap_or(100_000).max(1),
+                max_contacts_per_register: l.max_contacts_per_register.unwrap_or(16).max(1),
+                known_users_cache: l.known_users_cache.unwrap_or(100_000).max(16),
+                store_cache_mib: l.store_cache_mib.unwrap_or(16).max(1),
             },
             tenants,
         })
     }
 
-    pub fn tracker_config(&self) -> TrackerConfig {
+    /// The state machines' settings; `fingerprint_key` comes with the state (see `state::fingerprint`).
+    pub fn tracker_config(&self, fingerprint_key: [u64; 2]) -> TrackerConfig {
         let mut by_domain = HashMap::new();
         for t in &self.tenants {
             for d in &t.domains {
@@ -521,6 +534,8 @@ impl Config {
         tc.max_legs = self.limits.max_call_legs;
         tc.max_devices = self.limits.max_devices;
         tc.max_pending = self.limits.max_pending_transactions;
+        tc.max_contacts_per_register = self.limits.max_contacts_per_register;
+        tc.fingerprint_key = fingerprint_key;
         let mut names: Vec<String> =
             self.tenants.iter().filter_map(|t| t.firebase.as_ref()?.app_instance_id_from.clone()).collect();
         names.sort();

@@ -52,7 +52,7 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Out,
@@ -118,7 +118,7 @@ pub struct Event {
 
 /// The app behind an event: its device, the start of its boot cycle (the session) and an id the
 /// app sent itself. Not part of the replay output; the Firebase sink builds its ids from it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Origin {
     pub device: Option<String>,
     pub session_start: Option<Micros>,

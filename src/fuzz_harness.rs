@@ -5,7 +5,6 @@ use crate::config::Config;
 use crate::decode::{DecodeLimits, Decoder};
 use crate::pipeline::Pipeline;
 use crate::sip::{frame, parse, uri::Uri};
-use std::collections::HashSet;
 use std::path::Path;
 
 const DECODE_LINKTYPES: [u32; 9] = [1, 101, 0, 108, 113, 276, 228, 229, 12];
@@ -44,7 +43,7 @@ const CONFIG: &str = "sip_servers = [\"127.0.0.10:5060\", \"10.0.0.1\"]\nmax_cal
 /// returns the number of events.
 pub fn pipeline(data: &[u8]) -> usize {
     let cfg = Config::parse(CONFIG, Path::new("fuzz.toml")).expect("valid");
-    let mut p = Pipeline::new(&cfg, HashSet::new());
+    let mut p = Pipeline::new(&cfg, Box::<crate::state::users::MemoryUsers>::default(), [1, 2]);
     let mut rest = data;
     let mut ts: i64 = 1_700_000_000_000_000;
     let mut events = 0usize;

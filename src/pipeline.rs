@@ -6,8 +6,8 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::event::Event;
 use crate::sip;
 use crate::state::Tracker;
+use crate::state::users::KnownUsers;
 use crate::tenant::{Route, Router};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// An event with its tenant and the tenant's name for it.
@@ -37,7 +37,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: &Config, known_users: HashSet<String>) -> Self {
+    /// `known_users` answers who signed up before; `fingerprint_key` is the state's (see
+    /// `state::fingerprint`).
+    pub fn new(cfg: &Config, known_users: Box<dyn KnownUsers>, fingerprint_key: [u64; 2]) -> Self {
         let l = &cfg.limits;
         let limits = DecodeLimits {
             max_fragments: l.max_fragments,
@@ -52,7 +54,7 @@ impl Pipeline {
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
         Pipeline {
             decoder: Decoder::new(limits, ports),
-            tracker: Tracker::new(cfg.tracker_config(), known_users),
+            tracker: Tracker::new(cfg.tracker_config(fingerprint_key), known_users),
             router: Router::new(cfg),
             stats: PipelineStats::default(),
             scratch: Vec::new(),
@@ -82,7 +84,7 @@ impl Pipeline {
     /// addresses, push proxies and identity names change; table bounds keep their start values.
     pub fn reload(&mut self, cfg: &Config) {
         self.router = Router::new(cfg);
-        self.tracker.reconfigure(cfg.tracker_config());
+        self.tracker.reconfigure(cfg.tracker_config([0, 0]));
         self.decoder.set_hep_sources(cfg.hep.sources.clone());
     }
 
@@ -100,8 +102,13 @@ impl Pipeline {
     }
 
     /// Users that signed up since the last call, to persist.
-    pub fn take_new_users(&mut self) -> Vec<String> {
-        self.tracker.registrations.take_new_users()
+    pub fn take_new_users(&mut self) -> Vec<(String, Micros)> {
+        self.tracker.registrations.known_mut().take_new()
+    }
+
+    /// The latest packet time seen (the replay's "now").
+    pub fn last_ts(&self) -> Option<Micros> {
+        self.last_ts
     }
 
     fn drain(&mut self, out: &mut dyn FnMut(Routed)) {
@@ -172,6 +179,8 @@ impl Pipeline {
             ("register_pending_evicted", r.pending_evicted),
             ("contacts_evicted", r.contacts_evicted),
             ("devices_evicted", r.devices_evicted),
+            ("devices_evicted_active", r.devices_evicted_active),
+            ("register_contacts_dropped", r.contacts_dropped),
             ("invites_initial", c.invites),
             ("call_legs", c.legs),
             ("invite_retransmissions", c.retransmissions),
@@ -179,13 +188,14 @@ impl Pipeline {
             ("call_attempts_unaccepted", c.unaccepted),
             ("call_timeouts", c.timeouts),
             ("call_legs_evicted", c.evicted),
+            ("call_legs_evicted_answered", c.evicted_answered),
             ("sip_outside_calls", c.orphan_messages),
             ("events", p.events),
             ("events_unrouted", p.unrouted),
             ("events_disabled", p.disabled),
             ("open_call_legs", self.tracker.calls.open_legs() as u64),
-            ("active_devices", self.tracker.registrations.active_devices() as u64),
-            ("known_users", self.tracker.registrations.known_users() as u64),
+            ("active_devices", self.tracker.registrations.active_devices(self.last_ts.unwrap_or(0)) as u64),
+            ("known_users", self.tracker.registrations.known_users()),
         ]
     }
 }

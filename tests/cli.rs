@@ -264,9 +264,12 @@ fn an_answered_call_times_out_after_its_negotiated_session_expires() {
 }
 
 #[test]
-fn a_full_call_table_evicts_the_longest_idle_leg_and_still_ends_it() {
-    // room for two legs: the answered call without BYE holds both; an hour later each new leg
-    // of the busy call evicts the longest-idle old one, which gets its callend (timeout) then
+fn a_full_call_table_evicts_by_value_and_still_ends_what_it_evicts() {
+    // room for two legs: the answered call without BYE holds both. An hour later alice's new
+    // INVITE (frame 5) finds only answered legs: the longest idle (alice's) goes and gets its
+    // callend (timeout) then. When the proxy's INVITE to bob arrives (frame 10), the least
+    // valuable leg is alice's attempt (no event yet), not bob's answered call: it goes, silently,
+    // and bob's answered call stays open (its BYE would still end it normally).
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -285,20 +288,20 @@ fn a_full_call_table_evicts_the_longest_idle_leg_and_still_ends_it() {
     assert!(out.status.success());
     let ev = parse_lines(&String::from_utf8(out.stdout).unwrap());
     let ends: Vec<&serde_json::Value> = ev.iter().filter(|e| e["params"]["reason"] == "timeout").collect();
-    assert_eq!(ends.len(), 2, "{ev:?}");
-    // alice's old leg goes when alice's new INVITE arrives (frame 5), bob's when his does (frame 10)
+    assert_eq!(ends.len(), 1, "{ev:?}");
     let t = |n| siptap::timefmt::rfc3339_micros(frame_time(&later, n));
     assert_eq!(
         (ends[0]["user"].as_str().unwrap(), ends[0]["time"].as_str().unwrap()),
         ("alice@lab.example", t(5).as_str())
     );
-    assert_eq!(
-        (ends[1]["user"].as_str().unwrap(), ends[1]["time"].as_str().unwrap()),
-        ("bob@lab.example", t(10).as_str())
-    );
     assert!(ends.iter().all(|e| e["params"]["answered"] == true && e["params"]["status"] == 200));
-    // and the busy call itself is complete
-    assert_eq!(kinds(&ev).iter().filter(|k| k.starts_with("callend")).count(), 4);
+    // bob's new leg is complete (callin, callend 486); alice's busy attempt was evicted unreported
+    let bob_busy: Vec<&serde_json::Value> =
+        ev.iter().filter(|e| e["user"] == "bob@lab.example" && e["params"]["status"] == 486).collect();
+    assert_eq!(bob_busy.len(), 1, "{ev:?}");
+    assert_eq!(kinds(&ev).iter().filter(|k| k.starts_with("callend")).count(), 2);
+    assert!(!ev.iter().any(|e| e["user"] == "alice@lab.example" && e["params"]["status"] == 486));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stat_of(&err, "call_legs_evicted"), 2, "{err}");
+    assert_eq!(stat_of(&err, "call_legs_evicted_answered"), 1, "{err}");
 }

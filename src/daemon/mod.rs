@@ -16,7 +16,6 @@ use crate::sink::firebase::outbox::Outbox;
 use crate::sink::firebase::sender::{self, SenderConfig, SenderStats};
 use crate::sink::firebase::{Delivery, Target};
 use crate::sink::jsonl;
-use crate::store::KnownUsersStore;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -88,11 +87,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     let mut cfg = Config::load(&opts.config)?;
     let state = opts.state_dir.clone().unwrap_or_else(|| cfg.run.state_dir.clone());
-    let store = KnownUsersStore::open(&state)?;
+    let (mut pipeline, store) = crate::store::open_pipeline(&cfg, Some(&state))?;
+    let store = store.expect("opened with a state directory");
     let key = crate::sink::firebase::identity_key(&state)?;
     let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
     let mut delivery = Delivery::new(&cfg, &key);
-    let mut pipeline = Pipeline::new(&cfg, store.load()?);
     let mut jsonl_out = open_jsonl(&cfg.run.jsonl_path)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
@@ -150,6 +149,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut queued: Vec<QueuedEvent> = Vec::new();
     let mut last_watchdog = Instant::now();
+    let mut unsaved = None;
     let watchdog = notify::watchdog_interval();
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(2)) {
@@ -200,14 +200,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
             queued.clear();
         }
         let _ = jsonl_out.flush();
-        let users: Vec<(String, i64)> = pipeline.take_new_users().into_iter().map(|u| (u, now_micros())).collect();
-        if let Err(e) = store.add(&users) {
-            tracing::error!(error = %e, "cannot store new users");
+        if tick || stopping {
+            // group commit: the state changes of the last second in one transaction
+            save_state(&store, &mut pipeline, &mut unsaved);
         }
         if tick {
             shared.last_tick.store(now_micros(), Ordering::Relaxed);
             let mut snap = shared.snapshot.lock().expect("not poisoned");
-            snap.counters = pipeline.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            snap.counters = pipeline
+                .counters()
+                .into_iter()
+                .chain(store.stats.counters())
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
             snap.events = counts.clone();
             if watchdog.is_some_and(|w| last_watchdog.elapsed() >= w) {
                 notify::notify("WATCHDOG=1");
@@ -250,6 +255,28 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let _ = async_side.join();
     tracing::info!(left_in_outbox = outbox.len(), "siptap stopped");
     Ok(())
+}
+
+/// Writes what the state machines changed (and the users that signed up) to the store; what a
+/// failed save held is tried again with the next.
+fn save_state(
+    store: &crate::store::StateStore,
+    pipeline: &mut Pipeline,
+    unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
+) {
+    let mut delta = pipeline.tracker.take_delta();
+    let mut users = pipeline.take_new_users();
+    if let Some((d, mut u)) = unsaved.take() {
+        delta = d.then(delta);
+        u.append(&mut users);
+        users = u;
+    }
+    if let Err(e) = store.commit(&delta, &users) {
+        if store.stats.save_errors.load(Ordering::Relaxed) <= 1 {
+            tracing::error!(error = %format!("{e:#}"), "cannot save state; will retry every second");
+        }
+        *unsaved = Some((delta, users));
+    }
 }
 
 fn monotonic_usec() -> u128 {

@@ -63,6 +63,8 @@ pub struct Message<'a> {
     pub user_agent: Option<&'a str>,
     pub session_expires: Option<u32>,
     pub content_length: Option<usize>,
+    /// The `username` of the first Authorization or Proxy-Authorization header (digest credentials).
+    pub auth_user: Option<&'a str>,
     /// The header section, for the rare lookup of a header not extracted above.
     pub head: &'a [u8],
 }
@@ -172,6 +174,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         user_agent: None,
         session_expires: None,
         content_length: None,
+        auth_user: None,
         head,
     };
     let (mut have_from, mut have_to, mut have_cseq) = (false, false, false);
@@ -230,6 +233,8 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
                 msg.session_expires = value.split(';').next().and_then(|v| v.trim().parse().ok())
             }
             Some(Hdr::ContentLength) => msg.content_length = value.parse().ok(),
+            Some(Hdr::Authorization) if msg.auth_user.is_none() => msg.auth_user = credentials_user(value),
+            Some(Hdr::Authorization) => {}
             None => {}
         }
     }
@@ -287,6 +292,7 @@ enum Hdr {
     UserAgent,
     SessionExpires,
     ContentLength,
+    Authorization,
 }
 
 fn header_id(name: &[u8]) -> Option<Hdr> {
@@ -301,7 +307,7 @@ fn header_id(name: &[u8]) -> Option<Hdr> {
             _ => None,
         };
     }
-    const NAMES: [(&[u8], Hdr); 9] = [
+    const NAMES: [(&[u8], Hdr); 11] = [
         (b"call-id", Hdr::CallId),
         (b"from", Hdr::From),
         (b"to", Hdr::To),
@@ -311,8 +317,26 @@ fn header_id(name: &[u8]) -> Option<Hdr> {
         (b"user-agent", Hdr::UserAgent),
         (b"session-expires", Hdr::SessionExpires),
         (b"content-length", Hdr::ContentLength),
+        (b"authorization", Hdr::Authorization),
+        (b"proxy-authorization", Hdr::Authorization),
     ];
     NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, h)| *h)
+}
+
+/// The `username` of digest credentials (`Digest username="alice", realm=...`).
+fn credentials_user(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(|c: char| c.is_ascii_whitespace())?;
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    for part in split_list(rest) {
+        let Some((k, val)) = part.split_once('=') else { continue };
+        if k.trim().eq_ignore_ascii_case("username") {
+            let u = val.trim().trim_matches('"');
+            return (!u.is_empty()).then_some(u);
+        }
+    }
+    None
 }
 
 /// Splits a header value on commas that are outside quotes and angle brackets.

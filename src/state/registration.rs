@@ -1,47 +1,97 @@
-//! Registrations: who registered which device, in which boot cycle (REGISTER Call-ID), and
-//! whether its binding is active. Decides `signup`, `app_start` and `login` on a 2xx to REGISTER.
+//! Registrations: which app (a device in one boot cycle) registered which address of record, from
+//! where, and whether its binding is active. Decides `signup`, `app_start` and `login` on a 2xx to
+//! REGISTER.
+//!
+//! One REGISTER is one app in one boot cycle (RFC 3261 10.2.4: a UA keeps its Call-ID until it
+//! reboots), however many Contacts it lists: events are decided per app, bindings are kept per
+//! contact (for naming callees and for expiry). An app is found again by its boot cycle's Call-ID,
+//! else by its `+sip.instance`, else by a contact it registered before.
+use super::fingerprint::{Fingerprinter, Fp, FpMap, FpSet};
+use super::users::KnownUsers;
 use crate::capture::Micros;
 use crate::event::{Event, Kind, Origin, Params};
 use crate::sip::Message;
-use crate::sip::uri::Uri;
-use std::collections::{HashMap, HashSet, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+/// A REGISTER transaction without a final response is forgotten after 64*T1.
+pub const TRANSACTION_TIMEOUT: Micros = 32_000_000;
+const DEFAULT_EXPIRES: u32 = 3600;
+/// An app is forgotten this long after its binding lapsed (a later REGISTER is a new app then).
+pub const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
+/// A contact still names its user this long after its binding lapsed (a late INVITE to it).
+const CONTACT_GRACE: Micros = 3600 * 1_000_000;
+/// `expires_at` of a binding that was removed.
+const REMOVED: Micros = Micros::MIN;
 
 /// A REGISTER seen from a client, waiting for its final response.
-#[derive(Debug, Clone)]
-struct PendingRegister {
-    ts: Micros,
-    aor: String,
-    bindings: Vec<RequestedBinding>,
-    header_expires: Option<u32>,
-    star: bool,
-    push_proxy: bool,
-}
-
-#[derive(Debug, Clone)]
-struct RequestedBinding {
-    device: String,
-    contact_key: String,
-    expires: Option<u32>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingRegister {
+    pub ts: Micros,
+    pub aor: Box<str>,
+    /// Where the REGISTER came from (a later INVITE from there is this user's).
+    pub src: SocketAddr,
+    /// The app's name for events: its `+sip.instance`, else its first contact `user@host:port`.
+    pub device: Box<str>,
+    pub has_instance: bool,
     /// An id the app sent for itself (a configured Contact parameter or header).
-    app_instance: Option<String>,
+    pub app_instance: Option<Box<str>>,
+    /// (contact, expires parameter) per Contact.
+    pub bindings: Vec<(Fp, Option<u32>)>,
+    pub header_expires: Option<u32>,
+    pub star: bool,
+    pub push_proxy: bool,
 }
 
-/// The state of one device's binding, enough to tell a refresh from a new login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BindingState {
-    Active { expires_at: Micros },
-    Removed,
-}
-
-#[derive(Debug, Clone)]
-struct Device {
-    /// The REGISTER Call-ID of the app's current boot cycle.
-    call_id: String,
+/// One app: a device in its current boot cycle, and its binding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub device: Box<str>,
+    pub has_instance: bool,
+    /// The REGISTER Call-ID of the current boot cycle.
+    pub boot_call_id: Fp,
     /// When that boot cycle started (its first accepted REGISTER): the session.
-    boot_start: Micros,
-    app_instance: Option<String>,
-    state: BindingState,
-    last_seen: Micros,
+    pub boot_start: Micros,
+    pub app_instance: Option<Box<str>>,
+    /// The contacts it registered.
+    pub contacts: Vec<Fp>,
+    /// The binding is active until then; `Micros::MIN` once removed.
+    pub expires_at: Micros,
+    pub last_seen: Micros,
+    /// The source of its last accepted REGISTER.
+    pub reg_from: SocketAddr,
+    /// A push proxy's REGISTER kept the binding alive since the app's own last one (the app is in
+    /// the background; its next own REGISTER is a `login`).
+    pub push_kept: bool,
+}
+
+impl App {
+    fn active(&self, now: Micros) -> bool {
+        self.expires_at >= now
+    }
+    /// Forgotten: lapsed for longer than the device memory.
+    fn stale(&self, now: Micros) -> bool {
+        self.expires_at != REMOVED && now - self.expires_at > DEVICE_MEMORY
+            || self.expires_at == REMOVED && now - self.last_seen > DEVICE_MEMORY
+    }
+}
+
+/// The apps of one address of record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AorState {
+    pub aor: Box<str>,
+    pub apps: Vec<App>,
+}
+
+/// A registered contact: whose it is, which app's, until when.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ContactEntry {
+    pub aor: Fp,
+    /// The app (fingerprint of its device name) when the contact came in its own REGISTER.
+    pub device: Option<Fp>,
+    pub expires_at: Micros,
+    pub last_seen: Micros,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -55,152 +105,210 @@ pub struct RegistrationStats {
     pub pending_expired: u64,
     pub pending_evicted: u64,
     pub devices_evicted: u64,
+    /// Of those, devices whose binding was still active (their next refresh will look new).
+    pub devices_evicted_active: u64,
     pub contacts_evicted: u64,
+    /// Contacts beyond `max_contacts_per_register` in one REGISTER or 2xx, ignored.
+    pub contacts_dropped: u64,
+}
+
+/// Bounds of the registration tables.
+#[derive(Debug, Clone, Copy)]
+pub struct RegLimits {
+    /// Apps (devices) remembered, and contacts.
+    pub max_devices: usize,
+    /// REGISTER transactions awaiting their final response.
+    pub max_pending: usize,
+    pub max_contacts_per_register: usize,
+}
+
+/// Which persisted records changed since the last [`Registrations::take_dirty`].
+#[derive(Debug, Default)]
+pub struct RegDirty {
+    pub aors: FpSet,
+    pub contacts: FpSet,
+    pub pending: FpSet,
 }
 
 pub struct Registrations {
-    pending: HashMap<(String, u32), PendingRegister>,
+    fp: Fingerprinter,
+    pending: FpMap<PendingRegister>,
     /// Pending keys in arrival order, to evict the oldest when the table is full.
-    pending_order: VecDeque<(Micros, (String, u32))>,
-    max_pending: usize,
-    devices: HashMap<(String, String), Device>,
-    /// Registered contact (user@host:port) -> (address of record, device, last seen), for naming
-    /// the callee and finding the app behind a call.
-    contacts: HashMap<String, (String, Option<String>, Micros)>,
+    pending_order: VecDeque<(Micros, Fp)>,
+    aors: FpMap<AorState>,
+    contacts: FpMap<ContactEntry>,
+    apps: usize,
     /// Contact parameters or headers by which apps name their own instance.
     identity_names: Vec<String>,
-    known_users: HashSet<String>,
-    /// Users that signed up during this run (for the persistent store).
-    new_users: Vec<String>,
-    max_devices: usize,
+    known: Box<dyn KnownUsers>,
+    limits: RegLimits,
+    dirty: RegDirty,
     pub stats: RegistrationStats,
 }
 
-const TRANSACTION_TIMEOUT: Micros = 32_000_000;
-const DEFAULT_EXPIRES: u32 = 3600;
-/// A device is forgotten this long after its binding lapsed.
-const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
-
 impl Registrations {
-    pub fn new(
-        known_users: HashSet<String>,
-        max_devices: usize,
-        max_pending: usize,
-        identity_names: Vec<String>,
-    ) -> Self {
+    pub fn new(fp: Fingerprinter, known: Box<dyn KnownUsers>, limits: RegLimits, identity_names: Vec<String>) -> Self {
         Registrations {
-            identity_names,
-            pending: HashMap::new(),
+            fp,
+            pending: FpMap::default(),
             pending_order: VecDeque::new(),
-            max_pending: max_pending.max(1),
-            devices: HashMap::new(),
-            contacts: HashMap::new(),
-            known_users,
-            new_users: Vec::new(),
-            max_devices: max_devices.max(1),
+            aors: FpMap::default(),
+            contacts: FpMap::default(),
+            apps: 0,
+            identity_names,
+            known,
+            limits: RegLimits {
+                max_devices: limits.max_devices.max(1),
+                max_pending: limits.max_pending.max(1),
+                max_contacts_per_register: limits.max_contacts_per_register.max(1),
+            },
+            dirty: RegDirty::default(),
             stats: RegistrationStats::default(),
         }
     }
 
-    pub fn active_devices(&self) -> usize {
-        self.devices.values().filter(|d| matches!(d.state, BindingState::Active { .. })).count()
+    pub fn active_devices(&self, now: Micros) -> usize {
+        self.aors.values().flat_map(|a| &a.apps).filter(|a| a.active(now)).count()
     }
     pub fn devices(&self) -> usize {
-        self.devices.len()
+        self.apps
     }
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
-    pub fn known_users(&self) -> usize {
-        self.known_users.len()
+    pub fn contacts(&self) -> usize {
+        self.contacts.len()
+    }
+    pub fn known_users(&self) -> u64 {
+        self.known.count()
+    }
+    pub fn known_mut(&mut self) -> &mut dyn KnownUsers {
+        &mut *self.known
     }
 
     pub fn set_identity_names(&mut self, names: Vec<String>) {
         self.identity_names = names;
     }
 
-    /// Users that signed up since the last call (to persist).
-    pub fn take_new_users(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.new_users)
-    }
-
-    /// The address of record whose registered contact is this Request-URI, if any.
-    pub fn aor_for_contact(&self, uri: &Uri<'_>) -> Option<&str> {
-        self.contacts.get(&uri.contact_key()).map(|(a, _, _)| a.as_str())
+    /// The address of record whose registered contact this is, if any.
+    pub fn aor_for_contact(&self, contact_key: &str) -> Option<&str> {
+        let c = self.contacts.get(&self.fp.of(contact_key))?;
+        self.aors.get(&c.aor).map(|a| &*a.aor)
     }
 
     /// The app behind a contact, when that contact is registered for `aor`.
-    pub fn origin_for_contact(&self, aor: &str, uri: &Uri<'_>) -> Origin {
-        let Some((a, Some(device), _)) = self.contacts.get(&uri.contact_key()) else {
+    pub fn origin_for_contact(&self, aor: &str, contact_key: &str) -> Origin {
+        let aor_fp = self.fp.of(aor);
+        let Some(c) = self.contacts.get(&self.fp.of(contact_key)).filter(|c| c.aor == aor_fp) else {
             return Origin::default();
         };
-        if a != aor {
-            return Origin::default();
-        }
-        match self.devices.get(&(a.clone(), device.clone())) {
-            Some(d) => Origin {
-                device: Some(device.clone()),
-                session_start: Some(d.boot_start),
-                app_instance: d.app_instance.clone(),
+        let Some(dev) = c.device else { return Origin::default() };
+        let app = self.aors.get(&aor_fp).and_then(|s| s.apps.iter().find(|a| self.fp.of(&a.device) == dev));
+        match app {
+            Some(a) => Origin {
+                device: Some(a.device.to_string()),
+                session_start: Some(a.boot_start),
+                app_instance: a.app_instance.as_deref().map(str::to_string),
             },
-            None => Origin { device: Some(device.clone()), ..Origin::default() },
+            None => Origin::default(),
         }
     }
 
-    /// A REGISTER from a client. `push_proxy`: its User-Agent is a push proxy's.
-    pub fn request(&mut self, ts: Micros, msg: &Message<'_>, push_proxy: bool) {
+    /// Whether `aor` has an active binding registered from `src` (a device the server trusts by
+    /// address, or an authenticated one, sends its INVITEs from where it registered).
+    pub fn registered_from(&self, aor: &str, src: SocketAddr, now: Micros) -> bool {
+        self.aors.get(&self.fp.of(aor)).is_some_and(|s| s.apps.iter().any(|a| a.active(now) && a.reg_from == src))
+    }
+
+    fn pending_key(&self, call_id: &str, cseq: u32) -> Fp {
+        self.fp.of(call_id) ^ u64::from(cseq).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// A REGISTER from client `src`. `push_proxy`: its User-Agent is a push proxy's.
+    pub fn request(&mut self, ts: Micros, src: SocketAddr, msg: &Message<'_>, push_proxy: bool) {
         self.stats.registers += 1;
         let Some(to) = msg.to.parsed_uri() else {
             return;
         };
-        let bindings = msg
-            .contacts
-            .iter()
-            .filter_map(|c| {
-                let uri = c.addr.parsed_uri()?;
-                let contact_key = uri.contact_key();
-                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
-                let app_instance = self.identity_names.iter().find_map(|n| {
+        let max = self.limits.max_contacts_per_register;
+        if msg.contacts.len() > max {
+            self.stats.contacts_dropped += (msg.contacts.len() - max) as u64;
+        }
+        let mut device = None;
+        let mut instance = None;
+        let mut app_instance = None;
+        let mut bindings = Vec::with_capacity(msg.contacts.len().min(max));
+        for c in msg.contacts.iter().take(max) {
+            let Some(uri) = c.addr.parsed_uri() else { continue };
+            let key = uri.contact_key();
+            if instance.is_none() {
+                instance = c.instance();
+            }
+            if app_instance.is_none() {
+                app_instance = self.identity_names.iter().find_map(|n| {
                     crate::sip::parse::param(c.addr.params, n)
                         .or_else(|| msg.header(n))
-                        .map(|v| v.trim_matches(|ch| ch == '"' || ch == '<' || ch == '>').to_string())
+                        .map(|v| v.trim_matches(|ch| ch == '"' || ch == '<' || ch == '>').into())
                 });
-                Some(RequestedBinding { device, contact_key, expires: c.expires(), app_instance })
-            })
-            .collect();
-        let key = (msg.call_id.to_string(), msg.cseq);
+            }
+            bindings.push((self.fp.of(&key), c.expires()));
+            device.get_or_insert(key);
+        }
+        let key = self.pending_key(msg.call_id, msg.cseq);
         if !self.pending.contains_key(&key) {
-            while self.pending.len() >= self.max_pending {
+            while self.pending.len() >= self.limits.max_pending {
                 let Some((_, old)) = self.pending_order.pop_front() else {
                     break;
                 };
                 if self.pending.remove(&old).is_some() {
                     self.stats.pending_evicted += 1;
+                    self.dirty.pending.insert(old);
                 }
             }
-            self.pending_order.push_back((ts, key.clone()));
+            self.pending_order.push_back((ts, key));
         }
+        let device: Box<str> = match instance {
+            Some(i) => i.into(),
+            None => device.unwrap_or_default().into(),
+        };
         self.pending.insert(
             key,
             PendingRegister {
                 ts,
-                aor: to.aor(),
+                aor: to.aor().into(),
+                src,
+                device,
+                has_instance: instance.is_some(),
+                app_instance,
                 bindings,
                 header_expires: msg.expires,
                 star: msg.contact_star,
                 push_proxy,
             },
         );
+        self.dirty.pending.insert(key);
     }
 
-    /// A final response to REGISTER sent to a client; appends the events it decides.
-    pub fn response(&mut self, ts: Micros, msg: &Message<'_>, out: &mut Vec<Event>) {
+    /// A final response to REGISTER sent to client `dst`; appends the events it decides.
+    pub fn response(&mut self, ts: Micros, dst: SocketAddr, msg: &Message<'_>, out: &mut Vec<Event>) {
         let Some(code) = msg.status() else { return };
         if code < 200 {
             return;
         }
-        let key = (msg.call_id.to_string(), msg.cseq);
-        let pending = self.pending.remove(&key);
+        let key = self.pending_key(msg.call_id, msg.cseq);
+        let pending = match self.pending.remove(&key) {
+            Some(p) => {
+                self.dirty.pending.insert(key);
+                if ts - p.ts > TRANSACTION_TIMEOUT {
+                    // a response this late answers nothing the client still waits for
+                    self.stats.pending_expired += 1;
+                    None
+                } else {
+                    Some(p)
+                }
+            }
+            None => None,
+        };
         if code >= 300 {
             if matches!(code, 401 | 407) {
                 self.stats.challenged += 1;
@@ -209,23 +317,28 @@ impl Registrations {
             }
             return;
         }
-        // the 2xx lists every current binding of the AOR: learn them for naming callees
+        // the 2xx lists every current binding of the address of record: learn them all
         let resp_aor = msg.to.parsed_uri().map(|u| u.aor());
-        let mut granted: HashMap<String, u32> = HashMap::new();
-        for c in &msg.contacts {
-            if let Some(uri) = c.addr.parsed_uri() {
-                let k = uri.contact_key();
-                if let Some(e) = c.expires() {
-                    granted.insert(k.clone(), e);
-                }
-                if let Some(aor) = &resp_aor
-                    && c.expires() != Some(0)
-                {
-                    self.learn_contact(ts, k, aor, None);
-                }
+        let max = self.limits.max_contacts_per_register;
+        if msg.contacts.len() > max {
+            self.stats.contacts_dropped += (msg.contacts.len() - max) as u64;
+        }
+        let mut granted: Vec<(Fp, u32)> = Vec::new();
+        for c in msg.contacts.iter().take(max) {
+            let Some(uri) = c.addr.parsed_uri() else { continue };
+            let k = self.fp.of(&uri.contact_key());
+            let e = c.expires().or(msg.expires).unwrap_or(DEFAULT_EXPIRES);
+            if c.expires().is_some() {
+                granted.push((k, e));
+            }
+            if let Some(aor) = &resp_aor
+                && e != 0
+            {
+                let aor_fp = self.fp.of(aor);
+                self.learn_contact(ts, k, aor_fp, None, ts + i64::from(e) * 1_000_000);
             }
         }
-        let pending = match pending {
+        let p = match pending {
             Some(p) => p,
             None => {
                 // the request was not captured: follow a 2xx that names exactly one binding
@@ -236,12 +349,16 @@ impl Registrations {
                 let Some(uri) = c.addr.parsed_uri() else {
                     return;
                 };
-                let contact_key = uri.contact_key();
-                let device = c.instance().map(str::to_string).unwrap_or_else(|| contact_key.clone());
+                let key = uri.contact_key();
+                let k = self.fp.of(&key);
                 PendingRegister {
                     ts,
-                    aor,
-                    bindings: vec![RequestedBinding { device, contact_key, expires: c.expires(), app_instance: None }],
+                    aor: aor.into(),
+                    src: dst,
+                    device: c.instance().map(Into::into).unwrap_or_else(|| key.into()),
+                    has_instance: c.instance().is_some(),
+                    app_instance: None,
+                    bindings: vec![(k, c.expires())],
                     header_expires: msg.expires,
                     star: false,
                     push_proxy: false,
@@ -249,145 +366,313 @@ impl Registrations {
             }
         };
         self.stats.accepted += 1;
-        if pending.push_proxy {
+        if p.push_proxy {
             self.stats.push_proxy += 1;
         }
-        let call_id = msg.call_id;
-        if pending.star {
-            for ((aor, _), dev) in self.devices.iter_mut() {
-                if *aor == pending.aor {
-                    dev.state = BindingState::Removed;
+        self.accepted(ts, msg.call_id, p, &granted, out);
+    }
+
+    /// A REGISTER the server accepted.
+    fn accepted(&mut self, ts: Micros, call_id: &str, p: PendingRegister, granted: &[(Fp, u32)], out: &mut Vec<Event>) {
+        let aor_fp = self.fp.of(&p.aor);
+        if p.star {
+            if let Some(s) = self.aors.get_mut(&aor_fp) {
+                for a in &mut s.apps {
+                    a.expires_at = REMOVED;
+                    a.last_seen = ts;
                 }
+                self.dirty.aors.insert(aor_fp);
             }
-            self.contacts.retain(|_, (a, _, _)| *a != pending.aor);
+            let dirty = &mut self.dirty.contacts;
+            self.contacts.retain(|k, c| {
+                let keep = c.aor != aor_fp;
+                if !keep {
+                    dirty.insert(*k);
+                }
+                keep
+            });
             return;
         }
-        let mut signed_up = false;
-        for b in &pending.bindings {
-            let expires = granted
-                .get(&b.contact_key)
-                .copied()
-                .or(b.expires)
-                .or(pending.header_expires)
-                .unwrap_or(DEFAULT_EXPIRES);
-            let key = (pending.aor.clone(), b.device.clone());
-            if expires == 0 {
-                if let Some(d) = self.devices.get_mut(&key) {
-                    d.state = BindingState::Removed;
-                    d.last_seen = ts;
+        let expires_of = |(k, e): &(Fp, Option<u32>)| {
+            granted.iter().find(|(g, _)| g == k).map(|(_, x)| *x).or(*e).or(p.header_expires).unwrap_or(DEFAULT_EXPIRES)
+        };
+        let bindings: Vec<(Fp, u32)> = p.bindings.iter().map(|b| (b.0, expires_of(b))).collect();
+        for (k, _) in bindings.iter().filter(|(_, e)| *e == 0) {
+            if self.contacts.remove(k).is_some() {
+                self.dirty.contacts.insert(*k);
+            }
+        }
+        let kept: Vec<(Fp, u32)> = bindings.iter().copied().filter(|(_, e)| *e > 0).collect();
+        let cid = self.fp.of(call_id);
+        let found = self.find_app(aor_fp, cid, &p, ts);
+        if kept.is_empty() {
+            // de-registration: the app's binding ends once none of its contacts is left
+            if let Some(i) = found {
+                let s = self.aors.get_mut(&aor_fp).expect("found");
+                let a = &mut s.apps[i];
+                a.contacts.retain(|c| !bindings.iter().any(|(k, _)| k == c));
+                if a.contacts.is_empty() || p.bindings.is_empty() {
+                    a.expires_at = REMOVED;
                 }
-                self.contacts.remove(&b.contact_key);
-                continue;
+                a.last_seen = ts;
+                self.dirty.aors.insert(aor_fp);
             }
-            self.learn_contact(ts, b.contact_key.clone(), &pending.aor, Some(&b.device));
-            let expires_at = ts + i64::from(expires) * 1_000_000;
-            if pending.push_proxy {
-                // keeps the binding alive; the app did not start
-                if let Some(d) = self.devices.get_mut(&key) {
-                    d.state = BindingState::Active { expires_at };
-                    d.last_seen = ts;
+            return;
+        }
+        let device_fp = self.fp.of(&p.device);
+        for (k, e) in &kept {
+            self.learn_contact(ts, *k, aor_fp, Some(device_fp), ts + i64::from(*e) * 1_000_000);
+        }
+        let expires_at = ts + i64::from(kept.iter().map(|(_, e)| *e).max().unwrap_or(0)) * 1_000_000;
+        if p.push_proxy {
+            // the proxy keeps the address of record reachable while its apps are in the background
+            if let Some(s) = self.aors.get_mut(&aor_fp) {
+                for a in &mut s.apps {
+                    a.push_kept = true;
                 }
-                continue;
+                if let Some(i) = found {
+                    let a = &mut s.apps[i];
+                    a.expires_at = a.expires_at.max(expires_at);
+                    a.last_seen = ts;
+                }
+                self.dirty.aors.insert(aor_fp);
             }
-            let prev = self.devices.get(&key);
-            let app_start = prev.is_none_or(|d| d.call_id != call_id);
-            let was_active =
-                prev.is_some_and(|d| matches!(d.state, BindingState::Active { expires_at } if expires_at >= ts));
-            let login = app_start || !was_active;
-            let boot_start = match prev {
-                Some(d) if !app_start => d.boot_start,
-                _ => ts,
-            };
-            let app_instance = b.app_instance.clone().or_else(|| prev.and_then(|d| d.app_instance.clone()));
-            let origin = Origin {
-                device: Some(b.device.clone()),
-                session_start: Some(boot_start),
-                app_instance: app_instance.clone(),
-            };
-            if !signed_up && self.known_users.insert(pending.aor.clone()) {
-                self.new_users.push(pending.aor.clone());
-                out.push(reg_event(ts, Kind::AccountCreated, &pending.aor, b, call_id, &origin));
-                signed_up = true;
+            return;
+        }
+        // the app's own REGISTER
+        let prev = found.and_then(|i| self.aors.get(&aor_fp).map(|s| &s.apps[i]));
+        let app_start = prev.is_none_or(|a| a.boot_call_id != cid);
+        let login = app_start || prev.is_some_and(|a| !a.active(ts) || a.push_kept);
+        let boot_start = match prev {
+            Some(a) if !app_start => a.boot_start,
+            _ => ts,
+        };
+        let device: Box<str> = match prev {
+            Some(a) if !p.has_instance => a.device.clone(),
+            _ => p.device.clone(),
+        };
+        let app_instance = p.app_instance.clone().or_else(|| prev.and_then(|a| a.app_instance.clone()));
+        let mut contacts: Vec<Fp> = prev.map(|a| a.contacts.clone()).unwrap_or_default();
+        contacts.retain(|c| !bindings.iter().any(|(k, e)| k == c && *e == 0));
+        for (k, _) in &kept {
+            if !contacts.contains(k) {
+                contacts.push(*k);
             }
-            if app_start {
-                out.push(reg_event(ts, Kind::AppStarted, &pending.aor, b, call_id, &origin));
+        }
+        let excess = contacts.len().saturating_sub(self.limits.max_contacts_per_register);
+        contacts.drain(..excess);
+        // the binding lasts as long as its longest-lived contact
+        let expires_at = contacts
+            .iter()
+            .filter_map(|c| self.contacts.get(c).filter(|e| e.aor == aor_fp).map(|e| e.expires_at))
+            .fold(expires_at, Micros::max);
+        let origin = Origin {
+            device: Some(device.to_string()),
+            session_start: Some(boot_start),
+            app_instance: app_instance.as_deref().map(str::to_string),
+        };
+        // an address of record with apps in memory is known; otherwise ask
+        if !self.aors.contains_key(&aor_fp) && self.known.sign_up(&p.aor, ts) {
+            out.push(reg_event(ts, Kind::AccountCreated, &p.aor, &device, call_id, &origin));
+        }
+        if app_start {
+            out.push(reg_event(ts, Kind::AppStarted, &p.aor, &device, call_id, &origin));
+        }
+        if login {
+            out.push(reg_event(ts, Kind::AccountRegistered, &p.aor, &device, call_id, &origin));
+        }
+        let app = App {
+            device,
+            has_instance: p.has_instance || prev.is_some_and(|a| a.has_instance),
+            boot_call_id: cid,
+            boot_start,
+            app_instance,
+            contacts,
+            expires_at,
+            last_seen: ts,
+            reg_from: p.src,
+            push_kept: false,
+        };
+        match found {
+            Some(i) => self.aors.get_mut(&aor_fp).expect("found").apps[i] = app,
+            None => {
+                if self.apps >= self.limits.max_devices {
+                    self.evict_apps(ts);
+                }
+                self.apps += 1;
+                self.aors
+                    .entry(aor_fp)
+                    .or_insert_with(|| AorState { aor: p.aor.clone(), apps: Vec::new() })
+                    .apps
+                    .push(app);
             }
-            if login {
-                out.push(reg_event(ts, Kind::AccountRegistered, &pending.aor, b, call_id, &origin));
+        }
+        self.dirty.aors.insert(aor_fp);
+    }
+
+    /// The app a REGISTER belongs to: same boot cycle (Call-ID), else same `+sip.instance`, else
+    /// a contact it registered before (an app without an instance id, rebooted).
+    fn find_app(&self, aor: Fp, call_id: Fp, p: &PendingRegister, now: Micros) -> Option<usize> {
+        let apps = &self.aors.get(&aor)?.apps;
+        let live = |a: &App| !a.stale(now);
+        if let Some(i) = apps.iter().position(|a| live(a) && a.boot_call_id == call_id) {
+            return Some(i);
+        }
+        if p.has_instance {
+            return apps.iter().position(|a| live(a) && a.has_instance && a.device == p.device);
+        }
+        apps.iter().position(|a| {
+            live(a) && !a.has_instance && a.contacts.iter().any(|c| p.bindings.iter().any(|(k, _)| k == c))
+        })
+    }
+
+    /// Makes room for one app: forgets a tenth of them at once (so a full table costs O(1) per
+    /// insert, amortised), lapsed and removed bindings first, then the least recently seen.
+    fn evict_apps(&mut self, now: Micros) {
+        let n = (self.apps / 10).max(1);
+        let fp = self.fp;
+        let mut all: Vec<((bool, Micros), Fp, Fp)> = self
+            .aors
+            .iter()
+            .flat_map(|(k, s)| s.apps.iter().map(move |a| ((a.active(now), a.last_seen), *k, fp.of(&a.device))))
+            .collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return;
+        }
+        all.select_nth_unstable_by_key(n - 1, |(rank, _, _)| *rank);
+        for ((active, _), aor, dev) in all.into_iter().take(n) {
+            let Some(s) = self.aors.get_mut(&aor) else { continue };
+            let before = s.apps.len();
+            s.apps.retain(|a| fp.of(&a.device) != dev);
+            let removed = before - s.apps.len();
+            self.apps -= removed;
+            self.stats.devices_evicted += removed as u64;
+            if active {
+                if self.stats.devices_evicted_active == 0 {
+                    tracing::warn!(
+                        max_devices = self.limits.max_devices,
+                        "registration table full: evicting registered devices (their next refresh will look like an app start); raise limits.max_devices"
+                    );
+                }
+                self.stats.devices_evicted_active += removed as u64;
             }
-            if !self.devices.contains_key(&key) && self.devices.len() >= self.max_devices {
-                self.evict_device();
+            if s.apps.is_empty() {
+                self.aors.remove(&aor);
             }
-            self.devices.insert(
-                key,
-                Device {
-                    call_id: call_id.to_string(),
-                    boot_start,
-                    app_instance,
-                    state: BindingState::Active { expires_at },
-                    last_seen: ts,
-                },
-            );
+            self.dirty.aors.insert(aor);
         }
     }
 
-    /// Makes room by forgetting the least recently seen tenth of the devices at once (so that a
-    /// full table costs O(log n) per insert, not a scan each time).
-    fn evict_device(&mut self) {
-        let n = (self.devices.len() / 10).max(1);
-        for k in oldest_keys(self.devices.iter().map(|(k, d)| (k, d.last_seen)), n) {
-            self.devices.remove(&k);
-            self.stats.devices_evicted += 1;
-        }
-    }
-
-    fn learn_contact(&mut self, ts: Micros, contact: String, aor: &str, device: Option<&str>) {
-        if !self.contacts.contains_key(&contact) && self.contacts.len() >= self.max_devices {
+    fn learn_contact(&mut self, ts: Micros, contact: Fp, aor: Fp, device: Option<Fp>, expires_at: Micros) {
+        if !self.contacts.contains_key(&contact) && self.contacts.len() >= self.limits.max_devices {
             let n = (self.contacts.len() / 10).max(1);
-            for k in oldest_keys(self.contacts.iter().map(|(k, (_, _, t))| (k, *t)), n) {
+            let mut all: Vec<((bool, Micros), Fp)> =
+                self.contacts.iter().map(|(k, c)| ((c.expires_at >= ts, c.last_seen), *k)).collect();
+            all.select_nth_unstable_by_key(n - 1, |(r, _)| *r);
+            for (_, k) in all.into_iter().take(n) {
                 self.contacts.remove(&k);
+                self.dirty.contacts.insert(k);
                 self.stats.contacts_evicted += 1;
             }
         }
-        let entry = self.contacts.entry(contact).or_insert_with(|| (aor.to_string(), None, ts));
-        if entry.0 != aor {
-            *entry = (aor.to_string(), None, ts);
+        let e = self.contacts.entry(contact).or_insert(ContactEntry { aor, device: None, expires_at, last_seen: ts });
+        if e.aor != aor {
+            *e = ContactEntry { aor, device: None, expires_at, last_seen: ts };
         }
-        if let Some(d) = device {
-            entry.1 = Some(d.to_string());
+        if device.is_some() {
+            e.device = device;
         }
-        entry.2 = ts;
+        e.expires_at = expires_at;
+        e.last_seen = ts;
+        self.dirty.contacts.insert(contact);
     }
 
-    /// Forgets unanswered REGISTER transactions and long-lapsed devices.
+    /// Forgets unanswered REGISTER transactions, long-lapsed apps and contacts.
     pub fn expire(&mut self, now: Micros) {
-        let before = self.pending.len();
-        self.pending.retain(|_, p| now - p.ts <= TRANSACTION_TIMEOUT);
-        self.stats.pending_expired += (before - self.pending.len()) as u64;
-        self.devices.retain(|_, d| match d.state {
-            BindingState::Active { expires_at } => now - expires_at <= DEVICE_MEMORY,
-            BindingState::Removed => now - d.last_seen <= DEVICE_MEMORY,
+        while let Some(&(t, k)) = self.pending_order.front() {
+            if now - t <= TRANSACTION_TIMEOUT {
+                break;
+            }
+            self.pending_order.pop_front();
+            if self.pending.get(&k).is_some_and(|p| p.ts == t) {
+                self.pending.remove(&k);
+                self.dirty.pending.insert(k);
+                self.stats.pending_expired += 1;
+            }
+        }
+        let (dirty, apps) = (&mut self.dirty, &mut self.apps);
+        self.aors.retain(|k, s| {
+            let before = s.apps.len();
+            s.apps.retain(|a| !a.stale(now));
+            if s.apps.len() != before {
+                *apps -= before - s.apps.len();
+                dirty.aors.insert(*k);
+            }
+            !s.apps.is_empty()
+        });
+        self.contacts.retain(|k, c| {
+            let keep = now - c.expires_at <= CONTACT_GRACE;
+            if !keep {
+                dirty.contacts.insert(*k);
+            }
+            keep
         });
     }
-}
 
-/// The `n` keys with the oldest timestamps.
-fn oldest_keys<'a, K: Clone + 'a>(it: impl Iterator<Item = (&'a K, Micros)>, n: usize) -> Vec<K> {
-    let mut v: Vec<(Micros, &K)> = it.map(|(k, t)| (t, k)).collect();
-    let n = n.min(v.len());
-    if n == 0 {
-        return Vec::new();
+    /// The records changed since the last call (for the state store).
+    pub fn take_dirty(&mut self) -> RegDirty {
+        std::mem::take(&mut self.dirty)
     }
-    v.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
-    v[..n].iter().map(|(_, k)| (*k).clone()).collect()
+    pub fn aor_record(&self, k: Fp) -> Option<&AorState> {
+        self.aors.get(&k)
+    }
+    pub fn contact_record(&self, k: Fp) -> Option<&ContactEntry> {
+        self.contacts.get(&k)
+    }
+    pub fn pending_record(&self, k: Fp) -> Option<&PendingRegister> {
+        self.pending.get(&k)
+    }
+    pub fn all_keys(&self) -> RegDirty {
+        RegDirty {
+            aors: self.aors.keys().copied().collect(),
+            contacts: self.contacts.keys().copied().collect(),
+            pending: self.pending.keys().copied().collect(),
+        }
+    }
+
+    /// Takes records loaded from the state store (at start, before any message).
+    pub fn restore_aor(&mut self, k: Fp, s: AorState) {
+        self.apps += s.apps.len();
+        if let Some(old) = self.aors.insert(k, s) {
+            self.apps -= old.apps.len();
+        }
+    }
+    pub fn restore_contact(&mut self, k: Fp, c: ContactEntry) {
+        self.contacts.insert(k, c);
+    }
+    pub fn restore_pending(&mut self, k: Fp, p: PendingRegister) {
+        let t = p.ts;
+        if self.pending.insert(k, p).is_none() {
+            // kept in time order by the caller's sort in `finish_restore`
+            self.pending_order.push_back((t, k));
+        }
+    }
+    pub fn finish_restore(&mut self) {
+        self.pending_order.make_contiguous().sort_unstable();
+    }
 }
 
-fn reg_event(ts: Micros, kind: Kind, aor: &str, b: &RequestedBinding, call_id: &str, origin: &Origin) -> Event {
+fn reg_event(ts: Micros, kind: Kind, aor: &str, device: &str, call_id: &str, origin: &Origin) -> Event {
     Event {
         ts,
         kind,
         user: aor.to_string(),
         origin: origin.clone(),
-        params: Params { device: Some(b.device.clone()), reg_call_id: Some(call_id.to_string()), ..Params::default() },
+        params: Params {
+            device: Some(device.to_string()),
+            reg_call_id: Some(call_id.to_string()),
+            ..Params::default()
+        },
     }
 }

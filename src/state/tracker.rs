@@ -1,12 +1,14 @@
 //! The tracker: feed it `(timestamp, endpoints, SIP message)`, get events back. No sockets,
 //! files, threads or wall clock: time is the packet's, timeouts fire from [`Tracker::tick`].
-use super::call::{CallLimits, Calls, Hop};
-use super::registration::Registrations;
+use super::call::{CallLimits, Calls, Hop, Resolved};
+use super::fingerprint::Fingerprinter;
+use super::registration::{RegLimits, Registrations};
+use super::users::KnownUsers;
 use crate::capture::Micros;
-use crate::event::{Direction, Event, Origin};
+use crate::event::{Direction, Event};
 use crate::sip::Message;
 use crate::sip::uri::Uri;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// The SIP servers siptap sits beside: an address, optionally with a port.
@@ -52,8 +54,11 @@ pub struct TrackerConfig {
     pub max_devices: usize,
     /// REGISTER transactions awaiting their final response.
     pub max_pending: usize,
+    pub max_contacts_per_register: usize,
     /// Contact parameters or REGISTER headers by which apps send their own instance id.
     pub identity_names: Vec<String>,
+    /// The key of the state's fingerprints (kept with the state; random without one).
+    pub fingerprint_key: [u64; 2],
 }
 
 impl TrackerConfig {
@@ -65,7 +70,9 @@ impl TrackerConfig {
             max_legs: 1_000_000,
             max_devices: 1_000_000,
             max_pending: 100_000,
+            max_contacts_per_register: 16,
             identity_names: Vec::new(),
+            fingerprint_key: [0x5349_5054_4150, 0x006b_6579],
         }
     }
 }
@@ -87,21 +94,26 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// `known_users`: addresses of record that already signed up (from the persistent store).
-    pub fn new(cfg: TrackerConfig, known_users: HashSet<String>) -> Self {
+    /// `known_users`: who already signed up (answered from memory, the store or the cluster).
+    pub fn new(cfg: TrackerConfig, known_users: Box<dyn KnownUsers>) -> Self {
+        let fp = Fingerprinter::new(cfg.fingerprint_key);
         Tracker {
             servers: cfg.servers,
             push_proxies: cfg.push_proxies,
             registrations: Registrations::new(
+                fp,
                 known_users,
-                cfg.max_devices,
-                cfg.max_pending,
+                RegLimits {
+                    max_devices: cfg.max_devices,
+                    max_pending: cfg.max_pending,
+                    max_contacts_per_register: cfg.max_contacts_per_register,
+                },
                 cfg.identity_names.clone(),
             ),
-            calls: Calls::new(CallLimits {
-                max_legs: cfg.max_legs.max(1),
-                max_call: cfg.max_call_secs as Micros * 1_000_000,
-            }),
+            calls: Calls::new(
+                fp,
+                CallLimits { max_legs: cfg.max_legs.max(1), max_call: cfg.max_call_secs as Micros * 1_000_000 },
+            ),
             stats: TrackerStats::default(),
             last_expire: Micros::MIN,
         }
@@ -135,6 +147,10 @@ impl Tracker {
             (true, false) => Hop { client: dst, from_client: false },
             (true, true) => {
                 self.stats.server_to_server += 1;
+                // a proxy relaying an INVITE to another server (a gateway, a trunk) accepted it
+                if msg.method() == Some("INVITE") && msg.to.tag().is_none() {
+                    self.calls.relayed(msg.call_id, msg.from.tag());
+                }
                 return;
             }
             (false, false) => {
@@ -151,33 +167,36 @@ impl Tracker {
                 (None, true) => {
                     let domain = msg.to.parsed_uri().map(|u| u.host.to_ascii_lowercase()).unwrap_or_default();
                     let push = self.push_proxies.matches(&domain, msg.user_agent);
-                    self.registrations.request(ts, msg, push);
+                    self.registrations.request(ts, src, msg, push);
                 }
-                (Some(_), false) => self.registrations.response(ts, msg, out),
+                (Some(_), false) => self.registrations.response(ts, dst, msg, out),
                 _ => {}
             }
             return;
         }
         let regs = &self.registrations;
-        let resolve = |dir: Direction| -> (String, Origin) {
+        let resolve = |dir: Direction| -> Resolved {
             match dir {
                 Direction::Out => {
                     let user = msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default();
                     let contact = msg.contacts.first().and_then(|c| c.addr.parsed_uri());
-                    let origin = contact.map(|u| regs.origin_for_contact(&user, &u)).unwrap_or_default();
-                    (user, origin)
+                    let origin = contact.map(|u| regs.origin_for_contact(&user, &u.contact_key())).unwrap_or_default();
+                    let registered_source = regs.registered_from(&user, hop.client, ts);
+                    Resolved { user, origin, registered_source }
                 }
                 Direction::In => {
                     let ruri = match msg.start {
                         crate::sip::StartLine::Request { uri, .. } => Uri::parse(uri),
                         crate::sip::StartLine::Response { .. } => None,
                     };
-                    let user = ruri
-                        .and_then(|u| regs.aor_for_contact(&u).map(str::to_string))
+                    let key = ruri.map(|u| u.contact_key());
+                    let user = key
+                        .as_deref()
+                        .and_then(|k| regs.aor_for_contact(k).map(str::to_string))
                         .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
                         .unwrap_or_default();
-                    let origin = ruri.map(|u| regs.origin_for_contact(&user, &u)).unwrap_or_default();
-                    (user, origin)
+                    let origin = key.map(|k| regs.origin_for_contact(&user, &k)).unwrap_or_default();
+                    Resolved { user, origin, registered_source: false }
                 }
             }
         };

@@ -1,0 +1,101 @@
+//! `siptap replay`: capture files as one timeline -> events as JSON lines (and, with `--send`,
+//! into the Firebase outbox). With `--state`, the derivation state is loaded at start and saved
+//! at the end, so that a capture replayed in parts gives the events of one run.
+use anyhow::{Context, Result, bail};
+use siptap::capture::file::read_file;
+use siptap::config::Config;
+use siptap::pipeline::Routed;
+use siptap::sink::firebase::Delivery;
+use siptap::sink::firebase::mp::QueuedEvent;
+use siptap::sink::firebase::outbox::Outbox;
+use siptap::sink::jsonl;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub fn replay(
+    config: PathBuf,
+    state: Option<PathBuf>,
+    stats: bool,
+    send_timeout: Option<u64>,
+    captures: Vec<PathBuf>,
+) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    for c in &captures {
+        if !c.is_file() {
+            bail!("cannot read capture {}: no such file", c.display());
+        }
+    }
+    let (mut pipeline, store) = siptap::store::open_pipeline(&cfg, state.as_deref())?;
+    // with --send, events of delivering tenants are committed to the outbox in batches
+    let delivery = match (&state, send_timeout) {
+        (Some(dir), Some(_)) => {
+            let key = siptap::sink::firebase::identity_key(dir)?;
+            let outbox = Outbox::open(dir, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?;
+            Some((Delivery::new(&cfg, &key), Arc::new(outbox)))
+        }
+        _ => None,
+    };
+    let mut pending: Vec<QueuedEvent> = Vec::new();
+    let mut queue_err: Option<anyhow::Error> = None;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut write_err: Option<std::io::Error> = None;
+    let mut emit = |r: Routed| {
+        if write_err.is_none()
+            && let Err(e) = jsonl::write(&mut out, &r)
+        {
+            write_err = Some(e);
+        }
+        if let Some((d, outbox)) = &delivery
+            && let Some(q) = d.queue(&r)
+        {
+            pending.push(q);
+            if pending.len() >= 1000 && queue_err.is_none() {
+                if let Err(e) = outbox.push(&pending) {
+                    queue_err = Some(e);
+                }
+                pending.clear();
+            }
+        }
+    };
+    for c in &captures {
+        let fs = read_file(c, |frame| pipeline.frame(frame, &mut emit))?;
+        tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
+    }
+    pipeline.finish(&mut emit);
+    if let Some(e) = write_err {
+        // a closed pipe (`| head`) is not worth a complaint
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("cannot write events");
+        }
+    }
+    let _ = out.flush();
+    if let Some(e) = queue_err {
+        return Err(e).context("cannot queue events in the outbox");
+    }
+    // the state as it stands at the end of the input: the next replay (or `run`) goes on from it
+    if let Some(s) = &store {
+        let delta = pipeline.tracker.take_delta();
+        s.commit(&delta, &pipeline.take_new_users())?;
+    }
+    if stats {
+        let mut err = std::io::stderr().lock();
+        for (k, v) in pipeline.counters() {
+            writeln!(err, "{k:32} {v}")?;
+        }
+        if let Some(s) = &store {
+            for (k, v) in s.stats.counters() {
+                writeln!(err, "{k:32} {v}")?;
+            }
+        }
+        if let Some(kib) = super::peak_rss_kib() {
+            writeln!(err, "{:32} {kib}", "peak_rss_kib")?;
+        }
+    }
+    if let (Some((d, outbox)), Some(timeout)) = (delivery, send_timeout) {
+        outbox.push(&pending).context("cannot queue events in the outbox")?;
+        super::deliver::deliver(&cfg, &d, outbox, timeout, stats)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Fingerprints: 64-bit keyed hashes (SipHash-1-3) of strings the state machines only compare
+//! for equality (Call-IDs of boot cycles, contacts, tags), so that tables hold 8 bytes instead
+//! of a string. The key is random per state directory (kept with the state, so fingerprints stay
+//! valid across restarts) and unknown to senders, so nobody can craft colliding values.
+use siphasher::sip::SipHasher13;
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub type Fp = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprinter {
+    k0: u64,
+    k1: u64,
+}
+
+impl Fingerprinter {
+    pub fn new(key: [u64; 2]) -> Self {
+        Fingerprinter { k0: key[0], k1: key[1] }
+    }
+
+    pub fn key(&self) -> [u64; 2] {
+        [self.k0, self.k1]
+    }
+
+    pub fn of(&self, s: &str) -> Fp {
+        self.of_bytes(s.as_bytes())
+    }
+
+    pub fn of_bytes(&self, b: &[u8]) -> Fp {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(b);
+        h.finish()
+    }
+}
+
+/// A hasher for maps keyed by fingerprints (or other values that are random already): the key
+/// is its own hash.
+#[derive(Default, Clone, Copy)]
+pub struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by fingerprints.
+pub type FpMap<V> = std::collections::HashMap<Fp, V, BuildHasherDefault<Identity>>;
+/// A set of fingerprints.
+pub type FpSet = std::collections::HashSet<Fp, BuildHasherDefault<Identity>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_and_stable() {
+        let a = Fingerprinter::new([1, 2]);
+        let b = Fingerprinter::new([1, 3]);
+        assert_eq!(a.of("call-1@host"), a.of("call-1@host"));
+        assert_ne!(a.of("call-1@host"), a.of("call-2@host"));
+        assert_ne!(a.of("call-1@host"), b.of("call-1@host"));
+        // the value is part of the persisted state format: it must not change between builds
+        assert_eq!(Fingerprinter::new([0, 0]).of(""), 0xd1fb_a762_150c_532c);
+    }
+}

@@ -1,0 +1,91 @@
+//! What must outlive the process: the known users and the derivation state, in the state
+//! directory (`embedded`: one redb file). Files holding user data are private: the directory is
+//! 0700 and every file 0600, whoever's umask.
+pub mod embedded;
+
+pub use embedded::{StateStore, StoreStats, StoreUsers};
+
+use anyhow::{Context, Result};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Creates the state directory (0700), or tightens an existing one of ours that others can read.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        return Ok(());
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read state directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("state directory {} is not a directory", dir.display());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "state directory was readable by others; now 0700"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "state directory is readable by others and cannot be made private")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure a file exists and is 0600 (created so, or tightened), before a database opens it.
+pub fn private_file(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Warns when a file holding a secret (or a config naming one) can be read by other users.
+pub fn warn_if_readable_by_others(path: &Path, what: &str) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o004 != 0 => {
+            tracing::warn!(file = %path.display(), "{what} is readable by every local user; chmod o-r it");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A pipeline for a configuration and, with a state directory, the store it was loaded from
+/// (known users read from it, derivation state restored). Without one, the pipeline starts empty
+/// with its known users in memory.
+pub fn open_pipeline(
+    cfg: &crate::config::Config,
+    state: Option<&Path>,
+) -> Result<(crate::pipeline::Pipeline, Option<StateStore>)> {
+    use crate::pipeline::Pipeline;
+    match state {
+        Some(dir) => {
+            let store = StateStore::open(dir, cfg.limits.store_cache_mib << 20)?;
+            let users = store.users(cfg.limits.known_users_cache);
+            let mut p = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
+            store.load(&mut p.tracker)?;
+            Ok((p, Some(store)))
+        }
+        None => {
+            let k = crate::sink::firebase::random_bytes(16)?;
+            let key = [
+                u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
+            ];
+            Ok((Pipeline::new(cfg, Box::<crate::state::users::MemoryUsers>::default(), key), None))
+        }
+    }
+}
