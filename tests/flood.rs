@@ -67,3 +67,31 @@ fn a_flood_of_scanner_attempts_creates_nothing_and_real_calls_stay_exact() {
     assert_eq!(stat("open_call_legs"), 0);
     assert_eq!(stat("sip_malformed"), 0);
 }
+
+#[test]
+fn a_million_unanswered_invites_around_an_answered_call_leave_its_events_exact() {
+    // the lab's answered call (bob registers; alice calls; bob answers at frame 13; alice hangs up
+    // at frame 17, 2 s later). Between the answer and the BYE, a million INVITEs from random
+    // users and sources that nothing ever answers fill the call table (200,000 legs by default)
+    // five times over. Eviction takes the least valuable legs first (attempts with no event yet),
+    // so the answered call keeps both legs and its callends are exactly the lab's.
+    let dir = tempfile::tempdir().unwrap();
+    let lab = root().join("fixtures/lab");
+    let real = flood::read(&lab.join("captures/call_caller_bye.pcap"));
+    let want = parse_lines(&std::fs::read_to_string(lab.join("expected/call_caller_bye.jsonl")).unwrap());
+    let (answer, bye) = (real[12].ts, real[16].ts);
+    let n = 1_000_000;
+    let path = dir.path().join("invites.pcap");
+    flood::write_merged(&path, real, flood::unanswered_invites(n, answer + 1, bye - answer - 2, 11));
+    let config = root().join("config.toml.example");
+    let out = siptap(&["replay", "--stats", "--config", config.to_str().unwrap(), path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_events("invite flood", &parse_lines(&String::from_utf8(out.stdout).unwrap()), &want);
+    let err = String::from_utf8(out.stderr).unwrap();
+    let stat = |k: &str| stat_of(&err, k);
+    // and alice's two INVITEs (before and after the 407) and the proxy's to bob
+    assert_eq!(stat("invites_initial"), n as u64 + 3);
+    assert!(stat("call_legs_evicted") >= n as u64 - 200_000, "{err}");
+    assert_eq!(stat("call_legs_evicted_answered"), 0, "{err}");
+    assert_eq!(stat("sip_malformed"), 0);
+}

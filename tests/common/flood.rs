@@ -102,6 +102,40 @@ pub fn flood(attempts: usize, start: i64, span: i64, seed: u64) -> Vec<Frame> {
     out
 }
 
+/// `n` INVITEs left unanswered (no response at all), each from a new random user and 10.x source,
+/// spread evenly over `[start, start + span)`, generated as they are written.
+pub fn unanswered_invites(n: usize, start: i64, span: i64, seed: u64) -> impl Iterator<Item = Frame> {
+    let mut rng = Lcg(seed);
+    (0..n).map(move |i| {
+        let ts = start + span * i as i64 / n as i64;
+        let src = [10, (rng.next() % 256) as u8, (rng.next() % 256) as u8, (rng.next() % 254 + 1) as u8];
+        let user = format!("{}", 100_000 + rng.next() % 900_000);
+        let call_id = format!("inv{i}x{}", rng.next());
+        let req = request("INVITE", &user, src, &call_id, false);
+        Frame { ts, data: udp_frame(src, 5060, SERVER, 5060, (i % 65_536) as u16, req.as_bytes()) }
+    })
+}
+
+/// Writes `frames` (any order) merged by time with a generated stream already in time order.
+pub fn write_merged(path: &Path, mut frames: Vec<Frame>, stream: impl Iterator<Item = Frame>) {
+    frames.sort_by_key(|f| f.ts);
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
+    let mut w = PcapWriter::with_header(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), header).unwrap();
+    let mut put = |f: &Frame| {
+        w.write_packet(&PcapPacket::new(Duration::from_micros(f.ts as u64), f.data.len() as u32, &f.data)).unwrap();
+    };
+    let mut real = frames.iter().peekable();
+    for g in stream {
+        while let Some(r) = real.next_if(|r| r.ts <= g.ts) {
+            put(r);
+        }
+        put(&g);
+    }
+    for r in real {
+        put(r);
+    }
+}
+
 /// Merges frame lists by time and writes an Ethernet pcap.
 pub fn write(path: &Path, mut frames: Vec<Frame>) {
     frames.sort_by_key(|f| f.ts);
