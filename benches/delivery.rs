@@ -44,7 +44,7 @@ fn main() {
     let events: Vec<QueuedEvent> = (0..n).map(event).collect();
 
     // baseline: the durable queue alone (commit in batches of 1000, read, remove)
-    let ob = Outbox::open(&dir.path().join("base"), u64::MAX, WhenFull::RejectNew).unwrap();
+    let ob = Outbox::open(&dir.path().join("base"), u64::MAX, WhenFull::RejectNew, 16 << 20).unwrap();
     let t = Instant::now();
     for c in events.chunks(1000) {
         ob.push(c).unwrap();
@@ -71,7 +71,7 @@ fn main() {
         max_backoff: Duration::from_secs(1),
         poll: Duration::from_millis(100),
     };
-    let ob = Arc::new(Outbox::open(&dir.path().join("http"), u64::MAX, WhenFull::RejectNew).unwrap());
+    let ob = Arc::new(Outbox::open(&dir.path().join("http"), u64::MAX, WhenFull::RejectNew, 16 << 20).unwrap());
     for c in events.chunks(1000) {
         ob.push(c).unwrap();
     }
@@ -103,7 +103,7 @@ fn main() {
     let mp = mp_server::FakeMp::start();
     let target = Target { base_url: mp.url(), ..target };
     let count = || mp.received.lock().unwrap().len();
-    let ob = Arc::new(Outbox::open(&dir.path().join("lat"), u64::MAX, WhenFull::RejectNew).unwrap());
+    let ob = Arc::new(Outbox::open(&dir.path().join("lat"), u64::MAX, WhenFull::RejectNew, 16 << 20).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let samples = 300;
     let lat = rt.block_on(async {

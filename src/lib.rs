@@ -17,4 +17,6 @@ pub mod sip;
 pub mod state;
 pub mod store;
 pub mod tenant;
+#[doc(hidden)]
+pub mod testkit;
 pub mod timefmt;

@@ -3,19 +3,20 @@
 //! on `lo` and delivering to the local fake Measurement Protocol server. The events received equal
 //! the events of the same traffic replayed from tcpdump's capture of it. A second run takes the
 //! same traffic as HEP from Kamailio's `siptrace` module instead of sniffing it.
-//! Needs root (capture on lo), kamailio, sipp and tcpdump: .ci/run installs them; elsewhere the
-//! tests say SKIPPED and pass.
+//! Each test runs in a network namespace of its own (`common::live`), so other SIP traffic on the
+//! host never reaches it and the tests can run side by side; every process a test starts is killed
+//! when it ends, pass or fail.
+//! Needs root (capture on lo, namespaces), kamailio, sipp and tcpdump: .ci/run installs them;
+//! elsewhere the tests say SKIPPED and pass (and fail in CI, where CI=true).
 mod common;
+use common::live::{Reaped, private_network};
 use common::mp_server::FakeMp;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "e2e-secret-value";
-
-/// The lab's addresses (Kamailio on 127.0.0.10:5060, the user agents) are shared: one test at a time.
-static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn can_run() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
@@ -25,25 +26,29 @@ fn can_run() -> bool {
     let have = |b: &str| {
         Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success())
     };
-    let ok = root && have("kamailio") && have("sipp") && have("tcpdump");
+    let ok = root && have("kamailio") && have("sipp") && have("tcpdump") && have("ip");
     if !ok {
-        eprintln!("SKIPPED: the live end-to-end test needs root, kamailio, sipp and tcpdump (.ci/run installs them)");
+        skipped("the live end-to-end test needs root, kamailio, sipp, tcpdump and ip (.ci/run installs them)");
+        return false;
     }
-    ok
+    assert!(private_network(), "cannot make a network namespace for the test (unshare -n)");
+    true
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_siptap"))
-        .args(["run", "--allow-root", "--config", config.to_str().unwrap()])
-        .env("SIPTAP_TEST_API_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn start(config: &Path) -> Reaped {
+    Reaped::new(
+        Command::new(env!("CARGO_BIN_EXE_siptap"))
+            .args(["run", "--allow-root", "--config", config.to_str().unwrap()])
+            .env("SIPTAP_TEST_API_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_healthy(port: u16) {
@@ -61,9 +66,10 @@ fn wait_healthy(port: u16) {
     panic!("siptap did not become healthy");
 }
 
-fn stop(mut child: Child) -> String {
+fn stop(child: Reaped) -> String {
     let t = Instant::now();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let mut child = child.take();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -156,14 +162,13 @@ fn config(dir: &Path, mp: &FakeMp, metrics: u16, run: &str, hep: &str) -> PathBu
     p
 }
 
-/// A running `siptap run` beside the fake Measurement Protocol server, holding the lab.
+/// A running `siptap run` beside the fake Measurement Protocol server.
 struct Running {
-    _lab: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     mp: FakeMp,
     metrics: u16,
     cfg: PathBuf,
-    child: Child,
+    child: Reaped,
 }
 
 /// Starts siptap with these `[run]` and HEP settings; `None` (after saying SKIPPED) where the
@@ -172,7 +177,6 @@ fn launch(run: &str, hep: &str, fail: Vec<u16>) -> Option<Running> {
     if !can_run() {
         return None;
     }
-    let lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mp = FakeMp::start();
     mp.behaviour.lock().unwrap().fail = fail;
@@ -180,13 +184,12 @@ fn launch(run: &str, hep: &str, fail: Vec<u16>) -> Option<Running> {
     let cfg = config(dir.path(), &mp, metrics, run, hep);
     let child = start(&cfg);
     wait_healthy(metrics);
-    Some(Running { _lab: lab, dir, mp, metrics, cfg, child })
+    Some(Running { dir, mp, metrics, cfg, child })
 }
 
 #[test]
 fn live_capture_on_loopback_delivers_what_replay_derives() {
-    let Some(Running { _lab: _held, dir, mp, metrics, cfg, child }) = launch("interfaces = [\"lo\"]", "", vec![])
-    else {
+    let Some(Running { dir, mp, metrics, cfg, child }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
         return;
     };
     let caps = dir.path().join("caps");
@@ -211,7 +214,7 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
     // no sniffing: only what Kamailio mirrors, and only from it (capture id 2001)
     let hep_cfg =
         format!("[hep]\nlisten = \"127.0.0.1:{hep}\"\n[[hep.sources]]\naddress = \"127.0.0.10\"\ncapture_id = 2001\n");
-    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) = launch("interfaces = []", &hep_cfg, vec![]) else {
+    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = []", &hep_cfg, vec![]) else {
         return;
     };
     let caps = dir.path().join("caps");
@@ -225,7 +228,7 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
 
 #[test]
 fn sighup_reloads_names_without_losing_state() {
-    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
+    let Some(Running { dir, mp, cfg, child, .. }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
         return;
     };
     let caps = dir.path().join("caps");
@@ -253,7 +256,7 @@ fn sighup_reloads_names_without_losing_state() {
 #[test]
 fn sigterm_while_firebase_is_down_loses_nothing() {
     // delivery fails with 503 while siptap runs
-    let Some(Running { _lab: _held, dir, mp, cfg, child, .. }) =
+    let Some(Running { dir, mp, cfg, child, .. }) =
         launch("interfaces = [\"lo\"]\nstop_timeout_secs = 2", "", vec![503; 10_000])
     else {
         return;
@@ -290,4 +293,126 @@ fn sigterm_while_firebase_is_down_loses_nothing() {
     };
     assert_eq!(want.len(), 6);
     assert_same("after stop", got, want, 1_000);
+}
+
+/// The live restart tests: `siptap run` (events as JSON lines, state in a directory) sees bob
+/// register and alice call him; once the call is answered siptap is stopped with `signal`, stays
+/// down for `downtime`, and starts again before bob's refresh (same Call-ID) and alice's BYE.
+/// Returns (events of the two runs, events of replaying tcpdump's capture of the same traffic
+/// uninterrupted, the wall-clock time of the second start).
+fn restart_case(
+    signal: &str,
+    downtime: Duration,
+    extra: &str,
+) -> Option<(Vec<serde_json::Value>, Vec<serde_json::Value>, i64)> {
+    if !can_run() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let events = dir.path().join("events.jsonl");
+    let cfg = dir.path().join("siptap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "sip_servers = [\"127.0.0.10:5060\"]\n{extra}\n[run]\ninterfaces = [\"lo\"]\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\njsonl_path = \"{}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+            dir.path().join("state").display(),
+            events.display()
+        ),
+    )
+    .unwrap();
+    let first = start(&cfg);
+    wait_healthy(metrics);
+    let caps = dir.path().join("caps");
+    let traffic = Reaped::new(
+        Command::new(root().join("fixtures/lab/make-captures.sh"))
+            .arg("restart")
+            .env("OUT", &caps)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !caps.join("restart.ready").exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the call was not answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match signal {
+        "TERM" => {
+            stop(first);
+        }
+        _ => {
+            let mut c = first.take();
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+    std::thread::sleep(downtime);
+    let restarted_at = siptap::clock::now_micros().rem_euclid(86_400_000_000);
+    let second = start(&cfg);
+    wait_healthy(metrics);
+    let out = traffic.take().wait_with_output().unwrap();
+    assert!(out.status.success(), "make-captures.sh restart: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(second);
+    let got = parse_lines(&std::fs::read_to_string(&events).unwrap());
+    let want = replay(&cfg, &[caps.join("restart.pcap").as_path()], &[]);
+    Some((got, want, restarted_at))
+}
+
+/// Same events: equal but for times, which are within a millisecond (two capture handles).
+fn assert_same_events(label: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
+    let strip = |v: &[serde_json::Value]| -> Vec<(serde_json::Value, i64)> {
+        v.iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let t = micros(e["time"].as_str().unwrap());
+                e["time"] = serde_json::Value::Null;
+                (e, t)
+            })
+            .collect()
+    };
+    let (g, w) = (strip(got), strip(want));
+    assert_eq!(g.len(), w.len(), "{label}: got {got:#?}\nwant {want:#?}");
+    for ((ge, gt), (we, wt)) in g.iter().zip(&w) {
+        assert_eq!(ge, we, "{label}: got {got:#?}\nwant {want:#?}");
+        assert!((gt - wt).abs() <= 1_000, "{label}: {ge} at {gt} vs {wt}");
+    }
+}
+
+#[test]
+fn a_restart_with_sigterm_mid_registration_and_mid_call_changes_no_event() {
+    let Some((got, want, _)) = restart_case("TERM", Duration::ZERO, "") else { return };
+    // bob's signup/app_start/login, the call's callin, callout and two callends (bye); the
+    // refresh after the restart is silent and the BYE after it ends the call
+    assert_eq!(want.len(), 7, "{want:#?}");
+    assert_same_events("SIGTERM restart", &got, &want);
+}
+
+#[test]
+fn kill_9_mid_call_loses_no_state_older_than_the_last_second() {
+    // the call was answered (and its ACKs seen) more than a second before the kill: that state
+    // was committed by a tick, so the events are exactly those of an uninterrupted run
+    let Some((got, want, _)) = restart_case("KILL", Duration::ZERO, "") else { return };
+    assert_eq!(want.len(), 7, "{want:#?}");
+    assert_same_events("kill -9 restart", &got, &want);
+}
+
+#[test]
+fn timers_that_passed_while_siptap_was_down_fire_at_start_with_their_own_times() {
+    // max_call_duration_secs = 2: the answered call times out 2 s after its last in-dialog
+    // message (the ACK), while siptap is down; at start the timer fires with that time, not the
+    // restart's; its BYE later ends nothing
+    let Some((got, want, restarted_at)) = restart_case("TERM", Duration::from_secs(2), "max_call_duration_secs = 2")
+    else {
+        return;
+    };
+    let ends: Vec<&serde_json::Value> = want.iter().filter(|e| e["kind"] == "call_ended").collect();
+    assert_eq!(ends.len(), 2, "{want:#?}");
+    assert!(ends.iter().all(|e| e["params"]["reason"] == "timeout"), "{want:#?}");
+    assert_same_events("downtime", &got, &want);
+    for e in got.iter().filter(|e| e["kind"] == "call_ended") {
+        assert!(micros(e["time"].as_str().unwrap()) < restarted_at, "{e} is stamped with the restart's time");
+    }
 }

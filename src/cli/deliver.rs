@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 pub fn flush(config: PathBuf, state: PathBuf, timeout: u64, stats: bool) -> Result<()> {
     let cfg = Config::load(&config)?;
     let key = siptap::sink::firebase::identity_key(&state)?;
-    let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
+    let outbox = Arc::new(Outbox::open(
+        &state,
+        cfg.delivery.max_outbox_events,
+        cfg.delivery.when_full,
+        cfg.limits.store_cache_mib << 20,
+    )?);
     deliver(&cfg, &Delivery::new(&cfg, &key), outbox, timeout, stats)
 }
 

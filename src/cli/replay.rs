@@ -31,7 +31,12 @@ pub fn replay(
     let delivery = match (&state, send_timeout) {
         (Some(dir), Some(_)) => {
             let key = siptap::sink::firebase::identity_key(dir)?;
-            let outbox = Outbox::open(dir, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?;
+            let outbox = Outbox::open(
+                dir,
+                cfg.delivery.max_outbox_events,
+                cfg.delivery.when_full,
+                cfg.limits.store_cache_mib << 20,
+            )?;
             Some((Delivery::new(&cfg, &key), Arc::new(outbox)))
         }
         _ => None,

@@ -90,7 +90,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let (mut pipeline, store) = crate::store::open_pipeline(&cfg, Some(&state))?;
     let store = store.expect("opened with a state directory");
     let key = crate::sink::firebase::identity_key(&state)?;
-    let outbox = Arc::new(Outbox::open(&state, cfg.delivery.max_outbox_events, cfg.delivery.when_full)?);
+    let outbox = Arc::new(Outbox::open(
+        &state,
+        cfg.delivery.max_outbox_events,
+        cfg.delivery.when_full,
+        cfg.limits.store_cache_mib << 20,
+    )?);
     let mut delivery = Delivery::new(&cfg, &key);
     let mut jsonl_out = open_jsonl(&cfg.run.jsonl_path)?;
 

@@ -190,20 +190,27 @@ impl Registrations {
         self.identity_names = names;
     }
 
+    /// A registered contact, unless it lapsed longer ago than the grace (whether or not the
+    /// periodic cleanup has run: events must not depend on when it does).
+    fn contact(&self, contact_key: &str, now: Micros) -> Option<&ContactEntry> {
+        self.contacts.get(&self.fp.of(contact_key)).filter(|c| now - c.expires_at <= CONTACT_GRACE)
+    }
+
     /// The address of record whose registered contact this is, if any.
-    pub fn aor_for_contact(&self, contact_key: &str) -> Option<&str> {
-        let c = self.contacts.get(&self.fp.of(contact_key))?;
+    pub fn aor_for_contact(&self, contact_key: &str, now: Micros) -> Option<&str> {
+        let c = self.contact(contact_key, now)?;
         self.aors.get(&c.aor).map(|a| &*a.aor)
     }
 
     /// The app behind a contact, when that contact is registered for `aor`.
-    pub fn origin_for_contact(&self, aor: &str, contact_key: &str) -> Origin {
+    pub fn origin_for_contact(&self, aor: &str, contact_key: &str, now: Micros) -> Origin {
         let aor_fp = self.fp.of(aor);
-        let Some(c) = self.contacts.get(&self.fp.of(contact_key)).filter(|c| c.aor == aor_fp) else {
+        let Some(c) = self.contact(contact_key, now).filter(|c| c.aor == aor_fp) else {
             return Origin::default();
         };
         let Some(dev) = c.device else { return Origin::default() };
-        let app = self.aors.get(&aor_fp).and_then(|s| s.apps.iter().find(|a| self.fp.of(&a.device) == dev));
+        let app =
+            self.aors.get(&aor_fp).and_then(|s| s.apps.iter().find(|a| !a.stale(now) && self.fp.of(&a.device) == dev));
         match app {
             Some(a) => Origin {
                 device: Some(a.device.to_string()),

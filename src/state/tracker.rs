@@ -180,7 +180,8 @@ impl Tracker {
                 Direction::Out => {
                     let user = msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default();
                     let contact = msg.contacts.first().and_then(|c| c.addr.parsed_uri());
-                    let origin = contact.map(|u| regs.origin_for_contact(&user, &u.contact_key())).unwrap_or_default();
+                    let origin =
+                        contact.map(|u| regs.origin_for_contact(&user, &u.contact_key(), ts)).unwrap_or_default();
                     let registered_source = regs.registered_from(&user, hop.client, ts);
                     Resolved { user, origin, registered_source }
                 }
@@ -192,10 +193,10 @@ impl Tracker {
                     let key = ruri.map(|u| u.contact_key());
                     let user = key
                         .as_deref()
-                        .and_then(|k| regs.aor_for_contact(k).map(str::to_string))
+                        .and_then(|k| regs.aor_for_contact(k, ts).map(str::to_string))
                         .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
                         .unwrap_or_default();
-                    let origin = key.map(|k| regs.origin_for_contact(&user, &k)).unwrap_or_default();
+                    let origin = key.map(|k| regs.origin_for_contact(&user, &k, ts)).unwrap_or_default();
                     Resolved { user, origin, registered_source: false }
                 }
             }

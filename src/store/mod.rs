@@ -76,7 +76,12 @@ pub fn open_pipeline(
             let store = StateStore::open(dir, cfg.limits.store_cache_mib << 20)?;
             let users = store.users(cfg.limits.known_users_cache);
             let mut p = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
-            store.load(&mut p.tracker)?;
+            store.load(&mut p.tracker).with_context(|| {
+                format!(
+                    "cannot read the saved state in {}; if it is damaged, move it aside (siptap then starts with an empty state)",
+                    store.path().display()
+                )
+            })?;
             Ok((p, Some(store)))
         }
         None => {

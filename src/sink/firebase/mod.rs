@@ -137,9 +137,7 @@ impl Delivery {
 
 /// The installation's identity key (keyed hashes of users and devices), made on first use.
 pub fn identity_key(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::create_dir_all(dir)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    crate::store::private_dir(dir)?;
     let p = dir.join("identity.key");
     if let Ok(k) = std::fs::read(&p) {
         if k.len() >= 16 {

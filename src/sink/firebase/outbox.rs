@@ -44,10 +44,15 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn open(dir: &Path, max_events: u64, when_full: WhenFull) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    /// Opens (or creates) `DIR/outbox.redb`; `cache_bytes` bounds redb's page cache.
+    pub fn open(dir: &Path, max_events: u64, when_full: WhenFull, cache_bytes: usize) -> Result<Self> {
+        crate::store::private_dir(dir)?;
         let path = dir.join("outbox.redb");
-        let db = Database::create(&path).with_context(|| format!("cannot open outbox {}", path.display()))?;
+        crate::store::private_file(&path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .with_context(|| format!("cannot open outbox {}", path.display()))?;
         let tx = db.begin_write()?;
         let (len, next) = {
             let t = tx.open_table(OUTBOX)?;

@@ -1,0 +1,137 @@
+//! The cost of restart-safe state (`cargo bench --bench state`): replay throughput with the
+//! derivation state saved as `siptap run` saves it (one commit per second of packet time) against
+//! no persistence, in one run; and the bytes on disk per active registration and per open call leg.
+//! Captures come from the deterministic generator (`siptap::testkit::capgen`).
+use siptap::capture::Frame;
+use siptap::config::Config;
+use siptap::store::{StateStore, open_pipeline};
+use siptap::testkit::capgen::{GenSpec, generate};
+use std::path::Path;
+use std::time::Instant;
+
+struct F {
+    ts: i64,
+    data: Vec<u8>,
+}
+
+fn frames(spec: &GenSpec) -> Vec<F> {
+    let mut v = Vec::new();
+    generate(spec, |ts, d| v.push(F { ts, data: d.to_vec() }));
+    v
+}
+
+/// Replays the frames; with a state dir, commits the delta at the end, and with `every_second`
+/// also once a second of packet time (as `siptap run` does once a second of wall time).
+/// Returns (seconds, commits, seconds spent committing).
+fn run(cfg: &Config, fr: &[F], state: Option<&Path>, every_second: bool) -> (f64, u64, f64) {
+    let t = Instant::now();
+    let (mut p, store) = open_pipeline(cfg, state).unwrap();
+    let mut events = 0usize;
+    let mut last_commit = fr[0].ts;
+    let (mut commits, mut in_commit) = (0u64, 0f64);
+    for f in fr {
+        p.frame(Frame { ts: f.ts, linktype: 1, data: &f.data }, &mut |_| events += 1);
+        if every_second
+            && let Some(s) = &store
+            && f.ts - last_commit >= 1_000_000
+        {
+            let c = Instant::now();
+            let d = p.tracker.take_delta();
+            s.commit(&d, &p.take_new_users()).unwrap();
+            in_commit += c.elapsed().as_secs_f64();
+            commits += 1;
+            last_commit = f.ts;
+        }
+    }
+    p.finish(&mut |_| events += 1);
+    if let Some(s) = &store {
+        let d = p.tracker.take_delta();
+        s.commit(&d, &p.take_new_users()).unwrap();
+    }
+    std::hint::black_box(events);
+    (t.elapsed().as_secs_f64(), commits, in_commit)
+}
+
+/// The file's size after a replay that saved once a second (as the daemon does: more commits
+/// leave more free pages than one save at the end).
+fn disk_bytes(cfg: &Config, fr: &[F], dir: &Path) -> u64 {
+    run(cfg, fr, Some(dir), true);
+    let s = StateStore::open(dir, 1 << 20).unwrap();
+    s.stats.bytes_on_disk.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn main() {
+    let cfg = Config::parse(
+        "sip_servers = [\"127.0.0.10:5060\"]\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+        Path::new("bench.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // throughput: 5,000 users refreshing every 2 minutes, 20,000 calls, over half an hour
+    let spec =
+        GenSpec { seed: 3, users: 5000, calls: 20_000, duration_secs: 1800, refresh_secs: 120, ..GenSpec::default() };
+    let fr = frames(&spec);
+    println!("capture: {} frames (generated: 5,000 users, 20,000 calls, 30 min)", fr.len());
+    let (mut base, mut at_end, mut each) = (f64::MAX, f64::MAX, (f64::MAX, 0, 0.0));
+    for i in 0..3 {
+        base = base.min(run(&cfg, &fr, None, false).0);
+        at_end = at_end.min(run(&cfg, &fr, Some(&dir.path().join(format!("a{i}"))), false).0);
+        let r = run(&cfg, &fr, Some(&dir.path().join(format!("s{i}"))), true);
+        if r.0 < each.0 {
+            each = r;
+        }
+    }
+    println!("Replay throughput (best of 3, frames/s; ratio to no persistence):");
+    println!("  no state saved                        {:>10.0}  1.00", fr.len() as f64 / base);
+    println!("  replay --state (load, save at end)    {:>10.0}  {:.2}", fr.len() as f64 / at_end, base / at_end);
+    println!(
+        "  saved once per second of packet time  {:>10.0}  {:.2}  ({} commits, {:.2} ms each)",
+        fr.len() as f64 / each.0,
+        base / each.0,
+        each.1,
+        each.2 * 1000.0 / each.1 as f64
+    );
+    let per_sec = fr.len() as f64 / 1800.0;
+    println!(
+        "The daemon commits once a second of wall time: at this capture's rate ({per_sec:.0} frames/s) a commit takes {:.2} ms, {:.2}% of a core",
+        each.2 * 1000.0 / each.1 as f64,
+        each.2 / each.1 as f64 * 100.0
+    );
+
+    // size on disk: registrations only, then open calls only (answered, no BYE)
+    let empty = disk_bytes(&cfg, &frames(&GenSpec { users: 2, calls: 0, ..GenSpec::default() }), &dir.path().join("e"));
+    let regs = 20_000;
+    let reg_spec = GenSpec {
+        seed: 4,
+        users: regs,
+        calls: 0,
+        duration_secs: 600,
+        refresh_secs: 3600,
+        away_percent: 0,
+        ..GenSpec::default()
+    };
+    let with_regs = disk_bytes(&cfg, &frames(&reg_spec), &dir.path().join("r"));
+    let calls = 20_000;
+    let call_spec = GenSpec {
+        seed: 5,
+        users: 2000,
+        calls,
+        duration_secs: 600,
+        refresh_secs: 3600,
+        open_percent: 100,
+        retransmit_percent: 0,
+        away_percent: 0,
+        ..GenSpec::default()
+    };
+    let (with_calls, base_users) = (
+        disk_bytes(&cfg, &frames(&call_spec), &dir.path().join("c")),
+        disk_bytes(&cfg, &frames(&GenSpec { calls: 0, ..call_spec.clone() }), &dir.path().join("c0")),
+    );
+    println!("Size on disk (STATE/siptap.redb):");
+    println!("  empty store                        {empty:>10} bytes");
+    println!("  per active registration (20,000)   {:>10.0} bytes", (with_regs - empty) as f64 / regs as f64);
+    println!(
+        "  per open call leg (40,000 legs)    {:>10.0} bytes",
+        with_calls.saturating_sub(base_users) as f64 / (2 * calls) as f64
+    );
+}

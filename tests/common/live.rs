@@ -1,0 +1,44 @@
+//! Helpers for the live tests: a network namespace of the test's own, and children that die with
+//! the test.
+#![allow(dead_code)]
+use std::process::{Child, Command};
+
+/// Moves the calling test's thread into a new network namespace with only `lo` up: every thread
+/// and process it starts from now on (Kamailio, sipp, tcpdump, siptap, the fake servers) sees
+/// only this test's traffic, and nothing it sends leaves it. libtest runs each test on a thread
+/// of its own, so other tests are not affected. Needs root (CAP_SYS_ADMIN).
+pub fn private_network() -> bool {
+    // SAFETY: unshare(2) only changes this thread's namespace; no memory is involved
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return false;
+    }
+    Command::new("ip").args(["link", "set", "lo", "up"]).status().is_ok_and(|s| s.success())
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, pass or fail.
+pub struct Reaped(pub Option<Child>);
+
+impl Reaped {
+    pub fn new(c: Child) -> Self {
+        Reaped(Some(c))
+    }
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+    /// Hands the child over (to wait for it); the caller then owns its end.
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("running")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
