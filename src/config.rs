@@ -101,6 +101,9 @@ struct RawLimits {
     max_tcp_buffer_bytes: Option<usize>,
     max_pending_transactions: Option<usize>,
     max_contacts_per_register: Option<usize>,
+    max_fragment_bytes: Option<usize>,
+    max_fragments_per_datagram: Option<usize>,
+    max_tcp_total_bytes: Option<usize>,
     known_users_cache: Option<usize>,
     store_cache_mib: Option<usize>,
 }
@@ -181,6 +184,11 @@ pub struct Limits {
     pub max_pending_transactions: usize,
     /// Contacts of one REGISTER (or its 2xx) that are followed; the rest are counted.
     pub max_contacts_per_register: usize,
+    /// Bytes all incomplete IP datagrams may hold together.
+    pub max_fragment_bytes: usize,
+    pub max_fragments_per_datagram: usize,
+    /// Bytes all TCP streams may hold together.
+    pub max_tcp_total_bytes: usize,
     /// Known users kept in memory (the rest are read from the store when needed).
     pub known_users_cache: usize,
     /// redb's page cache per database file, in MiB.
@@ -507,6 +515,9 @@ impl Config {
                 max_tcp_buffer_bytes: l.max_tcp_buffer_bytes.unwrap_or(256 * 1024).max(4096),
                 max_pending_transactions: l.max_pending_transactions.unwrap_or(100_000).max(1),
                 max_contacts_per_register: l.max_contacts_per_register.unwrap_or(16).max(1),
+                max_fragment_bytes: l.max_fragment_bytes.unwrap_or(16 << 20).max(1 << 16),
+                max_fragments_per_datagram: l.max_fragments_per_datagram.unwrap_or(128).max(2),
+                max_tcp_total_bytes: l.max_tcp_total_bytes.unwrap_or(64 << 20).max(1 << 16),
                 known_users_cache: l.known_users_cache.unwrap_or(100_000).max(16),
                 store_cache_mib: l.store_cache_mib.unwrap_or(16).max(1),
             },

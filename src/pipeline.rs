@@ -43,9 +43,12 @@ impl Pipeline {
         let l = &cfg.limits;
         let limits = DecodeLimits {
             max_fragments: l.max_fragments,
+            max_fragment_bytes: l.max_fragment_bytes,
+            max_fragments_per_datagram: l.max_fragments_per_datagram,
             fragment_timeout_secs: 30,
             max_tcp_streams: l.max_tcp_streams,
             max_tcp_buffer: l.max_tcp_buffer_bytes,
+            max_tcp_total_bytes: l.max_tcp_total_bytes,
             duplicate_window: cfg.duplicate_window_ms as Micros * 1000,
             hep_ports: cfg.hep.ports.clone(),
             hep_sources: cfg.hep.sources.clone(),
@@ -153,6 +156,8 @@ impl Pipeline {
             ("ip_fragments_timed_out", f.timed_out),
             ("ip_fragments_evicted", f.evicted),
             ("ip_fragments_oversized", f.oversized),
+            ("ip_fragments_empty", f.empty),
+            ("ip_fragments_overlapping", f.overlapping),
             ("tcp_segments", t.segments),
             ("tcp_messages", t.messages),
             ("tcp_retransmitted", t.retransmitted),

@@ -8,7 +8,7 @@ pub mod tcp;
 pub mod ws;
 
 use crate::capture::{Frame, Micros};
-use defrag::{Defrag, FragKey};
+use defrag::{Defrag, DefragLimits, FragKey};
 use link::{LinkError, Net};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -60,9 +60,14 @@ pub struct DecodeStats {
 #[derive(Debug, Clone)]
 pub struct DecodeLimits {
     pub max_fragments: usize,
+    /// Bytes all incomplete datagrams may hold together.
+    pub max_fragment_bytes: usize,
+    pub max_fragments_per_datagram: usize,
     pub fragment_timeout_secs: u64,
     pub max_tcp_streams: usize,
     pub max_tcp_buffer: usize,
+    /// Bytes all TCP streams may hold together.
+    pub max_tcp_total_bytes: usize,
     /// Copies of one IP packet closer together than this are duplicates (0: keep all).
     pub duplicate_window: Micros,
     /// UDP ports on which HEP v3 is recognised.
@@ -83,9 +88,12 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
             max_fragments: 4096,
+            max_fragment_bytes: 16 << 20,
+            max_fragments_per_datagram: 128,
             fragment_timeout_secs: 30,
             max_tcp_streams: 65_536,
             max_tcp_buffer: 256 * 1024,
+            max_tcp_total_bytes: 64 << 20,
             duplicate_window: 20_000,
             hep_ports: vec![9060],
             hep_sources: Vec::new(),
@@ -186,8 +194,13 @@ impl Decoder {
     /// `sip_ports`: TCP ports whose streams are followed even when first seen mid-message.
     pub fn new(limits: DecodeLimits, sip_ports: Vec<u16>) -> Self {
         Decoder {
-            defrag: Defrag::new(limits.max_fragments, limits.fragment_timeout_secs),
-            tcp: TcpReassembly::new(limits.max_tcp_streams, limits.max_tcp_buffer),
+            defrag: Defrag::new(DefragLimits {
+                max_datagrams: limits.max_fragments,
+                max_total_bytes: limits.max_fragment_bytes,
+                max_pieces: limits.max_fragments_per_datagram,
+                timeout: limits.fragment_timeout_secs as Micros * 1_000_000,
+            }),
+            tcp: TcpReassembly::new(limits.max_tcp_streams, limits.max_tcp_buffer, limits.max_tcp_total_bytes),
             stats: DecodeStats::default(),
             sip_ports,
             last_expire: 0,

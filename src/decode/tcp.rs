@@ -8,7 +8,7 @@ use crate::capture::Micros;
 use crate::sip::frame::{Framed, frame, leading_crlf};
 use crate::sip::parse::{header_end, looks_like_start_line};
 use memchr::memchr;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,16 +57,47 @@ struct Flow {
     synced: bool,
     mode: Mode,
     last_ts: Micros,
+    /// The flow's current place in the LRU order.
+    stamp: u64,
+    /// Bytes it holds (buffered and held behind a gap), as last counted.
+    bytes: usize,
+}
+
+impl Flow {
+    fn held(&self) -> usize {
+        self.buf.len()
+            + self.ahead.values().map(Vec::len).sum::<usize>()
+            + match &self.mode {
+                Mode::WebSocket { partial } => partial.len(),
+                Mode::Sip => 0,
+            }
+    }
 }
 
 pub struct TcpReassembly {
     flows: HashMap<FlowKey, Flow>,
+    /// Flows from least to most recently used: (stamp, key), current when the flow's stamp
+    /// matches (older entries are skipped, and compacted away now and then). Eviction and idle
+    /// expiry take from the front: O(1) per flow.
+    lru: VecDeque<(u64, FlowKey)>,
+    stamp: u64,
+    /// Flows waiting for missing bytes (for the periodic give-up).
+    gapped: HashSet<FlowKey>,
+    /// Connections opened on a SIP port that carried no data yet: their initial sequence number,
+    /// so that a stream whose first data segments arrive out of order still starts at its
+    /// beginning. Small and bounded (oldest forgotten first): a SYN flood only churns it.
+    syns: HashMap<FlowKey, u32>,
+    syn_order: VecDeque<FlowKey>,
+    max_syns: usize,
     max_flows: usize,
     max_buffer: usize,
     max_ahead: usize,
-    /// Bytes all streams may hold together (checked once a second of packet time).
+    /// Bytes all streams may hold together (checked on every segment).
     max_total_bytes: usize,
+    /// Bytes all streams hold.
+    held: usize,
     idle_timeout: Micros,
+    full_logged: bool,
     pub stats: TcpStats,
 }
 
@@ -80,16 +111,83 @@ pub struct Segment<'a> {
 }
 
 impl TcpReassembly {
-    pub fn new(max_flows: usize, max_buffer: usize) -> Self {
+    /// `max_total_bytes`: what all streams may hold together.
+    pub fn new(max_flows: usize, max_buffer: usize, max_total_bytes: usize) -> Self {
         TcpReassembly {
             flows: HashMap::new(),
+            lru: VecDeque::new(),
+            stamp: 0,
+            gapped: HashSet::new(),
+            syns: HashMap::new(),
+            syn_order: VecDeque::new(),
+            max_syns: (max_flows / 16).clamp(256, 4096),
             max_flows: max_flows.max(1),
             max_buffer: max_buffer.max(1024),
             max_ahead: 64,
-            max_total_bytes: 64 << 20,
+            max_total_bytes: max_total_bytes.max(max_buffer.max(1024)),
+            held: 0,
             idle_timeout: 300 * 1_000_000,
+            full_logged: false,
             stats: TcpStats::default(),
         }
+    }
+
+    /// Bytes all streams hold.
+    pub fn bytes(&self) -> usize {
+        self.held
+    }
+
+    fn touch(&mut self, key: FlowKey) {
+        self.stamp += 1;
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.stamp = self.stamp;
+            self.lru.push_back((self.stamp, key));
+        }
+        if self.lru.len() > 2 * self.flows.len() + 1024 {
+            let flows = &self.flows;
+            self.lru.retain(|(s, k)| flows.get(k).is_some_and(|f| f.stamp == *s));
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(f) = self.flows.remove(key) {
+            self.held -= f.bytes;
+            self.gapped.remove(key);
+        }
+    }
+
+    fn remember_syn(&mut self, key: FlowKey, isn: u32) {
+        if self.syns.insert(key, isn).is_none() {
+            self.syn_order.push_back(key);
+            while self.syns.len() > self.max_syns {
+                let Some(old) = self.syn_order.pop_front() else { break };
+                self.syns.remove(&old);
+            }
+            if self.syn_order.len() > 2 * self.max_syns {
+                let syns = &self.syns;
+                self.syn_order.retain(|k| syns.contains_key(k));
+            }
+        }
+    }
+
+    /// Forgets the least recently used flow.
+    fn evict_one(&mut self) -> bool {
+        while let Some((s, k)) = self.lru.pop_front() {
+            if self.flows.get(&k).is_some_and(|f| f.stamp == s) {
+                self.remove(&k);
+                self.stats.evicted += 1;
+                if !self.full_logged {
+                    self.full_logged = true;
+                    tracing::warn!(
+                        max_streams = self.max_flows,
+                        max_bytes = self.max_total_bytes,
+                        "TCP stream table full: forgetting the least recently used streams (limits.max_tcp_streams, limits.max_tcp_total_bytes)"
+                    );
+                }
+                return true;
+            }
+        }
+        false
     }
 
     pub fn len(&self) -> usize {
@@ -113,22 +211,35 @@ impl TcpReassembly {
     ) {
         self.stats.segments += 1;
         if seg.rst {
-            self.flows.remove(&key);
+            self.remove(&key);
+            self.syns.remove(&key);
             return;
         }
         if !self.flows.contains_key(&key) {
-            if seg.payload.is_empty() && !(seg.syn && sip_port) {
+            // a stream costs nothing until it carries data that looks like SIP: a SYN flood or
+            // a stream of junk to port 5060 leaves no flow
+            if seg.payload.is_empty() {
+                if seg.syn && sip_port {
+                    self.remember_syn(key, seg.seq);
+                }
                 return;
             }
-            let starts_sip = starts_with_sip(seg.payload);
+            let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+            let starts_sip = could_start_sip(seg.payload);
             let upgrade = ws::starts_with_http(seg.payload) && ws::is_upgrade(seg.payload);
-            if !sip_port && !starts_sip && !upgrade {
-                return; // not a SIP stream as far as we can tell
+            let mid_stream = sip_port && !starts_sip && find_start_line(seg.payload).is_some();
+            // the connection's start is known and this segment comes a little after it: the first
+            // ones were reordered (a segment at the very start must look like SIP itself)
+            let isn =
+                self.syns.get(&key).map(|i| i.wrapping_add(1)).filter(|i| seq != *i && seq.wrapping_sub(*i) < 1 << 16);
+            if !starts_sip && !upgrade && !mid_stream && isn.is_none() {
+                return;
             }
-            if self.flows.len() >= self.max_flows {
-                self.evict(ts);
-            }
-            let next_seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
+            self.syns.remove(&key);
+            self.expire(ts);
+            while self.flows.len() >= self.max_flows && self.evict_one() {}
+            let next_seq = isn.unwrap_or(seq);
+            let synced = starts_sip || upgrade || isn.is_some();
             self.flows.insert(
                 key,
                 Flow {
@@ -137,12 +248,15 @@ impl TcpReassembly {
                     ahead: BTreeMap::new(),
                     base: next_seq,
                     gap_since: None,
-                    synced: seg.syn || starts_sip || upgrade,
+                    synced,
                     mode: Mode::Sip,
                     last_ts: ts,
+                    stamp: 0,
+                    bytes: 0,
                 },
             );
         }
+        self.touch(key);
         let max_buffer = self.max_buffer;
         let max_ahead = self.max_ahead;
         let stats = &mut self.stats;
@@ -175,9 +289,20 @@ impl TcpReassembly {
                 }
             }
             settle(flow, stats, ts, give_up, max_ahead, max_buffer, out);
+            let now_held = flow.held();
+            self.held = self.held + now_held - flow.bytes;
+            flow.bytes = now_held;
+            if flow.gap_since.is_some() {
+                self.gapped.insert(key);
+            } else {
+                self.gapped.remove(&key);
+            }
+            // all streams together stay under the byte budget, on every segment
+            while self.held > self.max_total_bytes && self.evict_one() {}
         }
         if seg.fin {
-            self.flows.remove(&key);
+            self.remove(&key);
+            self.syns.remove(&key);
         }
     }
 
@@ -185,45 +310,35 @@ impl TcpReassembly {
     /// stream may have no next segment to notice the gap).
     pub fn flush_gaps(&mut self, now: Micros, out: &mut dyn FnMut(FlowKey, &[u8], bool)) {
         let (max_ahead, max_buffer) = (self.max_ahead, self.max_buffer);
-        for (key, flow) in self.flows.iter_mut().filter(|(_, f)| f.gap_since.is_some()) {
-            settle(flow, &mut self.stats, now, false, max_ahead, max_buffer, &mut |m, ws| out(*key, m, ws));
-        }
-    }
-
-    /// Forgets flows idle for longer than the idle timeout.
-    pub fn expire(&mut self, now: Micros) {
-        let t = self.idle_timeout;
-        let before = self.flows.len();
-        self.flows.retain(|_, f| now - f.last_ts <= t);
-        self.stats.evicted += (before - self.flows.len()) as u64;
-        // all streams together stay under the byte budget: the longest idle go first
-        let bytes = |f: &Flow| f.buf.len() + f.ahead.values().map(Vec::len).sum::<usize>();
-        let mut total: usize = self.flows.values().map(bytes).sum();
-        if total > self.max_total_bytes {
-            let mut by_age: Vec<(Micros, FlowKey, usize)> =
-                self.flows.iter().map(|(k, f)| (f.last_ts, *k, bytes(f))).collect();
-            by_age.sort_unstable_by_key(|(t, _, _)| *t);
-            for (_, k, b) in by_age {
-                if total <= self.max_total_bytes {
-                    break;
-                }
-                self.flows.remove(&k);
-                self.stats.evicted += 1;
-                total -= b;
+        let gapped: Vec<FlowKey> = self.gapped.iter().copied().collect();
+        for key in gapped {
+            let Some(flow) = self.flows.get_mut(&key) else { continue };
+            settle(flow, &mut self.stats, now, false, max_ahead, max_buffer, &mut |m, ws| out(key, m, ws));
+            let now_held = flow.held();
+            self.held = self.held + now_held - flow.bytes;
+            flow.bytes = now_held;
+            if flow.gap_since.is_none() {
+                self.gapped.remove(&key);
             }
         }
     }
 
-    fn evict(&mut self, now: Micros) {
-        self.expire(now);
-        while self.flows.len() >= self.max_flows {
-            let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_ts).map(|(k, _)| *k);
-            match oldest {
-                Some(k) => {
-                    self.flows.remove(&k);
+    /// Forgets flows idle for longer than the idle timeout (the least recently used come first:
+    /// O(1) per flow forgotten).
+    pub fn expire(&mut self, now: Micros) {
+        while let Some(&(s, k)) = self.lru.front() {
+            match self.flows.get(&k) {
+                Some(f) if f.stamp == s => {
+                    if now - f.last_ts <= self.idle_timeout {
+                        break;
+                    }
+                    self.lru.pop_front();
+                    self.remove(&k);
                     self.stats.evicted += 1;
                 }
-                None => break,
+                _ => {
+                    self.lru.pop_front();
+                }
             }
         }
     }
@@ -389,6 +504,29 @@ fn find_start_line(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether a segment can be the beginning of a SIP message: a whole SIP start line, or (when the
+/// segment ends inside the first line) the beginning of one: `SIP/2.0 ` or a method token, a
+/// space and the beginning of a `sip:`, `sips:` or `tel:` URI.
+fn could_start_sip(p: &[u8]) -> bool {
+    if memchr(b'\n', &p[..p.len().min(512)]).is_some() || p.len() >= 512 {
+        return starts_with_sip(p);
+    }
+    let prefix_of =
+        |whole: &[u8], part: &[u8]| whole.len() >= part.len() && whole[..part.len()].eq_ignore_ascii_case(part);
+    if prefix_of(b"SIP/2.0 ", &p[..p.len().min(8)]) {
+        return true;
+    }
+    let Some(sp) = memchr(b' ', p) else {
+        return !p.is_empty() && p.iter().all(u8::is_ascii_uppercase);
+    };
+    let (method, uri) = (&p[..sp], &p[sp + 1..]);
+    !method.is_empty()
+        && method.iter().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b))
+        && [b"sip:".as_slice(), b"sips:", b"tel:"]
+            .iter()
+            .any(|s| prefix_of(s, &uri[..uri.len().min(s.len())]) || prefix_of(uri, s))
+}
+
 /// Whether a payload begins with a SIP start line (cheap test before following a new flow).
 pub fn starts_with_sip(p: &[u8]) -> bool {
     let end = memchr(b'\n', &p[..p.len().min(512)]).unwrap_or(p.len().min(512));
@@ -407,7 +545,7 @@ mod tests {
     }
 
     fn run(segs: &[(u32, &[u8])]) -> (Vec<Vec<u8>>, TcpStats) {
-        let mut t = TcpReassembly::new(10, 1 << 16);
+        let mut t = TcpReassembly::new(10, 1 << 16, 1 << 20);
         let mut got = Vec::new();
         for (i, (seq, p)) in segs.iter().enumerate() {
             let seg = Segment { seq: *seq, syn: false, fin: false, rst: false, payload: p };
@@ -441,7 +579,7 @@ mod tests {
         let mut all = M1.to_vec();
         all.extend_from_slice(M2);
         let m2_at = 1000 + M1.len() as u32;
-        let mut t = TcpReassembly::new(10, 1 << 16);
+        let mut t = TcpReassembly::new(10, 1 << 16, 1 << 20);
         let mut got = Vec::new();
         let seg = |seq, payload| Segment { seq, syn: false, fin: false, rst: false, payload };
         t.push(0, key(), seg(1000, &all[..10]), true, &mut |m, _| got.push(m.to_vec()));
@@ -454,11 +592,11 @@ mod tests {
 
     #[test]
     fn bytes_held_behind_a_gap_are_capped() {
-        // 4 KiB per stream; a gap then 3 segments of 1.5 KiB: the third does not fit, the
-        // stream stops waiting, skips the gap and resynchronises (none of it is SIP here)
-        let mut t = TcpReassembly::new(10, 4096);
+        // 4 KiB per stream; a SIP start, a gap, then 3 segments of 1.5 KiB: the third does not
+        // fit, the stream stops waiting, skips the gap and resynchronises
+        let mut t = TcpReassembly::new(10, 4096, 1 << 20);
         let junk = vec![b'x'; 1536];
-        let first = Segment { seq: 1_000, syn: false, fin: false, rst: false, payload: b"x\r\n" };
+        let first = Segment { seq: 1_000, syn: false, fin: false, rst: false, payload: b"OPTIONS sip:a SIP/2.0\r\n" };
         t.push(0, key(), first, true, &mut |_, _| {});
         for i in 0..3u32 {
             let seg = Segment { seq: 10_000 + i * 1536, syn: false, fin: false, rst: false, payload: &junk };
@@ -480,6 +618,66 @@ mod tests {
             run(&[(at(0), &all[..10]), (at(40), &all[40..]), (at(20), &all[20..40]), (at(10), &all[10..20])]);
         assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
         assert_eq!(st.gaps, 0);
+    }
+
+    #[test]
+    fn syn_floods_and_junk_leave_no_state() {
+        let mut t = TcpReassembly::new(10, 1 << 16, 1 << 20);
+        for i in 0..1000u16 {
+            let key = FlowKey { src: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 40000)), dst: key().src };
+            t.push(0, key, Segment { seq: 1, syn: true, fin: false, rst: false, payload: b"" }, true, &mut |_, _| {});
+            t.push(
+                0,
+                key,
+                Segment { seq: 2, syn: false, fin: false, rst: false, payload: b"junk\r\n" },
+                true,
+                &mut |_, _| {},
+            );
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.bytes(), 0);
+    }
+
+    #[test]
+    fn the_least_recently_used_stream_goes_first_and_bytes_are_bounded_on_every_segment() {
+        // room for 3 streams and 8 KiB in all
+        let mut t = TcpReassembly::new(3, 4096, 8192);
+        let k = |i: u8| FlowKey { src: SocketAddr::from(([10, 0, 0, i], 40000)), dst: key().src };
+        let head = b"INVITE sip:a SIP/2.0\r\nContent-Length: 100000\r\n\r\n";
+        for i in 1..=3 {
+            t.push(
+                i64::from(i),
+                k(i),
+                Segment { seq: 1, syn: false, fin: false, rst: false, payload: head },
+                true,
+                &mut |_, _| {},
+            );
+        }
+        // stream 1 is used again: stream 2 is now the least recently used
+        t.push(
+            4,
+            k(1),
+            Segment { seq: 1 + head.len() as u32, syn: false, fin: false, rst: false, payload: &[b'x'; 100] },
+            true,
+            &mut |_, _| {},
+        );
+        t.push(5, k(4), Segment { seq: 1, syn: false, fin: false, rst: false, payload: head }, true, &mut |_, _| {});
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.stats.evicted, 1);
+        assert!(!t.flows.contains_key(&k(2)));
+        // stream 4 grows past what all may hold: the others go, oldest first, at once
+        let mut seq = 1 + head.len() as u32;
+        for n in 0..3 {
+            t.push(
+                6 + n,
+                k(4),
+                Segment { seq, syn: false, fin: false, rst: false, payload: &[b'y'; 2000] },
+                true,
+                &mut |_, _| {},
+            );
+            seq += 2000;
+            assert!(t.bytes() <= 8192, "{} bytes held", t.bytes());
+        }
     }
 
     #[test]
