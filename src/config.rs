@@ -104,6 +104,10 @@ struct RawLimits {
     max_fragment_bytes: Option<usize>,
     max_fragments_per_datagram: Option<usize>,
     max_tcp_total_bytes: Option<usize>,
+    max_registration_bytes: Option<usize>,
+    max_pending_bytes: Option<usize>,
+    max_call_legs_bytes: Option<usize>,
+    max_sctp_bytes: Option<usize>,
     known_users_cache: Option<usize>,
     store_cache_mib: Option<usize>,
 }
@@ -189,6 +193,12 @@ pub struct Limits {
     pub max_fragments_per_datagram: usize,
     /// Bytes all TCP streams may hold together.
     pub max_tcp_total_bytes: usize,
+    /// Bytes of the registration table (apps and contacts), of REGISTERs awaiting a response,
+    /// of call legs, of SCTP messages being reassembled.
+    pub max_registration_bytes: usize,
+    pub max_pending_bytes: usize,
+    pub max_call_legs_bytes: usize,
+    pub max_sctp_bytes: usize,
     /// Known users kept in memory (the rest are read from the store when needed).
     pub known_users_cache: usize,
     /// redb's page cache per database file, in MiB.
@@ -509,15 +519,19 @@ impl Config {
             duplicate_window_ms: raw.duplicate_window_ms.unwrap_or(20),
             limits: Limits {
                 max_call_legs: l.max_call_legs.unwrap_or(200_000).max(1),
-                max_devices: l.max_devices.unwrap_or(2_000_000).max(1),
+                max_devices: l.max_devices.unwrap_or(500_000).max(1),
                 max_fragments: l.max_fragments.unwrap_or(4096).max(1),
                 max_tcp_streams: l.max_tcp_streams.unwrap_or(65_536).max(1),
                 max_tcp_buffer_bytes: l.max_tcp_buffer_bytes.unwrap_or(256 * 1024).max(4096),
                 max_pending_transactions: l.max_pending_transactions.unwrap_or(100_000).max(1),
                 max_contacts_per_register: l.max_contacts_per_register.unwrap_or(16).max(1),
-                max_fragment_bytes: l.max_fragment_bytes.unwrap_or(16 << 20).max(1 << 16),
+                max_fragment_bytes: l.max_fragment_bytes.unwrap_or(8 << 20).max(1 << 16),
                 max_fragments_per_datagram: l.max_fragments_per_datagram.unwrap_or(128).max(2),
-                max_tcp_total_bytes: l.max_tcp_total_bytes.unwrap_or(64 << 20).max(1 << 16),
+                max_tcp_total_bytes: l.max_tcp_total_bytes.unwrap_or(32 << 20).max(1 << 16),
+                max_registration_bytes: l.max_registration_bytes.unwrap_or(160 << 20).max(1 << 16),
+                max_pending_bytes: l.max_pending_bytes.unwrap_or(32 << 20).max(1 << 16),
+                max_call_legs_bytes: l.max_call_legs_bytes.unwrap_or(96 << 20).max(1 << 16),
+                max_sctp_bytes: l.max_sctp_bytes.unwrap_or(4 << 20).max(1 << 16),
                 known_users_cache: l.known_users_cache.unwrap_or(100_000).max(16),
                 store_cache_mib: l.store_cache_mib.unwrap_or(16).max(1),
             },
@@ -546,6 +560,9 @@ impl Config {
         tc.max_devices = self.limits.max_devices;
         tc.max_pending = self.limits.max_pending_transactions;
         tc.max_contacts_per_register = self.limits.max_contacts_per_register;
+        tc.max_registration_bytes = self.limits.max_registration_bytes;
+        tc.max_pending_bytes = self.limits.max_pending_bytes;
+        tc.max_call_legs_bytes = self.limits.max_call_legs_bytes;
         tc.fingerprint_key = fingerprint_key;
         let mut names: Vec<String> =
             self.tenants.iter().filter_map(|t| t.firebase.as_ref()?.app_instance_id_from.clone()).collect();

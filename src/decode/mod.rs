@@ -54,6 +54,8 @@ pub struct DecodeStats {
     pub hep_not_sip: u64,
     pub hep_malformed: u64,
     pub hep_refused: u64,
+    /// SCTP messages being reassembled, dropped at the bound (`limits.max_sctp_bytes`).
+    pub sctp_dropped: u64,
 }
 
 /// Limits for the decoder's tables.
@@ -68,6 +70,8 @@ pub struct DecodeLimits {
     pub max_tcp_buffer: usize,
     /// Bytes all TCP streams may hold together.
     pub max_tcp_total_bytes: usize,
+    /// Bytes of SCTP messages being reassembled.
+    pub max_sctp_bytes: usize,
     /// Copies of one IP packet closer together than this are duplicates (0: keep all).
     pub duplicate_window: Micros,
     /// UDP ports on which HEP v3 is recognised.
@@ -93,7 +97,8 @@ impl Default for DecodeLimits {
             fragment_timeout_secs: 30,
             max_tcp_streams: 65_536,
             max_tcp_buffer: 256 * 1024,
-            max_tcp_total_bytes: 64 << 20,
+            max_tcp_total_bytes: 32 << 20,
+            max_sctp_bytes: 4 << 20,
             duplicate_window: 20_000,
             hep_ports: vec![9060],
             hep_sources: Vec::new(),
@@ -109,6 +114,8 @@ pub struct Decoder {
     last_expire: Micros,
     /// SCTP user messages split over several DATA chunks, by (src, dst, stream).
     sctp_partial: HashMap<(SocketAddr, SocketAddr, u16), Vec<u8>>,
+    sctp_bytes: usize,
+    max_sctp_bytes: usize,
     max_message: usize,
     dedup: Dedup,
     hep_ports: Vec<u16>,
@@ -205,6 +212,8 @@ impl Decoder {
             sip_ports,
             last_expire: 0,
             sctp_partial: HashMap::new(),
+            sctp_bytes: 0,
+            max_sctp_bytes: limits.max_sctp_bytes,
             max_message: limits.max_tcp_buffer,
             dedup: Dedup { window: limits.duplicate_window, seen: HashMap::default(), order: VecDeque::new() },
             hep_ports: limits.hep_ports,
@@ -578,20 +587,36 @@ impl Decoder {
                         }
                     }
                     0x02 => {
-                        if self.sctp_partial.len() >= 1024 {
-                            self.sctp_partial.clear();
+                        // a new message on this stream: what was pending there is abandoned
+                        if let Some(old) = self.sctp_partial.remove(&key) {
+                            self.sctp_bytes -= old.len();
                         }
+                        if self.sctp_partial.len() >= 1024 || self.sctp_bytes + data.len() > self.max_sctp_bytes {
+                            // bounded in entries and bytes: drop what is pending, counted
+                            self.stats.sctp_dropped += self.sctp_partial.len() as u64;
+                            self.sctp_partial.clear();
+                            self.sctp_bytes = 0;
+                        }
+                        self.sctp_bytes += data.len();
                         self.sctp_partial.insert(key, data.to_vec());
                     }
                     b => {
                         if let Some(buf) = self.sctp_partial.get_mut(&key) {
-                            buf.extend_from_slice(data);
-                            if buf.len() > self.max_message {
+                            if buf.len() + data.len() > self.max_message
+                                || self.sctp_bytes + data.len() > self.max_sctp_bytes
+                            {
+                                self.sctp_bytes -= buf.len();
                                 self.sctp_partial.remove(&key);
-                            } else if b == 0x01 {
-                                let msg = self.sctp_partial.remove(&key).expect("present");
-                                if tcp::starts_with_sip(&msg) {
-                                    out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data: &msg });
+                                self.stats.sctp_dropped += 1;
+                            } else {
+                                buf.extend_from_slice(data);
+                                self.sctp_bytes += data.len();
+                                if b == 0x01 {
+                                    let msg = self.sctp_partial.remove(&key).expect("present");
+                                    self.sctp_bytes -= msg.len();
+                                    if tcp::starts_with_sip(&msg) {
+                                        out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data: &msg });
+                                    }
                                 }
                             }
                         }

@@ -87,6 +87,17 @@ fn unscheduled() -> Micros {
 }
 
 impl Leg {
+    /// Its bytes in memory: the struct, its strings, its map, index and timer entries.
+    fn cost(&self) -> usize {
+        let o = &self.origin;
+        std::mem::size_of::<Leg>()
+            + self.call_id.len()
+            + self.user.len()
+            + o.device.as_ref().map_or(0, |d| d.len())
+            + o.app_instance.as_ref().map_or(0, |d| d.len())
+            + 96
+    }
+
     /// Eviction order: attempts nothing showed to be real go first, then ended legs lingering
     /// for retransmissions, then ringing ones (and attempts with evidence), answered calls last.
     fn value(&self) -> u8 {
@@ -121,6 +132,8 @@ pub struct CallStats {
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
     pub max_legs: usize,
+    /// Bytes of all legs together.
+    pub max_bytes: usize,
     /// An answered call with no in-dialog traffic for this long ends (unless Session-Expires says less).
     pub max_call: Micros,
 }
@@ -143,6 +156,9 @@ pub struct Calls {
     next_id: u64,
     limits: CallLimits,
     dirty: FpSet,
+    /// Bytes held by the legs.
+    bytes: usize,
+    full_logged: bool,
     pub stats: CallStats,
 }
 
@@ -165,8 +181,15 @@ impl Calls {
             next_id: 0,
             limits,
             dirty: FpSet::default(),
+            bytes: 0,
+            full_logged: false,
             stats: CallStats::default(),
         }
+    }
+
+    /// Bytes held by the legs (their structs, strings, index and timer entries).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Legs not yet ended.
@@ -317,9 +340,6 @@ impl Calls {
         let mut origin = r.origin;
         // without a known boot cycle, the call itself is the session
         origin.session_start.get_or_insert(ts);
-        if self.legs.len() >= self.limits.max_legs {
-            self.evict(ts, out);
-        }
         let id = self.next_id;
         self.next_id += 1;
         self.stats.legs += 1;
@@ -347,11 +367,26 @@ impl Calls {
             evidence,
             scheduled: UNSCHEDULED,
         };
+        let cost = leg.cost();
+        while !self.legs.is_empty()
+            && (self.legs.len() >= self.limits.max_legs || self.bytes + cost > self.limits.max_bytes)
+        {
+            if !self.full_logged {
+                self.full_logged = true;
+                tracing::warn!(
+                    max_legs = self.limits.max_legs,
+                    max_bytes = self.limits.max_bytes,
+                    "call table full: evicting the least valuable legs (limits.max_call_legs, limits.max_call_legs_bytes)"
+                );
+            }
+            self.evict(ts, out);
+        }
         if dir == Direction::In {
             // an INVITE the server sends to a client is a call the client's user receives
             out.push(leg_event(ts, Kind::IncomingCall, &leg, Params::default()));
             leg.state = LegState::Early;
         }
+        self.bytes += cost;
         self.legs.insert(id, leg);
         self.by_call_id.entry(cid).or_default().push(id);
         self.dirty.insert(id);
@@ -676,6 +711,7 @@ impl Calls {
 
     fn forget(&mut self, id: u64) {
         if let Some(l) = self.legs.remove(&id) {
+            self.bytes -= l.cost();
             self.dirty.insert(id);
             let cid = self.fp.of(&l.call_id);
             if let Some(v) = self.by_call_id.get_mut(&cid) {
@@ -705,7 +741,10 @@ impl Calls {
     pub fn restore_leg(&mut self, id: u64, mut leg: Leg) {
         leg.scheduled = UNSCHEDULED;
         let cid = self.fp.of(&leg.call_id);
-        self.legs.insert(id, leg);
+        self.bytes += leg.cost();
+        if let Some(old) = self.legs.insert(id, leg) {
+            self.bytes -= old.cost();
+        }
         let ids = self.by_call_id.entry(cid).or_default();
         ids.push(id);
         ids.sort_unstable();

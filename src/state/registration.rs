@@ -82,7 +82,46 @@ impl App {
 pub struct AorState {
     pub aor: Box<str>,
     pub apps: Vec<App>,
+    /// Bytes it costs in memory, as last counted (derived; not persisted).
+    #[serde(skip)]
+    size: usize,
 }
+
+impl AorState {
+    /// Its bytes in memory: the struct, its strings and vectors, and the map entries for it.
+    fn cost(&self) -> usize {
+        std::mem::size_of::<AorState>()
+            + self.aor.len()
+            + MAP_ENTRY
+            + self
+                .apps
+                .iter()
+                .map(|a| {
+                    std::mem::size_of::<App>()
+                        + a.device.len()
+                        + a.app_instance.as_ref().map_or(0, |i| i.len())
+                        + a.contacts.capacity() * 8
+                })
+                .sum::<usize>()
+    }
+}
+
+impl PendingRegister {
+    fn cost(&self) -> usize {
+        std::mem::size_of::<PendingRegister>()
+            + self.aor.len()
+            + self.device.len()
+            + self.app_instance.as_ref().map_or(0, |i| i.len())
+            + self.bindings.capacity() * std::mem::size_of::<(Fp, Option<u32>)>()
+            + MAP_ENTRY
+            + 24
+    }
+}
+
+/// What a hash-map entry costs beside its key and value (control byte, load factor, key).
+const MAP_ENTRY: usize = 24;
+/// A contact's bytes: its map entry.
+const CONTACT_COST: usize = std::mem::size_of::<ContactEntry>() + MAP_ENTRY;
 
 /// A registered contact: whose it is, which app's, until when.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -120,6 +159,10 @@ pub struct RegLimits {
     /// REGISTER transactions awaiting their final response.
     pub max_pending: usize,
     pub max_contacts_per_register: usize,
+    /// Bytes of apps and contacts together.
+    pub max_bytes: usize,
+    /// Bytes of REGISTERs awaiting their response.
+    pub max_pending_bytes: usize,
 }
 
 /// Which persisted records changed since the last [`Registrations::take_dirty`].
@@ -138,6 +181,10 @@ pub struct Registrations {
     aors: FpMap<AorState>,
     contacts: FpMap<ContactEntry>,
     apps: usize,
+    /// Bytes of apps and contacts, and of pending REGISTERs.
+    bytes: usize,
+    pending_bytes: usize,
+    bytes_logged: bool,
     /// Contact parameters or headers by which apps name their own instance.
     identity_names: Vec<String>,
     known: Box<dyn KnownUsers>,
@@ -155,12 +202,17 @@ impl Registrations {
             aors: FpMap::default(),
             contacts: FpMap::default(),
             apps: 0,
+            bytes: 0,
+            pending_bytes: 0,
+            bytes_logged: false,
             identity_names,
             known,
             limits: RegLimits {
                 max_devices: limits.max_devices.max(1),
                 max_pending: limits.max_pending.max(1),
                 max_contacts_per_register: limits.max_contacts_per_register.max(1),
+                max_bytes: limits.max_bytes.max(1 << 16),
+                max_pending_bytes: limits.max_pending_bytes.max(1 << 16),
             },
             dirty: RegDirty::default(),
             stats: RegistrationStats::default(),
@@ -178,6 +230,34 @@ impl Registrations {
     }
     pub fn contacts(&self) -> usize {
         self.contacts.len()
+    }
+    /// Bytes held by apps and contacts, and by pending REGISTERs.
+    pub fn bytes(&self) -> (usize, usize) {
+        (self.bytes, self.pending_bytes)
+    }
+
+    /// Marks an address of record changed: to save, and to count its bytes again.
+    fn touched(&mut self, k: Fp) {
+        self.dirty.aors.insert(k);
+        if let Some(s) = self.aors.get_mut(&k) {
+            let now = s.cost();
+            self.bytes = self.bytes + now - s.size;
+            s.size = now;
+        }
+    }
+
+    fn remove_pending(&mut self, k: Fp) -> Option<PendingRegister> {
+        let p = self.pending.remove(&k)?;
+        self.pending_bytes -= p.cost();
+        self.dirty.pending.insert(k);
+        Some(p)
+    }
+
+    fn remove_contact(&mut self, k: Fp) {
+        if self.contacts.remove(&k).is_some() {
+            self.bytes -= CONTACT_COST;
+            self.dirty.contacts.insert(k);
+        }
     }
     pub fn known_users(&self) -> u64 {
         self.known.count()
@@ -262,37 +342,48 @@ impl Registrations {
             device.get_or_insert(key);
         }
         let key = self.pending_key(msg.call_id, msg.cseq);
-        if !self.pending.contains_key(&key) {
-            while self.pending.len() >= self.limits.max_pending {
-                let Some((_, old)) = self.pending_order.pop_front() else {
-                    break;
-                };
-                if self.pending.remove(&old).is_some() {
-                    self.stats.pending_evicted += 1;
-                    self.dirty.pending.insert(old);
-                }
-            }
-            self.pending_order.push_back((ts, key));
-        }
         let device: Box<str> = match instance {
             Some(i) => i.into(),
             None => device.unwrap_or_default().into(),
         };
-        self.pending.insert(
-            key,
-            PendingRegister {
-                ts,
-                aor: to.aor().into(),
-                src,
-                device,
-                has_instance: instance.is_some(),
-                app_instance,
-                bindings,
-                header_expires: msg.expires,
-                star: msg.contact_star,
-                push_proxy,
-            },
-        );
+        let p = PendingRegister {
+            ts,
+            aor: to.aor().into(),
+            src,
+            device,
+            has_instance: instance.is_some(),
+            app_instance,
+            bindings,
+            header_expires: msg.expires,
+            star: msg.contact_star,
+            push_proxy,
+        };
+        let cost = p.cost();
+        if self.remove_pending(key).is_none() {
+            self.pending_order.push_back((ts, key));
+        }
+        while self.pending.len() >= self.limits.max_pending || self.pending_bytes + cost > self.limits.max_pending_bytes
+        {
+            let Some((t, old)) = self.pending_order.pop_front() else {
+                break;
+            };
+            if old != key && self.pending.get(&old).is_some_and(|p| p.ts == t) {
+                self.remove_pending(old);
+                if self.stats.pending_evicted == 0 {
+                    tracing::warn!(
+                        max = self.limits.max_pending,
+                        max_bytes = self.limits.max_pending_bytes,
+                        "table of REGISTERs awaiting a response full: forgetting the oldest (limits.max_pending_transactions)"
+                    );
+                }
+                self.stats.pending_evicted += 1;
+            } else if old == key {
+                self.pending_order.push_back((t, old));
+                break;
+            }
+        }
+        self.pending_bytes += cost;
+        self.pending.insert(key, p);
         self.dirty.pending.insert(key);
     }
 
@@ -303,9 +394,8 @@ impl Registrations {
             return;
         }
         let key = self.pending_key(msg.call_id, msg.cseq);
-        let pending = match self.pending.remove(&key) {
+        let pending = match self.remove_pending(key) {
             Some(p) => {
-                self.dirty.pending.insert(key);
                 if ts - p.ts > TRANSACTION_TIMEOUT {
                     // a response this late answers nothing the client still waits for
                     self.stats.pending_expired += 1;
@@ -388,16 +478,12 @@ impl Registrations {
                     a.expires_at = REMOVED;
                     a.last_seen = ts;
                 }
-                self.dirty.aors.insert(aor_fp);
+                self.touched(aor_fp);
             }
-            let dirty = &mut self.dirty.contacts;
-            self.contacts.retain(|k, c| {
-                let keep = c.aor != aor_fp;
-                if !keep {
-                    dirty.insert(*k);
-                }
-                keep
-            });
+            let gone: Vec<Fp> = self.contacts.iter().filter(|(_, c)| c.aor == aor_fp).map(|(k, _)| *k).collect();
+            for k in gone {
+                self.remove_contact(k);
+            }
             return;
         }
         let expires_of = |(k, e): &(Fp, Option<u32>)| {
@@ -405,9 +491,7 @@ impl Registrations {
         };
         let bindings: Vec<(Fp, u32)> = p.bindings.iter().map(|b| (b.0, expires_of(b))).collect();
         for (k, _) in bindings.iter().filter(|(_, e)| *e == 0) {
-            if self.contacts.remove(k).is_some() {
-                self.dirty.contacts.insert(*k);
-            }
+            self.remove_contact(*k);
         }
         let kept: Vec<(Fp, u32)> = bindings.iter().copied().filter(|(_, e)| *e > 0).collect();
         let cid = self.fp.of(call_id);
@@ -422,7 +506,7 @@ impl Registrations {
                     a.expires_at = REMOVED;
                 }
                 a.last_seen = ts;
-                self.dirty.aors.insert(aor_fp);
+                self.touched(aor_fp);
             }
             return;
         }
@@ -442,7 +526,7 @@ impl Registrations {
                     a.expires_at = a.expires_at.max(expires_at);
                     a.last_seen = ts;
                 }
-                self.dirty.aors.insert(aor_fp);
+                self.touched(aor_fp);
             }
             return;
         }
@@ -509,12 +593,22 @@ impl Registrations {
                 self.apps += 1;
                 self.aors
                     .entry(aor_fp)
-                    .or_insert_with(|| AorState { aor: p.aor.clone(), apps: Vec::new() })
+                    .or_insert_with(|| AorState { aor: p.aor.clone(), apps: Vec::new(), size: 0 })
                     .apps
                     .push(app);
             }
         }
-        self.dirty.aors.insert(aor_fp);
+        self.touched(aor_fp);
+        while self.bytes > self.limits.max_bytes && self.apps > 1 {
+            if !self.bytes_logged {
+                self.bytes_logged = true;
+                tracing::warn!(
+                    max_bytes = self.limits.max_bytes,
+                    "registration table at its byte bound: evicting devices (limits.max_registration_bytes)"
+                );
+            }
+            self.evict_apps(ts);
+        }
     }
 
     /// The app a REGISTER belongs to: same boot cycle (Call-ID), else same `+sip.instance`, else
@@ -565,9 +659,12 @@ impl Registrations {
                 self.stats.devices_evicted_active += removed as u64;
             }
             if s.apps.is_empty() {
-                self.aors.remove(&aor);
+                let gone = self.aors.remove(&aor).expect("present");
+                self.bytes -= gone.size;
+                self.dirty.aors.insert(aor);
+            } else {
+                self.touched(aor);
             }
-            self.dirty.aors.insert(aor);
         }
     }
 
@@ -578,10 +675,12 @@ impl Registrations {
                 self.contacts.iter().map(|(k, c)| ((c.expires_at >= ts, c.last_seen), *k)).collect();
             all.select_nth_unstable_by_key(n - 1, |(r, _)| *r);
             for (_, k) in all.into_iter().take(n) {
-                self.contacts.remove(&k);
-                self.dirty.contacts.insert(k);
+                self.remove_contact(k);
                 self.stats.contacts_evicted += 1;
             }
+        }
+        if !self.contacts.contains_key(&contact) {
+            self.bytes += CONTACT_COST;
         }
         let e = self.contacts.entry(contact).or_insert(ContactEntry { aor, device: None, expires_at, last_seen: ts });
         if e.aor != aor {
@@ -603,28 +702,33 @@ impl Registrations {
             }
             self.pending_order.pop_front();
             if self.pending.get(&k).is_some_and(|p| p.ts == t) {
-                self.pending.remove(&k);
-                self.dirty.pending.insert(k);
+                self.remove_pending(k);
                 self.stats.pending_expired += 1;
             }
         }
-        let (dirty, apps) = (&mut self.dirty, &mut self.apps);
+        let mut changed = Vec::new();
+        let (dirty, apps, bytes) = (&mut self.dirty, &mut self.apps, &mut self.bytes);
         self.aors.retain(|k, s| {
             let before = s.apps.len();
             s.apps.retain(|a| !a.stale(now));
             if s.apps.len() != before {
                 *apps -= before - s.apps.len();
+                changed.push(*k);
+            }
+            if s.apps.is_empty() {
+                *bytes -= s.size;
                 dirty.aors.insert(*k);
             }
             !s.apps.is_empty()
         });
-        self.contacts.retain(|k, c| {
-            let keep = now - c.expires_at <= CONTACT_GRACE;
-            if !keep {
-                dirty.contacts.insert(*k);
-            }
-            keep
-        });
+        for k in changed {
+            self.touched(k);
+        }
+        let gone: Vec<Fp> =
+            self.contacts.iter().filter(|(_, c)| now - c.expires_at > CONTACT_GRACE).map(|(k, _)| *k).collect();
+        for k in gone {
+            self.remove_contact(k);
+        }
     }
 
     /// The records changed since the last call (for the state store).
@@ -649,18 +753,26 @@ impl Registrations {
     }
 
     /// Takes records loaded from the state store (at start, before any message).
-    pub fn restore_aor(&mut self, k: Fp, s: AorState) {
+    pub fn restore_aor(&mut self, k: Fp, mut s: AorState) {
         self.apps += s.apps.len();
+        s.size = s.cost();
+        self.bytes += s.size;
         if let Some(old) = self.aors.insert(k, s) {
             self.apps -= old.apps.len();
+            self.bytes -= old.size;
         }
     }
     pub fn restore_contact(&mut self, k: Fp, c: ContactEntry) {
-        self.contacts.insert(k, c);
+        if self.contacts.insert(k, c).is_none() {
+            self.bytes += CONTACT_COST;
+        }
     }
     pub fn restore_pending(&mut self, k: Fp, p: PendingRegister) {
         let t = p.ts;
-        if self.pending.insert(k, p).is_none() {
+        self.pending_bytes += p.cost();
+        if let Some(old) = self.pending.insert(k, p) {
+            self.pending_bytes -= old.cost();
+        } else {
             // kept in time order by the caller's sort in `finish_restore`
             self.pending_order.push_back((t, k));
         }

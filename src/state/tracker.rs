@@ -55,6 +55,10 @@ pub struct TrackerConfig {
     /// REGISTER transactions awaiting their final response.
     pub max_pending: usize,
     pub max_contacts_per_register: usize,
+    /// Bytes of registrations (apps and contacts), of pending REGISTERs, of call legs.
+    pub max_registration_bytes: usize,
+    pub max_pending_bytes: usize,
+    pub max_call_legs_bytes: usize,
     /// Contact parameters or REGISTER headers by which apps send their own instance id.
     pub identity_names: Vec<String>,
     /// The key of the state's fingerprints (kept with the state; random without one).
@@ -71,6 +75,9 @@ impl TrackerConfig {
             max_devices: 1_000_000,
             max_pending: 100_000,
             max_contacts_per_register: 16,
+            max_registration_bytes: 160 << 20,
+            max_pending_bytes: 32 << 20,
+            max_call_legs_bytes: 96 << 20,
             identity_names: Vec::new(),
             fingerprint_key: [0x5349_5054_4150, 0x006b_6579],
         }
@@ -82,7 +89,13 @@ pub struct TrackerStats {
     pub messages: u64,
     pub server_to_server: u64,
     pub client_to_client: u64,
+    /// Messages skipped because a field siptap keeps is longer than [`MAX_FIELD`].
+    pub oversized_fields: u64,
 }
+
+/// The longest Call-ID, From/To/Request URI or Contact siptap keeps: real ones are far shorter,
+/// and this bounds what one table entry can cost whatever senders put in them.
+pub const MAX_FIELD: usize = 256;
 
 pub struct Tracker {
     servers: Servers,
@@ -107,12 +120,18 @@ impl Tracker {
                     max_devices: cfg.max_devices,
                     max_pending: cfg.max_pending,
                     max_contacts_per_register: cfg.max_contacts_per_register,
+                    max_bytes: cfg.max_registration_bytes,
+                    max_pending_bytes: cfg.max_pending_bytes,
                 },
                 cfg.identity_names.clone(),
             ),
             calls: Calls::new(
                 fp,
-                CallLimits { max_legs: cfg.max_legs.max(1), max_call: cfg.max_call_secs as Micros * 1_000_000 },
+                CallLimits {
+                    max_legs: cfg.max_legs.max(1),
+                    max_bytes: cfg.max_call_legs_bytes.max(1 << 16),
+                    max_call: cfg.max_call_secs as Micros * 1_000_000,
+                },
             ),
             stats: TrackerStats::default(),
             last_expire: Micros::MIN,
@@ -141,6 +160,25 @@ impl Tracker {
     /// One parsed SIP message seen going from `src` to `dst`.
     pub fn message(&mut self, ts: Micros, src: SocketAddr, dst: SocketAddr, msg: &Message<'_>, out: &mut Vec<Event>) {
         self.stats.messages += 1;
+        let ruri_len = match msg.start {
+            crate::sip::StartLine::Request { uri, .. } => uri.len(),
+            crate::sip::StartLine::Response { .. } => 0,
+        };
+        if [
+            msg.call_id.len(),
+            msg.from.uri.len(),
+            msg.to.uri.len(),
+            ruri_len,
+            msg.from.params.len(),
+            msg.to.params.len(),
+        ]
+        .iter()
+        .any(|l| *l > MAX_FIELD)
+            || msg.contacts.iter().any(|c| c.addr.uri.len() > MAX_FIELD || c.addr.params.len() > 4 * MAX_FIELD)
+        {
+            self.stats.oversized_fields += 1;
+            return;
+        }
         let (src_srv, dst_srv) = (self.servers.contains(src), self.servers.contains(dst));
         let hop = match (src_srv, dst_srv) {
             (false, true) => Hop { client: src, from_client: true },
