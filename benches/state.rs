@@ -25,7 +25,9 @@ fn frames(spec: &GenSpec) -> Vec<F> {
 /// Returns (seconds, commits, seconds spent committing).
 fn run(cfg: &Config, fr: &[F], state: Option<&Path>, every_second: bool) -> (f64, u64, f64) {
     let t = Instant::now();
-    let (mut p, store) = open_pipeline(cfg, state).unwrap();
+    let o = open_pipeline(cfg, state).unwrap();
+    let _scratch = o.scratch;
+    let (mut p, store) = (o.pipeline, o.persistent.then_some(o.store));
     let mut events = 0usize;
     let mut last_commit = fr[0].ts;
     let (mut commits, mut in_commit) = (0u64, 0f64);

@@ -39,6 +39,9 @@ struct RawConfig {
 struct RawHep {
     ports: Option<Vec<u16>>,
     listen: Option<Spanned<String>>,
+    allow_any_source: Option<Spanned<bool>>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
     #[serde(default)]
     sources: Vec<Spanned<RawHepSource>>,
 }
@@ -62,6 +65,7 @@ struct RawRun {
     log_format: Option<Spanned<String>>,
     state_dir: Option<String>,
     stop_timeout_secs: Option<u64>,
+    queue_mib: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +170,9 @@ pub struct FirebaseCfg {
     pub app_instance_id_from: Option<String>,
     pub app_instance_map: HashMap<String, String>,
     pub app_instance_map_path: Option<PathBuf>,
+    /// Where the secrets came from (for the permission check), when from files.
+    pub api_secret_path: Option<PathBuf>,
+    pub identity_secret_path: Option<PathBuf>,
 }
 
 /// Delivery settings shared by all tenants.
@@ -218,6 +225,8 @@ pub struct Config {
     pub hep: HepCfg,
     pub run: RunCfg,
     pub tenants: Vec<Tenant>,
+    /// What is allowed but unsafe or unusual (`check-config` prints them, `run` logs them).
+    pub warnings: Vec<String>,
 }
 
 /// HEP input: ports recognised in captures, the live listener, accepted sources.
@@ -226,6 +235,17 @@ pub struct HepCfg {
     pub ports: Vec<u16>,
     pub listen: Option<SocketAddr>,
     pub sources: Vec<crate::decode::HepSource>,
+    /// Take HEP from anyone (captured or received): only when explicitly set.
+    pub allow_any_source: bool,
+    /// HEP-over-TCP connections served at once, and how long one may stay silent.
+    pub max_connections: usize,
+    pub idle_timeout_secs: u64,
+}
+
+impl HepCfg {
+    pub fn trust(&self) -> crate::decode::HepTrust {
+        crate::decode::HepTrust { sources: self.sources.clone(), allow_any: self.allow_any_source }
+    }
 }
 
 /// `siptap run` settings.
@@ -240,6 +260,8 @@ pub struct RunCfg {
     pub log_json: bool,
     pub state_dir: PathBuf,
     pub stop_timeout_secs: u64,
+    /// Bytes of input (frames, HEP packets) waiting for the core, in MiB.
+    pub queue_mib: usize,
 }
 
 pub const DEFAULT_PUSH_PROXY_AGENTS: &[&str] = &["Acrobits SIPIS"];
@@ -424,6 +446,10 @@ impl Config {
             request_timeout_secs: d.request_timeout_secs.unwrap_or(30).max(1),
             max_backoff_secs: d.max_backoff_secs.unwrap_or(300).max(1),
         };
+        let mut warnings: Vec<String> = Vec::new();
+        let warn = |warnings: &mut Vec<String>, span: std::ops::Range<usize>, key: &str, msg: &str| {
+            warnings.push(at(span, key, msg.to_string()).0);
+        };
         let hep = {
             let h = &raw.hep;
             let listen = match &h.listen {
@@ -454,6 +480,14 @@ impl Config {
                     })?),
                     (None, Some(f)) => {
                         let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+                        if readable_by_others(&p) {
+                            warn(
+                                &mut warnings,
+                                f.span(),
+                                "hep.sources.password_file",
+                                &format!("{} is readable by every local user", p.display()),
+                            );
+                        }
                         Some(
                             std::fs::read_to_string(&p)
                                 .map_err(|e| {
@@ -475,9 +509,54 @@ impl Config {
                 if address.is_none() && src.capture_id.is_none() && password.is_none() {
                     return Err(at(sp, "hep.sources", "a source needs an address, a capture_id or a password".into()));
                 }
+                if password.is_none() {
+                    warn(
+                        &mut warnings,
+                        sp.clone(),
+                        "hep.sources",
+                        "a source without a password is trusted by address and capture id only, which anyone who can send UDP to siptap (or to the captured network) can forge",
+                    );
+                }
                 sources.push(crate::decode::HepSource { address, capture_id: src.capture_id, password });
             }
-            HepCfg { ports: h.ports.clone().unwrap_or_else(|| vec![9060]), listen, sources }
+            let allow_any_source = h.allow_any_source.as_ref().is_some_and(|a| *a.get_ref());
+            if let Some(l) = &h.listen {
+                if sources.is_empty() && !allow_any_source {
+                    return Err(at(
+                        l.span(),
+                        "hep.listen",
+                        "refusing to take HEP from anyone who can reach it: add [[hep.sources]] (address, capture_id, password), or set hep.allow_any_source = true".into(),
+                    ));
+                }
+                let open = listen.is_some_and(|a| !a.ip().is_loopback());
+                let authenticated = !allow_any_source && sources.iter().all(|s| s.password.is_some());
+                if open && !authenticated {
+                    warn(
+                        &mut warnings,
+                        l.span(),
+                        "hep.listen",
+                        "listens beyond this host without a password on every source: anyone on the network can inject SIP",
+                    );
+                }
+            }
+            if let Some(a) = &h.allow_any_source
+                && *a.get_ref()
+            {
+                warn(
+                    &mut warnings,
+                    a.span(),
+                    "hep.allow_any_source",
+                    "HEP is taken from anyone, in captures as on the listener: any sender can inject registrations and calls",
+                );
+            }
+            HepCfg {
+                ports: h.ports.clone().unwrap_or_else(|| vec![9060]),
+                listen,
+                sources,
+                allow_any_source,
+                max_connections: h.max_connections.unwrap_or(64).max(1),
+                idle_timeout_secs: h.idle_timeout_secs.unwrap_or(60).max(1),
+            }
         };
         let run = {
             let r = &raw.run;
@@ -497,6 +576,16 @@ impl Config {
                 }
                 None => false,
             };
+            if let (Some(m), Some(a)) = (&r.metrics_listen, metrics_listen)
+                && !a.ip().is_loopback()
+            {
+                warn(
+                    &mut warnings,
+                    m.span(),
+                    "run.metrics_listen",
+                    "metrics and health are served beyond this host, without authentication",
+                );
+            }
             RunCfg {
                 interfaces: r.interfaces.clone().unwrap_or_else(|| vec!["any".into()]),
                 buffer_mib: r.buffer_mib.unwrap_or(32).max(1),
@@ -505,9 +594,29 @@ impl Config {
                 log_json,
                 state_dir: PathBuf::from(r.state_dir.clone().unwrap_or_else(|| "/var/lib/siptap".into())),
                 stop_timeout_secs: r.stop_timeout_secs.unwrap_or(10).max(1),
+                queue_mib: r.queue_mib.unwrap_or(32).max(1),
             }
         };
+        for t in &tenants {
+            if let Some(fb) = &t.firebase {
+                for (key, p) in
+                    [("api_secret_file", &fb.api_secret_path), ("identity_secret_file", &fb.identity_secret_path)]
+                {
+                    if let Some(p) = p
+                        && readable_by_others(p)
+                    {
+                        warnings.push(format!(
+                            "{}: tenants.{}.firebase.{key}: {} is readable by every local user",
+                            path.display(),
+                            t.id,
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
         Ok(Config {
+            warnings,
             hep,
             run,
             delivery,
@@ -571,6 +680,12 @@ impl Config {
         tc.identity_names = names;
         tc
     }
+}
+
+/// Whether other local users can read a file (a secret should be 0600 or 0640).
+fn readable_by_others(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 /// The dotted key defined on a line (`table.key` from the nearest `[table]` above), for errors.
@@ -692,6 +807,8 @@ fn firebase_cfg(
         app_instance_id_from: fb.app_instance_id_from.clone(),
         app_instance_map,
         app_instance_map_path,
+        api_secret_path: fb.api_secret_file.as_ref().map(|f| base.join(f.get_ref())),
+        identity_secret_path: fb.identity_secret_file.as_ref().map(|f| base.join(f.get_ref())),
     })
 }
 

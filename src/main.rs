@@ -120,6 +120,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Validate { config, remote, captures } => cli::validate::validate(config, remote, captures),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} tenant(s), {} server address(es))",
                 config.display(),

@@ -52,7 +52,7 @@ impl Pipeline {
             max_sctp_bytes: l.max_sctp_bytes,
             duplicate_window: cfg.duplicate_window_ms as Micros * 1000,
             hep_ports: cfg.hep.ports.clone(),
-            hep_sources: cfg.hep.sources.clone(),
+            hep_trust: cfg.hep.trust(),
         };
         let mut ports = cfg.sip_ports.clone();
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
@@ -89,7 +89,7 @@ impl Pipeline {
     pub fn reload(&mut self, cfg: &Config) {
         self.router = Router::new(cfg);
         self.tracker.reconfigure(cfg.tracker_config([0, 0]));
-        self.decoder.set_hep_sources(cfg.hep.sources.clone());
+        self.decoder.set_hep_trust(cfg.hep.trust());
     }
 
     /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).

@@ -118,7 +118,7 @@ fn sd_notify_readiness_watchdog_and_stopping() {
     std::fs::write(
         &cfg,
         format!(
-            "sip_servers = [\"127.0.0.10\"]\n[hep]\nlisten = \"127.0.0.1:{}\"\n[run]\ninterfaces = []\nmetrics_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+            "sip_servers = [\"127.0.0.10\"]\n[hep]\nlisten = \"127.0.0.1:{}\"\nallow_any_source = true\n[run]\ninterfaces = []\nmetrics_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
             free(),
             free(),
             dir.path().join("state").display()

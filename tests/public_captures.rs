@@ -21,7 +21,12 @@ fn config(servers: &[&str]) -> tempfile::NamedTempFile {
     let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
     std::fs::write(
         f.path(),
-        format!("sip_servers = [{list}]\ndefault_tenant = \"pub\"\n[tenants.pub]\ndomains = [\"any.invalid\"]\n"),
+        // the HEP senders of the two HEP captures (the outer IP source)
+        format!(
+            "sip_servers = [{list}]\ndefault_tenant = \"pub\"\n[[hep.sources]]\naddress = \"127.0.0.1\"\n\
+             [[hep.sources]]\naddress = \"172.17.0.1\"\n[[hep.sources]]\naddress = \"192.168.137.247\"\n\
+             [tenants.pub]\ndomains = [\"any.invalid\"]\n"
+        ),
     )
     .unwrap();
     f
@@ -297,4 +302,21 @@ fn webrtc_call_over_websocket_bridged_to_udp() {
             "call_ended 9998112263382742@10.243.0.157 in true 200 bye peer",
         ],
     );
+}
+
+#[test]
+fn hep_in_a_capture_is_ignored_unless_its_sender_is_a_configured_source() {
+    // the same HEP captures with no [[hep.sources]]: anyone can put a HEP packet on the wire
+    // towards the SIP server, so captured HEP is not decoded unless its sender is configured
+    let Some(dir) = shared() else { return };
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "sip_servers = [\"192.168.1.2\"]\n[tenants.pub]\ndomains = [\"any.invalid\"]\n").unwrap();
+    for (name, packets) in
+        [("sipcapture-hep-wireshark__hep.pcap", 8), ("sipcapture-hep-wireshark__hep3_compressed.pcap.pcapng", 14)]
+    {
+        let st = stats(f.path(), &dir.join(name));
+        assert_eq!(stat_of(&st, "hep_packets"), packets, "{name}");
+        assert_eq!(stat_of(&st, "hep_refused"), packets, "{name}");
+        assert_eq!(stat_of(&st, "sip_messages"), 0, "{name}");
+    }
 }

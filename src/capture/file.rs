@@ -15,6 +15,25 @@ pub struct FileStats {
     pub frames: u64,
     /// The file ended inside a record (a capture cut short): the frames before it were read.
     pub truncated: bool,
+    /// Frames captured shorter than they were on the wire (the capture's snaplen): decoded as
+    /// far as they go.
+    pub snapped: u64,
+    /// Frames whose timestamp is not a plausible time (before 1970 or after 2200, say from a
+    /// bad if_tsresol/if_tsoffset): refused, so that they cannot fire every timer at once.
+    pub bad_timestamps: u64,
+}
+
+/// Timestamps from 1970 to 2200 are taken; others are refused (counted).
+const MAX_TS: Micros = 7_258_118_400 * 1_000_000;
+
+fn plausible(ts: Option<Micros>, stats: &mut FileStats) -> Option<Micros> {
+    match ts {
+        Some(t) if (0..MAX_TS).contains(&t) => Some(t),
+        _ => {
+            stats.bad_timestamps += 1;
+            None
+        }
+    }
 }
 
 /// Reads every frame of a pcap or pcapng file, in file order, into `sink`.
@@ -37,17 +56,31 @@ pub fn read_file(path: &Path, mut sink: impl FnMut(Frame<'_>)) -> Result<FileSta
     if stats.truncated {
         tracing::warn!(file = %path.display(), frames = stats.frames, "capture ends inside a record; read up to it");
     }
+    if stats.bad_timestamps > 0 {
+        tracing::warn!(file = %path.display(), frames = stats.bad_timestamps, "frames with impossible timestamps refused");
+    }
     Ok(stats)
 }
 
 fn read_pcap(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_>)) -> Result<()> {
     let mut reader = PcapReader::new(r)?;
-    let linktype: u32 = reader.header().datalink.into();
-    while let Some(pkt) = reader.next_packet() {
+    let header = reader.header();
+    let linktype: u32 = header.datalink.into();
+    let nanos = header.ts_resolution == pcap_file::TsResolution::NanoSecond;
+    // raw records: pcap-file's checked ones refuse a record longer on the wire than the file's
+    // snaplen, which is every record of a capture taken with a short snaplen
+    while let Some(pkt) = reader.next_raw_packet() {
         match pkt {
             Ok(p) => {
                 stats.frames += 1;
-                sink(Frame { ts: duration_micros(p.timestamp), linktype, data: &p.data });
+                if p.orig_len > p.incl_len {
+                    stats.snapped += 1;
+                }
+                let frac = if nanos { i64::from(p.ts_frac) / 1000 } else { i64::from(p.ts_frac) };
+                let ts = (frac < 1_000_000).then(|| i64::from(p.ts_sec) * 1_000_000 + frac);
+                if let Some(ts) = plausible(ts, stats) {
+                    sink(Frame { ts, linktype, data: &p.data });
+                }
             }
             Err(_) => {
                 stats.truncated = true;
@@ -64,6 +97,14 @@ struct Iface {
     /// ticks per second
     units: u128,
     offset_s: i64,
+}
+
+impl Iface {
+    /// A tick count in microseconds since the epoch, if it fits.
+    fn micros(&self, ticks: u128) -> Option<Micros> {
+        let us = i64::try_from(ticks.checked_mul(1_000_000)? / self.units).ok()?;
+        us.checked_add(self.offset_s.checked_mul(1_000_000)?)
+    }
 }
 
 fn read_pcapng(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_>)) -> Result<()> {
@@ -101,10 +142,14 @@ fn read_pcapng(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<
                 };
                 // pcap-file hands the raw 64-bit tick count back as "nanoseconds"
                 let ticks = epb.timestamp.as_nanos();
-                let micros = (ticks * 1_000_000 / iface.units) as i64 + iface.offset_s * 1_000_000;
-                last_ts = micros;
                 stats.frames += 1;
-                sink(Frame { ts: micros, linktype: iface.linktype, data: &epb.data });
+                if (epb.original_len as usize) > epb.data.len() {
+                    stats.snapped += 1;
+                }
+                if let Some(micros) = plausible(iface.micros(ticks), stats) {
+                    last_ts = micros;
+                    sink(Frame { ts: micros, linktype: iface.linktype, data: &epb.data });
+                }
             }
             Block::SimplePacket(spb) => {
                 // no timestamp: keep the previous frame's time
@@ -118,18 +163,14 @@ fn read_pcapng(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<
                 let Some(iface) = ifaces.get(pb.interface_id as usize) else {
                     continue;
                 };
-                let ticks = u128::from(pb.timestamp);
-                let micros = (ticks * 1_000_000 / iface.units) as i64 + iface.offset_s * 1_000_000;
-                last_ts = micros;
                 stats.frames += 1;
-                sink(Frame { ts: micros, linktype: iface.linktype, data: &pb.data });
+                if let Some(micros) = plausible(iface.micros(u128::from(pb.timestamp)), stats) {
+                    last_ts = micros;
+                    sink(Frame { ts: micros, linktype: iface.linktype, data: &pb.data });
+                }
             }
             _ => {}
         }
     }
     Ok(())
-}
-
-fn duration_micros(d: std::time::Duration) -> Micros {
-    d.as_micros() as i64
 }

@@ -21,12 +21,14 @@ pub fn replay(
     captures: Vec<PathBuf>,
 ) -> Result<()> {
     let cfg = Config::load(&config)?;
+    let mut file_stats = (0u64, 0u64, 0u64);
     for c in &captures {
         if !c.is_file() {
             bail!("cannot read capture {}: no such file", c.display());
         }
     }
-    let (mut pipeline, store) = siptap::store::open_pipeline(&cfg, state.as_deref())?;
+    let siptap::store::Opened { mut pipeline, store, persistent, scratch: _scratch } =
+        siptap::store::open_pipeline(&cfg, state.as_deref())?;
     // with --send, events of delivering tenants are committed to the outbox in batches
     let delivery = match (&state, send_timeout) {
         (Some(dir), Some(_)) => {
@@ -64,8 +66,26 @@ pub fn replay(
             }
         }
     };
+    let mut frames = 0u64;
+    let mut save_err: Option<anyhow::Error> = None;
     for c in &captures {
-        let fs = read_file(c, |frame| pipeline.frame(frame, &mut emit))?;
+        let fs = read_file(c, |frame| {
+            pipeline.frame(frame, &mut emit);
+            frames += 1;
+            // the users that signed up go to the store as we go: memory holds only a bounded
+            // cache of them, whatever the capture's size
+            if frames.is_multiple_of(65_536) {
+                let users = pipeline.take_new_users();
+                if let Err(e) = store.commit(&Default::default(), &users)
+                    && save_err.is_none()
+                {
+                    save_err = Some(e);
+                }
+            }
+        })?;
+        file_stats.0 += fs.snapped;
+        file_stats.1 += fs.bad_timestamps;
+        file_stats.2 += u64::from(fs.truncated);
         tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
     }
     pipeline.finish(&mut emit);
@@ -79,18 +99,28 @@ pub fn replay(
     if let Some(e) = queue_err {
         return Err(e).context("cannot queue events in the outbox");
     }
+    if let Some(e) = save_err {
+        return Err(e);
+    }
     // the state as it stands at the end of the input: the next replay (or `run`) goes on from it
-    if let Some(s) = &store {
+    if persistent {
         let delta = pipeline.tracker.take_delta();
-        s.commit(&delta, &pipeline.take_new_users())?;
+        store.commit(&delta, &pipeline.take_new_users())?;
     }
     if stats {
         let mut err = std::io::stderr().lock();
-        for (k, v) in pipeline.counters() {
+        for (k, v) in [
+            ("capture_frames_snapped", file_stats.0),
+            ("capture_timestamps_refused", file_stats.1),
+            ("capture_files_truncated", file_stats.2),
+        ]
+        .into_iter()
+        .chain(pipeline.counters())
+        {
             writeln!(err, "{k:32} {v}")?;
         }
-        if let Some(s) = &store {
-            for (k, v) in s.stats.counters() {
+        if persistent {
+            for (k, v) in store.stats.counters() {
                 writeln!(err, "{k:32} {v}")?;
             }
         }

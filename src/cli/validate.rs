@@ -22,7 +22,8 @@ pub fn validate(config: PathBuf, remote: bool, captures: Vec<PathBuf>) -> Result
     if captures.is_empty() {
         routed = sample_events(&cfg);
     } else {
-        let (mut pipeline, _) = siptap::store::open_pipeline(&cfg, None)?;
+        let mut opened = siptap::store::open_pipeline(&cfg, None)?;
+        let pipeline = &mut opened.pipeline;
         for c in &captures {
             read_file(c, |frame| pipeline.frame(frame, &mut |r| routed.push(r)))?;
         }

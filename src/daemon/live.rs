@@ -1,5 +1,5 @@
 //! Live capture with libpcap: one thread per interface feeding frames to the core.
-use super::Input;
+use super::{Input, InputBudget};
 use crate::config::Config;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -30,7 +30,12 @@ pub fn bpf_filter(cfg: &Config) -> String {
 }
 
 /// Opens every configured interface; each gets a thread that sends frames until `stop`.
-pub fn start(cfg: &Config, tx: SyncSender<Input>, stop: Arc<AtomicBool>) -> Result<Vec<(String, Arc<CaptureStats>)>> {
+pub fn start(
+    cfg: &Config,
+    tx: SyncSender<Input>,
+    budget: Arc<InputBudget>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<(String, Arc<CaptureStats>)>> {
     let filter = bpf_filter(cfg);
     let mut all = Vec::new();
     for name in &cfg.run.interfaces {
@@ -46,14 +51,16 @@ pub fn start(cfg: &Config, tx: SyncSender<Input>, stop: Arc<AtomicBool>) -> Resu
         let linktype = cap.get_datalink().0 as u32;
         let stats = Arc::new(CaptureStats::default());
         all.push((name.clone(), stats.clone()));
-        let (tx, stop, name) = (tx.clone(), stop.clone(), name.clone());
+        let (tx, stop, name, budget) = (tx.clone(), stop.clone(), name.clone(), budget.clone());
         std::thread::Builder::new().name(format!("capture-{name}")).spawn(move || {
             let mut last_publish = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 match cap.next_packet() {
                     Ok(p) => {
                         let ts = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
-                        if tx.send(Input::Frame { ts, linktype, data: p.data.to_vec() }).is_err() {
+                        if budget.admit(p.data.len())
+                            && tx.send(Input::Frame { ts, linktype, data: p.data.to_vec() }).is_err()
+                        {
                             return;
                         }
                         stats.received.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,53 @@ pub enum Input {
     Stop,
 }
 
+/// Bytes of input (captured frames, HEP packets) waiting for the core: bounded by
+/// `run.queue_mib`; past it new input is dropped and counted, and logged once.
+#[derive(Debug)]
+pub struct InputBudget {
+    bytes: std::sync::atomic::AtomicUsize,
+    max: usize,
+    pub dropped: std::sync::atomic::AtomicU64,
+    logged: AtomicBool,
+}
+
+impl InputBudget {
+    pub fn new(max: usize) -> Self {
+        InputBudget {
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+            max,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+            logged: AtomicBool::new(false),
+        }
+    }
+    /// Takes room for `n` bytes; `false` (counted) when the queue is full.
+    pub fn admit(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.max {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+            self.refuse();
+            return false;
+        }
+        true
+    }
+    /// Counts input dropped because the queue is full.
+    pub fn refuse(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_bytes = self.max,
+                "input queue full: the core is behind, new packets are dropped (run.queue_mib); counted in input_dropped"
+            );
+        }
+    }
+    pub fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// What the core publishes for the metrics endpoint, once a tick.
 #[derive(Default)]
 pub struct Snapshot {
@@ -48,6 +95,8 @@ pub struct Shared {
     pub outbox: Option<Arc<Outbox>>,
     pub sender: Arc<SenderStats>,
     pub last_tick: AtomicI64,
+    pub input: Arc<InputBudget>,
+    pub hep: Arc<hep_listener::HepListenerStats>,
 }
 
 impl Shared {
@@ -86,9 +135,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         );
     }
     let mut cfg = Config::load(&opts.config)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let state = opts.state_dir.clone().unwrap_or_else(|| cfg.run.state_dir.clone());
-    let (mut pipeline, store) = crate::store::open_pipeline(&cfg, Some(&state))?;
-    let store = store.expect("opened with a state directory");
+    let crate::store::Opened { mut pipeline, store, .. } = crate::store::open_pipeline(&cfg, Some(&state))?;
+    // (a state directory: no scratch one to keep)
     let key = crate::sink::firebase::identity_key(&state)?;
     let outbox = Arc::new(Outbox::open(
         &state,
@@ -100,34 +152,82 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut jsonl_out = open_jsonl(&cfg.run.jsonl_path)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
+    let budget = Arc::new(InputBudget::new(cfg.run.queue_mib << 20));
     let stop = Arc::new(AtomicBool::new(false));
-    let captures =
-        if cfg.run.interfaces.is_empty() { Vec::new() } else { live::start(&cfg, tx.clone(), stop.clone())? };
-    if let Some(addr) = cfg.hep.listen {
-        hep_listener::start(addr, tx.clone(), stop.clone())?;
-    }
+    let captures = if cfg.run.interfaces.is_empty() {
+        Vec::new()
+    } else {
+        live::start(&cfg, tx.clone(), budget.clone(), stop.clone())?
+    };
+    let hep_tcp = match cfg.hep.listen {
+        Some(addr) => {
+            hep_listener::start_udp(addr, tx.clone(), budget.clone(), stop.clone())?;
+            Some(hep_listener::bind_tcp(addr)?)
+        }
+        None => None,
+    };
     let sender_stats = Arc::new(SenderStats::default());
+    let hep_stats = Arc::new(hep_listener::HepListenerStats::default());
     let shared = Arc::new(Shared {
         snapshot: Mutex::default(),
         captures,
         outbox: Some(outbox.clone()),
         sender: sender_stats.clone(),
         last_tick: AtomicI64::new(now_micros()),
+        input: budget.clone(),
+        hep: hep_stats.clone(),
     });
 
-    // the tokio side: delivery, metrics, signals
-    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<SenderCmd>();
+    // the listeners (metrics and health, HEP over TCP) on a runtime of their own, so that they
+    // answer whatever delivery or the core is doing
     let metrics = match cfg.run.metrics_listen {
         Some(a) => Some(std::net::TcpListener::bind(a).with_context(|| format!("cannot listen for metrics on {a}"))?),
         None => None,
     };
+    {
+        let (shared, tx, budget, cfg) = (shared.clone(), tx.clone(), budget.clone(), cfg.clone());
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
+        std::thread::Builder::new()
+            .name("listeners".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    if let Some(l) = metrics {
+                        let _ = l.set_nonblocking(true);
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(metrics::serve(l, shared.clone()));
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
+                        }
+                    }
+                    if let Some(l) = hep_tcp {
+                        tokio::spawn(hep_listener::serve_tcp(
+                            l,
+                            tx,
+                            budget,
+                            cfg.hep.max_connections,
+                            Duration::from_secs(cfg.hep.idle_timeout_secs),
+                            hep_stats,
+                        ));
+                    }
+                    std::future::pending::<()>().await
+                })
+            })
+            .context("cannot start the listeners thread")?;
+    }
+
+    // the tokio side: delivery and signals
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<SenderCmd>();
     let async_side = {
         let (outbox, shared, tx, cfg) = (outbox.clone(), shared.clone(), tx.clone(), cfg.clone());
         let targets = delivery.targets();
-        std::thread::Builder::new().name("delivery".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(async_main(outbox, targets, cfg, shared, tx, cmd_rx, metrics))
-        })?
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
+        std::thread::Builder::new()
+            .name("delivery".into())
+            .spawn(move || rt.block_on(async_main(outbox, targets, cfg, shared, tx, cmd_rx)))
+            .context("cannot start the delivery thread")?
     };
     // the clock: timeouts fire when traffic is quiet, and the watchdog is fed from the core loop
     {
@@ -186,9 +286,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
             for input in batch {
                 match input {
                     Input::Frame { ts, linktype, data } => {
-                        pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit)
+                        pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit);
+                        budget.release(data.len());
                     }
-                    Input::Hep { ts, sender, data } => pipeline.hep(ts, sender, &data, &mut emit),
+                    Input::Hep { ts, sender, data } => {
+                        pipeline.hep(ts, sender, &data, &mut emit);
+                        budget.release(data.len());
+                    }
                     Input::Tick => {
                         pipeline.tick(now_micros(), &mut emit);
                         tick = true;
@@ -216,6 +320,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 .counters()
                 .into_iter()
                 .chain(store.stats.counters())
+                .chain(shared.hep.counters())
+                .chain([
+                    ("input_dropped", budget.dropped.load(Ordering::Relaxed)),
+                    ("input_queue_bytes", budget.bytes() as u64),
+                ])
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             snap.events = counts.clone();
@@ -312,14 +421,7 @@ async fn async_main(
     shared: Arc<Shared>,
     core: SyncSender<Input>,
     mut cmds: tokio::sync::mpsc::UnboundedReceiver<SenderCmd>,
-    metrics: Option<std::net::TcpListener>,
 ) {
-    if let Some(l) = metrics {
-        let _ = l.set_nonblocking(true);
-        if let Ok(l) = tokio::net::TcpListener::from_std(l) {
-            tokio::spawn(metrics::serve(l, shared.clone()));
-        }
-    }
     // signals go to the core loop as inputs
     {
         use tokio::signal::unix::{SignalKind, signal};

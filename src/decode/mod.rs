@@ -76,8 +76,29 @@ pub struct DecodeLimits {
     pub duplicate_window: Micros,
     /// UDP ports on which HEP v3 is recognised.
     pub hep_ports: Vec<u16>,
-    /// When not empty, HEP is taken only from these sources.
-    pub hep_sources: Vec<HepSource>,
+    /// Who HEP is taken from (captured or received): nobody unless configured.
+    pub hep_trust: HepTrust,
+}
+
+/// Who siptap takes HEP from. HEP carries SIP with its own addresses and times, so whoever can
+/// send a HEP packet that siptap decodes can make up registrations and calls: nothing is trusted
+/// unless configured (`[[hep.sources]]`), or everything only when explicitly told
+/// (`hep.allow_any_source`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HepTrust {
+    pub sources: Vec<HepSource>,
+    pub allow_any: bool,
+}
+
+impl HepTrust {
+    pub fn accepts(&self, sender: IpAddr, capture_id: Option<u32>, password: Option<&str>) -> bool {
+        self.allow_any
+            || self.sources.iter().any(|s| {
+                s.address.is_none_or(|a| a == sender)
+                    && s.capture_id.is_none_or(|c| Some(c) == capture_id)
+                    && s.password.as_deref().is_none_or(|pw| Some(pw) == password)
+            })
+    }
 }
 
 /// A HEP sender siptap accepts: its address, and the capture id and password it must present.
@@ -101,7 +122,7 @@ impl Default for DecodeLimits {
             max_sctp_bytes: 4 << 20,
             duplicate_window: 20_000,
             hep_ports: vec![9060],
-            hep_sources: Vec::new(),
+            hep_trust: HepTrust::default(),
         }
     }
 }
@@ -119,7 +140,8 @@ pub struct Decoder {
     max_message: usize,
     dedup: Dedup,
     hep_ports: Vec<u16>,
-    hep_sources: Vec<HepSource>,
+    hep_trust: HepTrust,
+    hep_refused_logged: bool,
 }
 
 /// The keys of the duplicate table are hashes already: use them as they are.
@@ -217,7 +239,8 @@ impl Decoder {
             max_message: limits.max_tcp_buffer,
             dedup: Dedup { window: limits.duplicate_window, seen: HashMap::default(), order: VecDeque::new() },
             hep_ports: limits.hep_ports,
-            hep_sources: limits.hep_sources,
+            hep_trust: limits.hep_trust,
+            hep_refused_logged: false,
         }
     }
 
@@ -417,8 +440,8 @@ impl Decoder {
         });
     }
 
-    pub fn set_hep_sources(&mut self, sources: Vec<HepSource>) {
-        self.hep_sources = sources;
+    pub fn set_hep_trust(&mut self, trust: HepTrust) {
+        self.hep_trust = trust;
     }
 
     /// One HEP v3 packet sent by `sender` (from a capture, or received by the live listener).
@@ -432,14 +455,12 @@ impl Decoder {
                 return;
             }
         };
-        if !self.hep_sources.is_empty()
-            && !self.hep_sources.iter().any(|s| {
-                s.address.is_none_or(|a| a == sender)
-                    && s.capture_id.is_none_or(|c| Some(c) == p.capture_id)
-                    && s.password.as_deref().is_none_or(|pw| Some(pw) == p.password)
-            })
-        {
+        if !self.hep_trust.accepts(sender, p.capture_id, p.password) {
             self.stats.hep_refused += 1;
+            if !self.hep_refused_logged {
+                self.hep_refused_logged = true;
+                tracing::warn!(%sender, capture_id = ?p.capture_id, "HEP from a source not in [[hep.sources]] ignored (counted in hep_refused)");
+            }
             return;
         }
         if p.payload_type != 1 || !tcp::starts_with_sip(&p.payload) {

@@ -63,34 +63,49 @@ pub fn warn_if_readable_by_others(path: &Path, what: &str) -> bool {
     }
 }
 
-/// A pipeline for a configuration and, with a state directory, the store it was loaded from
-/// (known users read from it, derivation state restored). Without one, the pipeline starts empty
-/// with its known users in memory.
-pub fn open_pipeline(
-    cfg: &crate::config::Config,
-    state: Option<&Path>,
-) -> Result<(crate::pipeline::Pipeline, Option<StateStore>)> {
-    use crate::pipeline::Pipeline;
-    match state {
-        Some(dir) => {
-            let store = StateStore::open(dir, cfg.limits.store_cache_mib << 20)?;
-            let users = store.users(cfg.limits.known_users_cache);
-            let mut p = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
-            store.load(&mut p.tracker).with_context(|| {
-                format!(
-                    "cannot read the saved state in {}; if it is damaged, move it aside (siptap then starts with an empty state)",
-                    store.path().display()
-                )
-            })?;
-            Ok((p, Some(store)))
-        }
-        None => {
-            let k = crate::sink::firebase::random_bytes(16)?;
-            let key = [
-                u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
-                u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
-            ];
-            Ok((Pipeline::new(cfg, Box::<crate::state::users::MemoryUsers>::default(), key), None))
-        }
+/// A pipeline and the store behind it.
+pub struct Opened {
+    pub pipeline: crate::pipeline::Pipeline,
+    pub store: StateStore,
+    /// Whether the store is the user's state directory (else a scratch one, deleted at the end).
+    pub persistent: bool,
+    /// Keep it while the store is used: the scratch directory goes with it.
+    pub scratch: Option<Scratch>,
+}
+
+/// A scratch state directory, removed when dropped.
+pub struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A pipeline for a configuration, with its known users read from a store (a bounded cache in
+/// memory, the rest on disk): the state directory's (with its saved derivation state restored),
+/// or without one a scratch directory under the system's temporary directory, removed at the end
+/// (so that even a replay of ten million users needs little memory).
+pub fn open_pipeline(cfg: &crate::config::Config, state: Option<&Path>) -> Result<Opened> {
+    use crate::pipeline::Pipeline;
+    let (dir, scratch) = match state {
+        Some(d) => (d.to_path_buf(), None),
+        None => {
+            let tag = crate::sink::firebase::random_bytes(8)?.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let d = std::env::temp_dir().join(format!("siptap-replay-{}-{tag}", std::process::id()));
+            (d.clone(), Some(Scratch(d)))
+        }
+    };
+    let store = StateStore::open(&dir, cfg.limits.store_cache_mib << 20)?;
+    let users = store.users(cfg.limits.known_users_cache);
+    let mut pipeline = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
+    if state.is_some() {
+        store.load(&mut pipeline.tracker).with_context(|| {
+            format!(
+                "cannot read the saved state in {}; if it is damaged, move it aside (siptap then starts with an empty state)",
+                store.path().display()
+            )
+        })?;
+    }
+    Ok(Opened { pipeline, store, persistent: state.is_some(), scratch })
 }
