@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Requests served at once; more connections wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once; more are closed at once (a slow or idle client cannot hold the
+/// endpoint, and file descriptors stay bounded).
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let mut conn = match listener.accept().await {
             Ok((c, _)) => c,
             Err(_) => {
@@ -20,11 +22,15 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(conn);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+            let n = match tokio::time::timeout(REQUEST_TIMEOUT, conn.read(&mut buf)).await {
                 Ok(Ok(n)) => n,
                 _ => return,
             };

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub const SERVER: [u8; 4] = [127, 0, 0, 10];
 
 /// A small deterministic generator (no dependency; the flood only needs to look random).
-pub struct Lcg(u64);
+pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next(&mut self) -> u32 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
