@@ -3,7 +3,8 @@
 //! out, that the real events around the attack stay exact, and what the bounds and counters say.
 //! Time and peak memory against ordinary traffic are measured by `cargo bench --bench hostile`.
 mod common;
-use common::flood::{self, Frame, Lcg, SERVER, udp_frame};
+use common::attacks::*;
+use common::flood::{self, Frame, SERVER, udp_frame};
 use common::*;
 use std::path::Path;
 
@@ -31,96 +32,6 @@ fn expected(name: &str) -> Vec<serde_json::Value> {
 
 fn example() -> std::path::PathBuf {
     root().join("config.toml.example")
-}
-
-/// A HEP v3 packet carrying `sip` from `src` to `dst` at `ts` (µs).
-fn hep3(src: ([u8; 4], u16), dst: ([u8; 4], u16), ts: i64, sip: &str) -> Vec<u8> {
-    let mut chunks = Vec::new();
-    let mut chunk = |ty: u16, v: &[u8]| {
-        chunks.extend_from_slice(&0u16.to_be_bytes());
-        chunks.extend_from_slice(&ty.to_be_bytes());
-        chunks.extend_from_slice(&((6 + v.len()) as u16).to_be_bytes());
-        chunks.extend_from_slice(v);
-    };
-    chunk(1, &[2]);
-    chunk(2, &[17]);
-    chunk(3, &src.0);
-    chunk(4, &dst.0);
-    chunk(7, &src.1.to_be_bytes());
-    chunk(8, &dst.1.to_be_bytes());
-    chunk(9, &((ts / 1_000_000) as u32).to_be_bytes());
-    chunk(10, &((ts % 1_000_000) as u32).to_be_bytes());
-    chunk(11, &[1]);
-    chunk(12, &2001u32.to_be_bytes());
-    chunk(15, sip.as_bytes());
-    let mut p = b"HEP3".to_vec();
-    p.extend_from_slice(&((6 + chunks.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&chunks);
-    p
-}
-
-/// A made-up registration and answered call of `victim@lab.example`, as HEP sent by an internet
-/// host to the SIP server's address, port 9060 (nothing needs to listen there: capture sees it).
-fn hep_injection(start: i64) -> Vec<Frame> {
-    let (client, server) = (([10, 66, 0, 1], 5060), ([127, 0, 0, 10], 5060));
-    let hdr = |cseq: &str, cid: &str, to_tag: &str| {
-        format!(
-            "From: <sip:victim@lab.example>;tag=f1\r\nTo: <sip:bob@lab.example>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq}\r\nContact: <sip:victim@10.66.0.1:5060>\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    type Endpoint = ([u8; 4], u16);
-    let msgs: Vec<(Endpoint, Endpoint, String)> = vec![
-        (
-            client,
-            server,
-            format!(
-                "REGISTER sip:lab.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}",
-                hdr("1 REGISTER", "inj-reg", "").replace("bob", "victim")
-            ),
-        ),
-        (
-            server,
-            client,
-            format!(
-                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}",
-                hdr("1 REGISTER", "inj-reg", ";tag=s").replace("bob", "victim")
-            ),
-        ),
-        (
-            client,
-            server,
-            format!(
-                "INVITE sip:bob@lab.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}",
-                hdr("1 INVITE", "inj-call", "")
-            ),
-        ),
-        (
-            server,
-            client,
-            format!("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}", hdr("1 INVITE", "inj-call", ";tag=t")),
-        ),
-        (
-            server,
-            client,
-            format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}", hdr("1 INVITE", "inj-call", ";tag=t")),
-        ),
-        (
-            client,
-            server,
-            format!(
-                "BYE sip:bob@lab.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.66.0.1\r\n{}",
-                hdr("2 BYE", "inj-call", ";tag=t")
-            ),
-        ),
-    ];
-    msgs.into_iter()
-        .enumerate()
-        .map(|(i, (s, d, m))| {
-            let ts = start + i as i64 * 100_000;
-            let pkt = hep3(s, d, ts, &m);
-            Frame { ts, data: udp_frame([203, 0, 113, 9], 40_000, SERVER, 9060, i as u16, &pkt) }
-        })
-        .collect()
 }
 
 #[test]
@@ -153,53 +64,13 @@ fn a_syn_flood_leaves_no_stream_and_real_tcp_calls_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut frames = lab("call_tcp");
     let (start, end) = (frames[0].ts, frames.last().unwrap().ts);
-    let mut rng = Lcg(5);
-    for i in 0..100_000u32 {
-        let src = [10, (rng.next() % 256) as u8, (rng.next() % 256) as u8, (rng.next() % 254 + 1) as u8];
-        let ts = start + (end - start) * i64::from(i) / 100_000;
-        frames.push(Frame { ts, data: tcp_frame(src, 40_000 + (i % 20_000) as u16, 0x02, rng.next(), &[]) });
-    }
+    frames.extend(syn_flood(100_000, start, end, 5));
     let path = dir.path().join("synflood.pcap");
     flood::write(&path, frames);
     let (ev, err) = replay_stats(&example(), &path, &[]);
     assert_events("syn flood", &ev, &expected("call_tcp"));
     assert_eq!(stat_of(&err, "tcp_streams_evicted"), 0, "no SYN took a stream's place: {err}");
     assert!(stat_of(&err, "tcp_streams_open") <= 4, "{err}");
-}
-
-/// An Ethernet/IPv4/TCP frame to the server's port 5060.
-fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 12];
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 20 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&SERVER);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&5060u16.to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An IPv4 fragment (UDP inside) from `src` with IP id `id`.
-fn fragment(src: [u8; 4], id: u16, offset_units: u16, more: bool, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 12];
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + payload.len()) as u16;
-    let flags = (if more { 0x2000 } else { 0 }) | offset_units;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[6..8].copy_from_slice(&flags.to_be_bytes());
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&SERVER);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(payload);
-    f
 }
 
 #[test]
@@ -209,17 +80,8 @@ fn fragment_floods_are_bounded_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut frames = lab("call_caller_bye");
     let (start, end) = (frames[0].ts, frames.last().unwrap().ts);
-    let mut rng = Lcg(9);
-    for i in 0..200_000u32 {
-        let ts = start + (end - start) * i64::from(i) / 200_000;
-        let id = (i / 1000) as u16;
-        let off = (rng.next() % 8000) as u16;
-        frames.push(Frame { ts, data: fragment([10, 9, 9, 9], id, off, true, b"x") });
-    }
-    for i in 0..300_000u32 {
-        let ts = start + (end - start) * i64::from(i) / 300_000;
-        frames.push(Frame { ts, data: fragment([10, 8, 8, 8], 7, (i % 8000) as u16, true, &[]) });
-    }
+    frames.extend(tiny_fragments(200_000, start, end, 9));
+    frames.extend(empty_fragments(300_000, start, end));
     let path = dir.path().join("fragflood.pcap");
     flood::write(&path, frames);
     let (ev, err) = replay_stats(&example(), &path, &[]);
@@ -235,19 +97,7 @@ fn unanswered_registers_with_a_hundred_contacts_each_cost_bounded_memory() {
     // 100,000 REGISTERs (no response ever) each listing 100 contacts (1.4 KB messages); the
     // contacts beyond 16 are counted and ignored, the table is bounded in entries and bytes
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Lcg(3);
-    let start = 1_795_000_000_000_000;
-    let frames: Vec<Frame> = (0..100_000u32)
-        .map(|i| {
-            let src = [10, (rng.next() % 256) as u8, (rng.next() % 256) as u8, 1];
-            let contacts: Vec<String> = (0..100).map(|c| format!("<sip:u{i}@10.{}.{}.1:{}>", c % 250, i % 250, 5000 + c)).collect();
-            let msg = format!(
-                "REGISTER sip:lab.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\nFrom: <sip:u{i}@lab.example>;tag=a\r\nTo: <sip:u{i}@lab.example>\r\nCall-ID: reg{i}\r\nCSeq: 1 REGISTER\r\nContact: {}\r\nContent-Length: 0\r\n\r\n",
-                contacts.join(", ")
-            );
-            Frame { ts: start + i64::from(i) * 9, data: udp_frame(src, 5060, SERVER, 5060, i as u16, msg.as_bytes()) }
-        })
-        .collect();
+    let frames = many_contact_registers(100_000, 1_795_000_000_000_000, 3);
     let path = dir.path().join("contacts.pcap");
     flood::write(&path, frames);
     let (ev, err) = replay_stats(&example(), &path, &[]);
@@ -263,22 +113,7 @@ fn tcp_streams_together_hold_no_more_than_their_budget() {
     // 5,000 streams each sending an INVITE whose 250 KB body never ends, within 0.9 s: the
     // streams' bytes stay under limits.max_tcp_total_bytes on every segment
     let dir = tempfile::tempdir().unwrap();
-    let start = 1_795_000_000_000_000;
-    let head =
-        b"INVITE sip:bob@lab.example SIP/2.0\r\nCall-ID: big\r\nCSeq: 1 INVITE\r\nContent-Length: 300000\r\n\r\n";
-    let body = vec![b'v'; 1400];
-    let mut frames = Vec::new();
-    for s in 0..5000u32 {
-        let src = [10, 20, (s >> 8) as u8, s as u8];
-        let mut seq = 1000u32;
-        frames.push(Frame { ts: start + i64::from(s) * 180, data: tcp_frame(src, 40_000, 0x18, seq, head) });
-        seq += head.len() as u32;
-        for k in 0..178 {
-            frames
-                .push(Frame { ts: start + i64::from(s) * 180 + k + 1, data: tcp_frame(src, 40_000, 0x18, seq, &body) });
-            seq += body.len() as u32;
-        }
-    }
+    let frames = big_tcp_streams(5000, 178, 1_795_000_000_000_000);
     let path = dir.path().join("tcpbig.pcap");
     flood::write(&path, frames);
     let cfg = dir.path().join("big.toml");

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: run the real `siptap` binary and compare JSON lines.
 #![allow(dead_code)]
+pub mod attacks;
 pub mod flood;
 pub mod live;
 pub mod mp_server;
