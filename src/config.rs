@@ -93,6 +93,11 @@ struct RawFirebase {
     user_id: Option<UserIdMode>,
     app_instance_id_from: Option<String>,
     app_instance_map: Option<Spanned<String>>,
+    allow_insecure_endpoint: Option<bool>,
+    session: Option<crate::sink::firebase::SessionMode>,
+    session_timeout_secs: Option<Spanned<u64>>,
+    engagement: Option<crate::sink::firebase::EngagementMode>,
+    max_engagement_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +178,10 @@ pub struct FirebaseCfg {
     /// Where the secrets came from (for the permission check), when from files.
     pub api_secret_path: Option<PathBuf>,
     pub identity_secret_path: Option<PathBuf>,
+    /// Sessions and engagement as GA4 will show them.
+    pub semantics: crate::sink::firebase::GaSemantics,
+    /// A plain http:// endpoint was allowed explicitly (tests).
+    pub insecure_endpoint: bool,
 }
 
 /// Delivery settings shared by all tenants.
@@ -598,6 +607,16 @@ impl Config {
             }
         };
         for t in &tenants {
+            if let Some(fb) = &t.firebase
+                && fb.insecure_endpoint
+            {
+                warnings.push(format!(
+                    "{}: tenants.{}.firebase.allow_insecure_endpoint: events (and the api_secret) go to {} over plain http",
+                    path.display(),
+                    t.id,
+                    fb.base_url
+                ));
+            }
             if let Some(fb) = &t.firebase {
                 for (key, p) in
                     [("api_secret_file", &fb.api_secret_path), ("identity_secret_file", &fb.identity_secret_path)]
@@ -777,6 +796,15 @@ fn firebase_cfg(
             if !(u.starts_with("https://") || u.starts_with("http://")) {
                 return Err(at(e.span(), &format!("{k}.endpoint"), format!("`{u}` is not an http(s) URL")));
             }
+            if u.starts_with("http://") && fb.allow_insecure_endpoint != Some(true) {
+                return Err(at(
+                    e.span(),
+                    &format!("{k}.endpoint"),
+                    format!(
+                        "`{u}` is plain http: the api_secret would travel unencrypted; use https, or set allow_insecure_endpoint = true (for a local test server)"
+                    ),
+                ));
+            }
             u
         }
         (None, None | Some(("default", _))) => "https://www.google-analytics.com".into(),
@@ -797,6 +825,7 @@ fn firebase_cfg(
         }
         None => (HashMap::new(), None),
     };
+    let insecure_endpoint = fb.allow_insecure_endpoint == Some(true) && base_url.starts_with("http://");
     Ok(FirebaseCfg {
         enabled,
         app_id,
@@ -809,6 +838,23 @@ fn firebase_cfg(
         app_instance_map_path,
         api_secret_path: fb.api_secret_file.as_ref().map(|f| base.join(f.get_ref())),
         identity_secret_path: fb.identity_secret_file.as_ref().map(|f| base.join(f.get_ref())),
+        semantics: {
+            let d = crate::sink::firebase::GaSemantics::default();
+            let timeout = match &fb.session_timeout_secs {
+                Some(t) if *t.get_ref() == 0 => {
+                    return Err(at(t.span(), &format!("{k}.session_timeout_secs"), "must be greater than 0".into()));
+                }
+                Some(t) => *t.get_ref() as i64 * 1_000_000,
+                None => d.session_timeout_micros,
+            };
+            crate::sink::firebase::GaSemantics {
+                session: fb.session.unwrap_or(d.session),
+                session_timeout_micros: timeout,
+                engagement: fb.engagement.unwrap_or(d.engagement),
+                max_engagement_ms: fb.max_engagement_secs.map(|s| s.saturating_mul(1000)),
+            }
+        },
+        insecure_endpoint,
     })
 }
 

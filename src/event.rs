@@ -130,4 +130,32 @@ impl Event {
     pub fn domain(&self) -> &str {
         self.user.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
     }
+
+    /// A deterministic id (32 hex digits): the same on every process and every sensor that derives
+    /// this event from the same SIP messages, so that a replay queued again, or a second sensor
+    /// watching the same traffic, is recognised as the same event. A hash (SHA-256, 128 bits) of
+    /// the tenant, kind, user, time and what names the leg or registration.
+    pub fn id(&self, tenant: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let p = &self.params;
+        for part in [
+            tenant,
+            self.kind.canonical(),
+            &self.user,
+            &self.ts.to_string(),
+            p.call_id.as_deref().unwrap_or(""),
+            match p.direction {
+                Some(Direction::In) => "in",
+                Some(Direction::Out) => "out",
+                None => "",
+            },
+            p.reg_call_id.as_deref().unwrap_or(""),
+            p.device.as_deref().unwrap_or(""),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }

@@ -80,6 +80,18 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// What the outbox holds per tenant and state (queued, refused, invalid, too old, dropped),
+    /// with the server's answers; `requeue` and `drop` fix it. Works beside a running daemon.
+    Outbox {
+        /// The state directory (with outbox.redb).
+        #[arg(long, default_value = "/var/lib/siptap", global = true)]
+        state: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<OutboxAction>,
+    },
     /// Add existing users (one address of record `user@domain` per line; `-` for stdin) to the
     /// known-users store, so that they do not `signup` when siptap is first deployed.
     SeedUsers {
@@ -89,15 +101,63 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Queue rejected events again (after fixing what made them fail); by default the refused
+    /// and invalid ones.
+    Requeue {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Refused by the endpoint (4xx) or invalid.
+        #[arg(long)]
+        rejected: bool,
+        /// Older than 72 hours when sent (GA4 will still refuse them unless their time is fixed).
+        #[arg(long)]
+        too_old: bool,
+        /// Pushed out of a full outbox (when_full = drop_oldest).
+        #[arg(long)]
+        dropped: bool,
+    },
+    /// Drop events for good (asks for --yes).
+    Drop {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Events still queued.
+        #[arg(long)]
+        queued: bool,
+        #[arg(long)]
+        rejected: bool,
+        #[arg(long)]
+        too_old: bool,
+        #[arg(long)]
+        dropped: bool,
+        /// Everything above.
+        #[arg(long)]
+        all: bool,
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
-    // JSON logs when `siptap run`'s config asks; plain text without timestamps under journald
+    // JSON logs when `siptap run`'s config asks; plain text without timestamps under journald;
+    // colour only on a terminal; RUST_LOG filters (default: info)
     let json = matches!(&cli.cmd, Cmd::Run { config, .. } if Config::load(config).is_ok_and(|c| c.run.log_json));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(filter)
+        .with_ansi(terminal);
     if json {
         builder.json().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }
@@ -132,5 +192,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::SeedUsers { state, file } => cli::users::seed_users(state, file),
+        Cmd::Outbox { state, json, action } => match action {
+            None => cli::outbox::show(&state, json),
+            Some(OutboxAction::Requeue { tenant, rejected, too_old, dropped }) => {
+                cli::outbox::requeue(&state, tenant.as_deref(), rejected, too_old, dropped)
+            }
+            Some(OutboxAction::Drop { tenant, queued, rejected, too_old, dropped, all, yes }) => {
+                cli::outbox::drop(&state, tenant.as_deref(), queued, rejected, too_old, dropped, all, yes)
+            }
+        },
     }
 }

@@ -305,3 +305,22 @@ fn a_full_call_table_evicts_by_value_and_still_ends_what_it_evicts() {
     assert_eq!(stat_of(&err, "call_legs_evicted"), 2, "{err}");
     assert_eq!(stat_of(&err, "call_legs_evicted_answered"), 1, "{err}");
 }
+
+#[test]
+fn rust_log_filters_the_logs() {
+    let cap = root().join("fixtures/lab/captures/call_caller_bye.pcap");
+    let cfg = root().join("config.toml.example");
+    let run = |filter: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_siptap"));
+        c.args(["replay", "--config", cfg.to_str().unwrap(), cap.to_str().unwrap()]);
+        match filter {
+            Some(f) => c.env("RUST_LOG", f),
+            None => c.env_remove("RUST_LOG"),
+        };
+        String::from_utf8(c.output().unwrap().stderr).unwrap()
+    };
+    assert!(run(Some("debug")).contains("capture read"));
+    assert!(!run(None).contains("capture read"));
+    // not a terminal: no colour codes
+    assert!(!run(Some("debug")).contains('\u{1b}'));
+}

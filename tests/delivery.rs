@@ -40,7 +40,7 @@ fn config(dir: &Path, endpoint: &str) -> PathBuf {
         format!(
             "sip_servers = [\"127.0.0.10:5060\"]\n[delivery]\nmax_in_flight = 2\nmax_backoff_secs = 1\nrequest_timeout_secs = 5\n\
              [tenants.lab]\ndomains = [\"lab.example\"]\n[tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\n\
-             api_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{endpoint}\"\n"
+             api_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{endpoint}\"\nallow_insecure_endpoint = true\n"
         ),
     )
     .unwrap();
@@ -260,10 +260,15 @@ fn events_past_the_72_hour_window_are_dropped_and_counted() {
         cfg.to_str().unwrap(),
         capture.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(mp.requests().is_empty());
+    // not sent, kept (and shown) as too old; replay --send says so and fails
     let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(err.contains("31 event(s) older than GA4's 72 hours, not sent"), "{err}");
+    assert!(mp.requests().is_empty());
     assert_eq!(stat_of(&err, "outbox_dropped_too_old"), 31, "{err}");
+    let list = run(&["outbox", "--state", state.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("tenant lab: queued 0, too_old 31"), "{text}");
 }
 
 #[test]
@@ -364,4 +369,266 @@ fn the_app_instance_id_comes_from_the_app_then_the_mapping_then_a_keyed_hash() {
     let derived = ids("");
     assert_eq!(derived.len(), 1);
     assert!(derived[0].len() == 32 && derived[0] != "f".repeat(32) && !derived[0].starts_with("0011223344"));
+}
+
+fn setup_at(endpoint: &str, ago: i64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = root().join("fixtures/lab/captures");
+    let mut frames = Vec::new();
+    for c in ["register.pcap", "call_caller_bye.pcap", "call_busy.pcap", "call_cancel.pcap", "call_tcp.pcap"] {
+        frames.extend(flood::read(&lab.join(c)));
+    }
+    let last = frames.iter().map(|f| f.ts).max().unwrap();
+    let shift = now_micros() - ago - last;
+    for f in &mut frames {
+        f.ts += shift;
+    }
+    let capture = dir.path().join("shifted.pcap");
+    flood::write(&capture, frames);
+    let config = config(dir.path(), endpoint);
+    let state = dir.path().join("state");
+    Setup { capture, config, state, _dir: dir }
+}
+
+fn rejected_events(state: &Path) -> u64 {
+    let out = run(&["outbox", "--json", "--state", state.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["reasons"].as_array().unwrap().iter().map(|r| r["events"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn rejected_records_never_overwrite_each_other_across_restarts() {
+    // every request refused (400), in three processes one after another, each queueing new
+    // events into an outbox emptied by the previous one: every refused event is kept
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = vec![400; 1000];
+    let s = setup(&mp.url());
+    let total: usize = s.expected().values().sum();
+    let mut expected_rejected = 0;
+    for (i, ago) in [3600, 1800, 600].iter().enumerate() {
+        let t = setup_at(&mp.url(), ago * 1_000_000);
+        let out = run(&[
+            "replay",
+            "--send",
+            "--stats",
+            "--send-timeout",
+            "20",
+            "--state",
+            s.state.to_str().unwrap(),
+            "--config",
+            s.config.to_str().unwrap(),
+            t.capture.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "run {i}: refused requests make replay --send fail");
+        // (later runs go on from the saved state: no second signups, so fewer events)
+        let queued = stat_of(&String::from_utf8_lossy(&out.stderr), "outbox_queued");
+        assert!(queued as usize <= total && queued > 20);
+        expected_rejected += queued as usize;
+        assert_eq!(rejected_events(&s.state), expected_rejected as u64, "after run {i}");
+    }
+    assert!(mp.accepted_events().is_empty());
+}
+
+#[test]
+fn a_408_or_a_503_is_retried_and_only_a_request_error_is_final() {
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().fail = vec![408, 503, 408];
+    let s = setup(&mp.url());
+    let out = s.replay_send(30);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stat_of(&err, "delivery_4xx"), 0, "{err}");
+    assert_eq!(stat_of(&err, "delivery_5xx_429"), 3, "{err}");
+}
+
+#[test]
+fn events_ahead_of_this_clock_are_sent_stamped_now_and_counted() {
+    // a capture host (or HEP agent) whose clock runs two hours fast
+    let mp = FakeMp::start();
+    let s = setup_at(&mp.url(), -2 * 3600 * 1_000_000);
+    let before = now_micros();
+    let out = s.replay_send(30);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = mp.accepted_events();
+    let want: usize = s.expected().values().sum();
+    assert_eq!(got.len(), want, "every event delivered");
+    assert!(got.iter().all(|(_, ts, _)| *ts >= before && *ts <= now_micros()), "stamped with the send time");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stat_of(&err, "outbox_timestamps_clamped"), want as u64, "{err}");
+    assert!(err.contains("ahead of this host's clock"), "{err}");
+}
+
+#[test]
+fn replaying_the_same_capture_again_queues_nothing_twice() {
+    // nothing listens: the first replay queues every event; a second (as after a kill before the
+    // end, or by mistake) queues none again; once the server is up each event arrives once
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = setup(&format!("http://127.0.0.1:{port}"));
+    let total: usize = s.expected().values().sum();
+    let first = s.replay_send(1);
+    let err = String::from_utf8(first.stderr).unwrap();
+    assert!(err.contains("Connection refused"), "the cause is logged: {err}");
+    assert_eq!(stat_of(&err, "outbox_queued"), total as u64);
+    // (the second run goes on from the first's saved state, so it derives fewer events: no second
+    // signup, no app_start for a boot cycle already seen; those it does derive are duplicates)
+    let second = s.replay_send(1);
+    let err = String::from_utf8(second.stderr).unwrap();
+    assert_eq!(stat_of(&err, "outbox_queued"), 0, "{err}");
+    assert!(stat_of(&err, "outbox_duplicates_skipped") > 0, "{err}");
+    assert_eq!(stat_of(&err, "outbox_left"), total as u64, "{err}");
+    let mp = FakeMp::on(port);
+    assert!(s.flush().status.success());
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mp = FakeMp::start();
+    {
+        let mut b = mp.behaviour.lock().unwrap();
+        b.fail = vec![503];
+        b.retry_after = Some(2);
+    }
+    let s = setup(&mp.url());
+    // one request at a time, so that the next request is one sent after the answer
+    // (and a backoff cap above the 2 s asked for: max_backoff_secs caps Retry-After too)
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("max_in_flight = 2", "max_in_flight = 1")
+        .replace("max_backoff_secs = 1", "max_backoff_secs = 5");
+    std::fs::write(&s.config, text).unwrap();
+    let out = s.replay_send(30);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reqs = mp.requests();
+    let failed = reqs.iter().find(|r| r.answered == 503).unwrap().at;
+    let next = reqs.iter().filter(|r| r.at > failed).map(|r| r.at).min().unwrap();
+    assert!(next - failed >= Duration::from_millis(1900), "the next request came {:?} after", next - failed);
+}
+
+#[test]
+fn after_a_one_second_blip_the_outbox_drains_at_full_speed() {
+    // every request fails for one second; max_backoff_secs is 300 here. One probe at a time
+    // during the outage, full speed once the endpoint answers: the drain takes seconds, not minutes
+    let mp = FakeMp::start();
+    let s = setup(&mp.url());
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("max_backoff_secs = 1", "max_backoff_secs = 300");
+    std::fs::write(&s.config, text).unwrap();
+    mp.behaviour.lock().unwrap().down_until = Some(Instant::now() + Duration::from_secs(1));
+    let t = Instant::now();
+    let out = s.replay_send(60);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+    // during the outage: the first requests in flight, then one probe at a time (250 ms doubling)
+    let failed = mp.requests().iter().filter(|r| r.answered == 503).count();
+    assert!(failed <= 2 + 4, "{failed} requests failed");
+}
+
+#[test]
+fn deadlines_are_kept_to_the_second_with_requests_hanging() {
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().hang = true;
+    let s = setup(&mp.url());
+    let text =
+        std::fs::read_to_string(&s.config).unwrap().replace("request_timeout_secs = 5", "request_timeout_secs = 60");
+    std::fs::write(&s.config, text).unwrap();
+    let t = Instant::now();
+    let out = s.replay_send(2);
+    let took = t.elapsed();
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(4), "replay --send-timeout 2 took {took:?}");
+    let t = Instant::now();
+    let out =
+        run(&["flush", "--timeout", "2", "--state", s.state.to_str().unwrap(), "--config", s.config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(3), "flush --timeout 2 took {:?}", t.elapsed());
+    // the events of the cancelled requests stayed queued
+    mp.behaviour.lock().unwrap().hang = false;
+    assert!(s.flush().status.success());
+    let got = counts(&mp.accepted_events());
+    assert_eq!(got.keys().collect::<std::collections::HashSet<_>>(), s.expected().keys().collect());
+}
+
+#[test]
+fn the_outbox_command_shows_why_and_requeues_after_a_fix() {
+    let mp = FakeMp::start();
+    {
+        let mut b = mp.behaviour.lock().unwrap();
+        b.fail = vec![403; 50];
+        b.answer = "api_secret is not valid for this stream".into();
+    }
+    let s = setup(&mp.url());
+    assert!(!s.replay_send(30).status.success());
+    let total: usize = s.expected().values().sum();
+    let show = run(&["outbox", "--state", s.state.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains(&format!("tenant lab: queued 0, refused {total}")), "{text}");
+    assert!(text.contains("refused HTTP 403") && text.contains("api_secret is not valid for this stream"), "{text}");
+    // drop asks first
+    let refuse = run(&["outbox", "drop", "--rejected", "--state", s.state.to_str().unwrap()]);
+    assert!(!refuse.status.success());
+    assert!(String::from_utf8_lossy(&refuse.stderr).contains(&format!("would drop {total} event(s)")));
+    // the operator fixes the secret; requeue, flush: everything arrives, once
+    mp.behaviour.lock().unwrap().fail.clear();
+    let rq = run(&["outbox", "requeue", "--state", s.state.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&rq.stdout).contains(&format!("{total} event(s) queued again")));
+    assert!(s.flush().status.success());
+    assert_eq!(counts(&mp.accepted_events()), s.expected());
+    let show = run(&["outbox", "--state", s.state.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("the outbox is empty"));
+}
+
+#[test]
+fn validate_fails_when_it_could_not_check() {
+    let dir = tempfile::tempdir().unwrap();
+    // nothing listens
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = config(dir.path(), &format!("http://127.0.0.1:{port}"));
+    let out = run(&["validate", "--remote", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT CHECKED"));
+    // a debug endpoint that answers 500 with a page
+    let mp = FakeMp::start();
+    mp.behaviour.lock().unwrap().debug_fails = Some(500);
+    let cfg = config(dir.path(), &mp.url());
+    let out = run(&["validate", "--remote", "--config", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("NOT CHECKED: HTTP 500") && !text.contains("no validation messages"), "{text}");
+}
+
+#[test]
+fn validate_judges_a_long_capture_by_each_request_not_its_first_event() {
+    // a generated capture spanning an hour: no request is reported as being in the future
+    use siptap::testkit::capgen::{GenSpec, write_pcap};
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("hour.pcap");
+    let spec = GenSpec { users: 50, calls: 200, duration_secs: 3600, ..GenSpec::default() };
+    write_pcap(&spec, &cap).unwrap();
+    let mp = FakeMp::start();
+    let cfg = config(dir.path(), &mp.url());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("lab.example", "lab.example");
+    std::fs::write(&cfg, text).unwrap();
+    let out = run(&["validate", "--config", cfg.to_str().unwrap(), cap.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("future"), "{text}");
+}
+
+#[test]
+fn a_plain_http_endpoint_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "http://example.invalid");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("allow_insecure_endpoint = true\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let out = run(&["check-config", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tenants.lab.firebase.endpoint") && err.contains("plain http"), "{err}");
+    // allowed: accepted, with a warning
+    let cfg = config(dir.path(), "http://example.invalid");
+    let out = run(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over plain http"));
 }

@@ -152,7 +152,7 @@ fn config(dir: &Path, mp: &FakeMp, metrics: u16, run: &str, hep: &str) -> PathBu
         format!(
             "sip_servers = [\"127.0.0.10:5060\"]\n{hep}\n[run]\n{run}\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
              jsonl_path = \"{}\"\n[delivery]\nmax_backoff_secs = 1\n[tenants.lab]\ndomains = [\"lab.example\"]\n\
-             [tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\napi_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{}\"\n",
+             [tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\napi_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{}\"\nallow_insecure_endpoint = true\n",
             dir.join("state").display(),
             dir.join("events.jsonl").display(),
             mp.url()
@@ -268,7 +268,8 @@ fn sigterm_while_firebase_is_down_loses_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     stop(child);
-    assert!(t.elapsed() < Duration::from_secs(10), "stopped in {:?}", t.elapsed());
+    // stop_timeout_secs = 2, kept to within a second although Firebase keeps failing
+    assert!(t.elapsed() < Duration::from_secs(3), "stopped in {:?}", t.elapsed());
     assert!(mp.accepted_events().is_empty());
     // the events waited in the outbox: a flush once Firebase is back delivers them all
     mp.behaviour.lock().unwrap().fail.clear();

@@ -1,31 +1,30 @@
-//! `siptap flush`, and the delivery step of `replay --send`: send what the outbox holds.
+//! `siptap flush`, and the delivery step of `replay --send`: send what the outbox holds, within
+//! a deadline kept to the second.
 use anyhow::{Result, bail};
 use siptap::config::Config;
 use siptap::sink::firebase::Delivery;
 use siptap::sink::firebase::outbox::Outbox;
 use siptap::sink::firebase::sender::{self, SenderConfig, SenderStats};
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+pub fn open_outbox(cfg: &Config, state: &std::path::Path) -> Result<Outbox> {
+    Outbox::open(state, cfg.delivery.max_outbox_events, cfg.delivery.when_full, cfg.limits.store_cache_mib << 20)
+}
 
 pub fn flush(config: PathBuf, state: PathBuf, timeout: u64, stats: bool) -> Result<()> {
     let cfg = Config::load(&config)?;
     let key = siptap::sink::firebase::identity_key(&state)?;
-    let outbox = Arc::new(Outbox::open(
-        &state,
-        cfg.delivery.max_outbox_events,
-        cfg.delivery.when_full,
-        cfg.limits.store_cache_mib << 20,
-    )?);
-    deliver(&cfg, &Delivery::new(&cfg, &key), outbox, timeout, stats)
+    let outbox = Arc::new(open_outbox(&cfg, &state)?);
+    deliver(&cfg, &Delivery::new(&cfg, &key), outbox, timeout, stats, 0)
 }
 
-/// Sends the outbox until it is empty or `timeout` seconds pass.
-pub fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, stats: bool) -> Result<()> {
+/// Sends the outbox until it is empty or `timeout` seconds pass. `dropped`: events the caller
+/// could not queue (a full outbox), reported with the rest.
+pub fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, stats: bool, dropped: u64) -> Result<()> {
     let sender_stats = Arc::new(SenderStats::default());
     let scfg = SenderConfig {
         max_in_flight: cfg.delivery.max_in_flight,
@@ -35,45 +34,74 @@ pub fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, st
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    rt.block_on(sender::run(
-        outbox.clone(),
-        d.targets(),
-        scfg,
-        sender_stats.clone(),
-        true,
-        Some(deadline),
-        Arc::new(AtomicBool::new(false)),
-    ));
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    rt.block_on(sender::run(outbox.clone(), d.targets(), scfg, sender_stats.clone(), true, Some(deadline), stop));
+    drop(rt);
+    // only the delivering tenants' queues count (a tenant since disabled keeps its events),
+    // counted without reading them
+    let left: u64 = d.targets().iter().map(|t| outbox.count(&t.tenant).unwrap_or(0)).sum();
     if stats {
         let mut err = std::io::stderr().lock();
-        let o = &outbox.stats;
-        for (k, v) in [
-            ("outbox_queued", o.queued.load(Relaxed)),
-            ("outbox_dropped_full", o.dropped_full.load(Relaxed)),
-            ("outbox_dropped_too_old", o.dropped_too_old.load(Relaxed)),
-            ("outbox_rejected", o.rejected.load(Relaxed)),
-            ("outbox_left", outbox.len()),
-            ("delivery_requests_ok", sender_stats.requests_ok.load(Relaxed)),
-            ("delivery_events_sent", sender_stats.events_sent.load(Relaxed)),
-            ("delivery_retries", sender_stats.retries.load(Relaxed)),
-            ("delivery_transport_errors", sender_stats.transport_errors.load(Relaxed)),
-            ("delivery_5xx_429", sender_stats.http_5xx_429.load(Relaxed)),
-            ("delivery_4xx", sender_stats.http_4xx.load(Relaxed)),
-            ("delivery_invalid_not_sent", sender_stats.invalid_local.load(Relaxed)),
-        ] {
+        for (k, v) in outbox_counters(&outbox).into_iter().chain(sender_counters(&sender_stats)) {
             writeln!(err, "{k:32} {v}")?;
         }
+        writeln!(err, "{:32} {left}", "outbox_left")?;
     }
-    // only the delivering tenants' queues count: a tenant since disabled keeps its events
-    let targets: HashSet<String> = d.targets().into_iter().map(|t| t.tenant).collect();
-    let left: usize =
-        targets.iter().map(|t| outbox.pending(t, usize::MAX, &HashSet::new()).map(|v| v.len()).unwrap_or(0)).sum();
+    let refused = outbox.stats.rejected.load(Relaxed);
+    let too_old = outbox.stats.dropped_too_old.load(Relaxed);
+    let dropped = dropped + outbox.stats.dropped_full.load(Relaxed);
+    if left == 0
+        && refused == 0
+        && let Ok(ob) = Arc::try_unwrap(outbox)
+    {
+        // a drained outbox gives its space back
+        let _ = ob.compact();
+    }
+    let mut problems = Vec::new();
     if left > 0 {
-        bail!("{left} event(s) not delivered within {timeout} s; they stay in the outbox (`siptap flush` sends them)");
+        problems.push(format!(
+            "{left} event(s) not delivered within {timeout} s; they stay in the outbox (`siptap flush` sends them)"
+        ));
     }
-    let refused = sender_stats.http_4xx.load(Relaxed) + sender_stats.invalid_local.load(Relaxed);
     if refused > 0 {
-        bail!("{refused} request(s) refused or invalid, not retried; kept in the outbox's rejected table");
+        problems.push(format!(
+            "{refused} event(s) refused or invalid, not retried; kept in the outbox's rejected table (`siptap outbox`)"
+        ));
+    }
+    if too_old > 0 {
+        problems.push(format!("{too_old} event(s) older than GA4's 72 hours, not sent (`siptap outbox`)"));
+    }
+    if dropped > 0 {
+        problems.push(format!("{dropped} event(s) dropped because the outbox was full (delivery.max_outbox_events)"));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     Ok(())
+}
+
+pub fn outbox_counters(o: &Outbox) -> Vec<(&'static str, u64)> {
+    let s = &o.stats;
+    vec![
+        ("outbox_queued", s.queued.load(Relaxed)),
+        ("outbox_duplicates_skipped", s.duplicates.load(Relaxed)),
+        ("outbox_dropped_full", s.dropped_full.load(Relaxed)),
+        ("outbox_dropped_too_old", s.dropped_too_old.load(Relaxed)),
+        ("outbox_rejected", s.rejected.load(Relaxed)),
+        ("outbox_timestamps_clamped", s.clamped_future.load(Relaxed)),
+    ]
+}
+
+pub fn sender_counters(s: &SenderStats) -> Vec<(&'static str, u64)> {
+    vec![
+        ("delivery_requests_ok", s.requests_ok.load(Relaxed)),
+        ("delivery_events_sent", s.events_sent.load(Relaxed)),
+        ("delivery_retries", s.retries.load(Relaxed)),
+        ("delivery_outages", s.outages.load(Relaxed)),
+        ("delivery_transport_errors", s.transport_errors.load(Relaxed)),
+        ("delivery_5xx_429", s.http_5xx_429.load(Relaxed)),
+        ("delivery_4xx", s.http_4xx.load(Relaxed)),
+        ("delivery_invalid_not_sent", s.invalid_local.load(Relaxed)),
+        ("delivery_cancelled_at_deadline", s.cancelled.load(Relaxed)),
+    ]
 }

@@ -7,7 +7,6 @@ use siptap::config::Config;
 use siptap::pipeline::Routed;
 use siptap::sink::firebase::Delivery;
 use siptap::sink::firebase::mp::QueuedEvent;
-use siptap::sink::firebase::outbox::Outbox;
 use siptap::sink::jsonl;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -29,22 +28,19 @@ pub fn replay(
     }
     let siptap::store::Opened { mut pipeline, store, persistent, scratch: _scratch } =
         siptap::store::open_pipeline(&cfg, state.as_deref())?;
-    // with --send, events of delivering tenants are committed to the outbox in batches
-    let delivery = match (&state, send_timeout) {
+    // with --send, events of delivering tenants are committed to the outbox in batches; each
+    // event has a deterministic id and is queued once, so a replay killed before a commit and run
+    // again queues what it lost and nothing twice
+    let mut delivery = match (&state, send_timeout) {
         (Some(dir), Some(_)) => {
             let key = siptap::sink::firebase::identity_key(dir)?;
-            let outbox = Outbox::open(
-                dir,
-                cfg.delivery.max_outbox_events,
-                cfg.delivery.when_full,
-                cfg.limits.store_cache_mib << 20,
-            )?;
-            Some((Delivery::new(&cfg, &key), Arc::new(outbox)))
+            Some((Delivery::new(&cfg, &key), Arc::new(super::deliver::open_outbox(&cfg, dir)?)))
         }
         _ => None,
     };
     let mut pending: Vec<QueuedEvent> = Vec::new();
     let mut queue_err: Option<anyhow::Error> = None;
+    let mut not_queued = 0u64;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_err: Option<std::io::Error> = None;
@@ -54,13 +50,14 @@ pub fn replay(
         {
             write_err = Some(e);
         }
-        if let Some((d, outbox)) = &delivery
-            && let Some(q) = d.queue(&r)
+        if let Some((d, outbox)) = &mut delivery
+            && let Some(q) = d.queue(&r, Some(outbox))
         {
             pending.push(q);
-            if pending.len() >= 1000 && queue_err.is_none() {
-                if let Err(e) = outbox.push(&pending) {
-                    queue_err = Some(e);
+            if pending.len() >= 256 && queue_err.is_none() {
+                match outbox.push(&pending, &d.take_sessions()) {
+                    Ok(n) => not_queued += n,
+                    Err(e) => queue_err = Some(e),
                 }
                 pending.clear();
             }
@@ -128,9 +125,9 @@ pub fn replay(
             writeln!(err, "{:32} {kib}", "peak_rss_kib")?;
         }
     }
-    if let (Some((d, outbox)), Some(timeout)) = (delivery, send_timeout) {
-        outbox.push(&pending).context("cannot queue events in the outbox")?;
-        super::deliver::deliver(&cfg, &d, outbox, timeout, stats)?;
+    if let (Some((mut d, outbox)), Some(timeout)) = (delivery, send_timeout) {
+        not_queued += outbox.push(&pending, &d.take_sessions()).context("cannot queue events in the outbox")?;
+        super::deliver::deliver(&cfg, &d, outbox, timeout, stats, not_queued)?;
     }
     Ok(())
 }

@@ -276,7 +276,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         {
             let mut emit = |r: Routed| {
                 *counts.entry((r.tenant.to_string(), r.event.kind.canonical().to_string())).or_default() += 1;
-                match delivery.queue(&r) {
+                match delivery.queue(&r, Some(&outbox)) {
                     Some(q) => queued.push(q),
                     None => {
                         let _ = jsonl::write(&mut jsonl_out, &r);
@@ -303,7 +303,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             }
         }
         if !queued.is_empty() {
-            if let Err(e) = outbox.push(&queued) {
+            if let Err(e) = outbox.push(&queued, &delivery.take_sessions()) {
                 tracing::error!(error = %e, events = queued.len(), "cannot queue events in the outbox");
             }
             queued.clear();
@@ -451,7 +451,7 @@ async fn async_main(
         poll: Duration::from_millis(200),
     };
     let spawn = |targets: Vec<Target>, until_empty: bool, deadline: Option<Instant>| {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let h = tokio::spawn(sender::run(
             outbox.clone(),
             targets,
@@ -459,24 +459,27 @@ async fn async_main(
             shared.sender.clone(),
             until_empty,
             deadline,
-            stop.clone(),
+            stop,
         ));
-        (h, stop)
+        (h, stop_tx)
     };
     let mut current = spawn(targets.clone(), false, None);
     let mut targets = targets;
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             SenderCmd::Restart(t) => {
-                current.1.store(true, Ordering::Relaxed);
+                let _ = current.1.send(true);
                 let _ = (&mut current.0).await;
                 targets = t;
                 current = spawn(targets.clone(), false, None);
             }
             SenderCmd::Drain(limit) => {
-                current.1.store(true, Ordering::Relaxed);
+                // the stop deadline counts from the signal: requests in flight at it are
+                // cancelled, their events stay queued for the next start
+                let until = Instant::now() + limit;
+                let _ = current.1.send(true);
                 let _ = (&mut current.0).await;
-                let (h, _) = spawn(targets.clone(), true, Some(Instant::now() + limit));
+                let (h, _stop) = spawn(targets.clone(), true, Some(until));
                 let _ = h.await;
                 return;
             }

@@ -17,6 +17,8 @@ pub struct Received {
     pub body: Value,
     pub problems: Vec<String>,
     pub answered: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -25,6 +27,14 @@ pub struct Behaviour {
     pub fail: Vec<u16>,
     /// Hold requests without answering while set.
     pub hang: bool,
+    /// A `Retry-After` (seconds) on the failures above.
+    pub retry_after: Option<u32>,
+    /// The debug endpoint answers this status with an HTML page instead of its JSON.
+    pub debug_fails: Option<u16>,
+    /// Answer failures with this body (the server's explanation).
+    pub answer: String,
+    /// Answer 503 to every collect request until then (an outage of a given length).
+    pub down_until: Option<std::time::Instant>,
 }
 
 pub struct FakeMp {
@@ -205,7 +215,18 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mu
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             problems: problems.clone(),
             answered: 0,
+            at: std::time::Instant::now(),
         };
+        if path == "/debug/mp/collect"
+            && let Some(st) = behaviour.lock().unwrap().debug_fails
+        {
+            rec.answered = st;
+            received.lock().unwrap().push(rec);
+            let page = "<html>oops</html>";
+            let _ =
+                write!(w, "HTTP/1.1 {st} X\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}", page.len());
+            continue;
+        }
         if path == "/debug/mp/collect" {
             let msgs: Vec<Value> = problems.iter().map(|m| serde_json::json!({"description": m})).collect();
             let out = serde_json::json!({ "validationMessages": msgs }).to_string();
@@ -225,13 +246,22 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mu
             }
             return; // the client is gone by now
         }
-        let status = {
+        let (status, extra, answer) = {
             let mut b = behaviour.lock().unwrap();
-            if b.fail.is_empty() { 204 } else { b.fail.remove(0) }
+            if b.down_until.is_some_and(|t| std::time::Instant::now() < t) {
+                (503, String::new(), String::new())
+            } else if b.fail.is_empty() {
+                (204, String::new(), String::new())
+            } else {
+                let ra = b.retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+                (b.fail.remove(0), ra, b.answer.clone())
+            }
         };
         rec.answered = status;
         received.lock().unwrap().push(rec);
-        let _ = w.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        let _ = w.write_all(
+            format!("HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\n\r\n{answer}", answer.len()).as_bytes(),
+        );
     }
 }
 

@@ -17,6 +17,12 @@ pub const MAX_AGE_MICROS: i64 = 72 * 3600 * 1_000_000;
 /// One event as queued in the outbox: everything the request needs, ids already applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedEvent {
+    /// The event's deterministic id (`Event::id`): queued once, however often it is derived.
+    #[serde(default)]
+    pub id: String,
+    /// The canonical kind (`app_started`...), for sessions.
+    #[serde(default)]
+    pub kind: String,
     pub tenant: String,
     pub app_instance_id: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -43,13 +49,14 @@ struct BodyEvent<'a> {
     params: &'a Map<String, Value>,
 }
 
-/// The JSON body for events of one app instance and user (at most 25, in order).
+/// The JSON body for events of one app instance and user (at most 25, in time order); the
+/// request's own timestamp is its first event's.
 pub fn body(events: &[&QueuedEvent]) -> Vec<u8> {
     let first = events[0];
     let b = Body {
         app_instance_id: &first.app_instance_id,
         user_id: first.user_id.as_deref(),
-        timestamp_micros: first.timestamp_micros,
+        timestamp_micros: events.iter().map(|e| e.timestamp_micros).min().unwrap_or(first.timestamp_micros),
         events: events
             .iter()
             .map(|e| BodyEvent { name: &e.name, timestamp_micros: e.timestamp_micros, params: &e.params })
@@ -131,6 +138,10 @@ pub fn batches<'a>(events: &[&'a QueuedEvent]) -> Vec<Vec<&'a QueuedEvent>> {
             None => groups.push(vec![e]),
         }
     }
+    // each request's events in time order (a timer's event may have been derived after a later one)
+    for g in &mut groups {
+        g.sort_by_key(|e| e.timestamp_micros);
+    }
     // a body over the limit is halved until it fits
     let mut out = Vec::new();
     while let Some(g) = groups.pop() {
@@ -155,6 +166,8 @@ mod tests {
         params.insert("session_id".into(), 1.into());
         params.insert("engagement_time_msec".into(), 1.into());
         QueuedEvent {
+            id: format!("{name}{ts}"),
+            kind: String::new(),
             tenant: "lab".into(),
             app_instance_id: app.into(),
             user_id: None,

@@ -1,16 +1,28 @@
 //! Sends the outbox to each tenant's Measurement Protocol endpoint: batches of one app instance,
-//! a bounded number of requests in flight per tenant, jittered exponential backoff on transport
-//! errors, 5xx and 429, never a retry of a 4xx (kept for inspection), and events past GA4's
-//! 72-hour window dropped with a count and a log line. An event leaves the outbox only after a 2xx.
+//! a bounded number of requests in flight per tenant, and an event leaves the outbox only after
+//! a 2xx.
+//!
+//! Failures: a transport error, 408, 425, 429 or 5xx is transient: the tenant enters an outage
+//! and sends one probe request at a time (after `Retry-After` when the server says so, else a
+//! jittered exponential backoff capped by `max_backoff`) until the endpoint answers, then goes
+//! back to full speed at once. Any other 4xx says the request itself is wrong: its events move to
+//! the rejected table (with the status and the server's answer) for `siptap outbox requeue`.
+//! Events older than GA4's 72 hours move there too (`too_old`); events stamped more than 15
+//! minutes ahead of this host's clock are sent stamped with the send time, and counted.
+//! Every deadline (`--timeout`, `--send-timeout`, `run.stop_timeout_secs`) is kept to within a
+//! second: requests in flight are cancelled and their events stay queued.
 use super::mp::{self, MAX_AGE_MICROS, QueuedEvent};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, RejectKind};
 use super::{Secret, Target};
 use crate::clock::now_micros;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How far ahead of this host's clock GA4 takes an event.
+const FUTURE_SLACK: i64 = 15 * 60 * 1_000_000;
 
 #[derive(Debug, Default)]
 pub struct SenderStats {
@@ -18,9 +30,13 @@ pub struct SenderStats {
     pub events_sent: AtomicU64,
     pub retries: AtomicU64,
     pub transport_errors: AtomicU64,
+    /// Transient HTTP answers: 408, 425, 429 and 5xx.
     pub http_5xx_429: AtomicU64,
     pub http_4xx: AtomicU64,
     pub invalid_local: AtomicU64,
+    /// Outages (a transient failure after success) and requests cancelled at a deadline.
+    pub outages: AtomicU64,
+    pub cancelled: AtomicU64,
     /// Delay of each request from send to 2xx, in µs (the last 10,000).
     pub latencies_us: Mutex<Vec<u64>>,
     pub latency_sum_us: AtomicU64,
@@ -49,21 +65,67 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// Posts a body to a tenant's debug endpoint and returns its validation messages.
-pub async fn debug_validate(client: &reqwest::Client, t: &Target, body: Vec<u8>) -> Result<Vec<String>, String> {
-    let url = collect_url(&t.base_url, true, &t.app_id, &t.api_secret);
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
-    let v: serde_json::Value = resp.json().await.map_err(|e| e.without_url().to_string())?;
-    Ok(v["validationMessages"].as_array().map(|a| a.iter().map(|m| m.to_string()).collect()).unwrap_or_default())
+/// An HTTP client error with its causes (never the URL, which carries the secret).
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(c) = src {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        src = c.source();
+    }
+    s
 }
 
-/// Delivers until the outbox is empty (`until_empty`) or `deadline` passes, or `stop` is set.
+/// Posts a body to a tenant's debug endpoint and returns its validation messages. An endpoint
+/// that cannot be reached, or answers anything but 2xx with JSON, is an error: nothing was checked.
+pub async fn debug_validate(client: &reqwest::Client, t: &Target, body: Vec<u8>) -> Result<Vec<String>, String> {
+    let url = collect_url(&t.base_url, true, &t.app_id, &t.api_secret);
+    let resp = client.post(url).header("content-type", "application/json").body(body).send().await.map_err(describe)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(describe)?;
+    if !status.is_success() {
+        return Err(format!("HTTP {}: {}", status.as_u16(), text.chars().take(200).collect::<String>()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("the answer is not the debug endpoint's JSON: {e}"))?;
+    let Some(msgs) = v.get("validationMessages").and_then(|m| m.as_array()) else {
+        return Err("the answer has no validationMessages: not a debug endpoint".into());
+    };
+    Ok(msgs.iter().map(|m| m.to_string()).collect())
+}
+
+/// What one request came to.
+enum Outcome {
+    Ok,
+    /// Worth trying again: a transport error, 408, 425, 429, 5xx.
+    Transient {
+        status: Option<u16>,
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    /// The request itself is wrong (any other 4xx, or a 3xx).
+    Final {
+        status: u16,
+        answer: String,
+    },
+}
+
+fn transient(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429) || status >= 500
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Google's endpoints).
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Delivers until the outbox is empty (`until_empty`), `deadline` passes, or `stop` turns true.
 pub async fn run(
     outbox: Arc<Outbox>,
     targets: Vec<Target>,
@@ -71,182 +133,272 @@ pub async fn run(
     stats: Arc<SenderStats>,
     until_empty: bool,
     deadline: Option<Instant>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = reqwest::Client::builder().timeout(cfg.request_timeout).build().expect("TLS backend available");
+    let client = match reqwest::Client::builder().timeout(cfg.request_timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %describe(e), "cannot start the HTTP client");
+            return;
+        }
+    };
     let cfg = Arc::new(cfg);
-    let mut tasks = Vec::new();
+    let mut tasks = JoinSet::new();
     for t in targets {
-        tasks.push(tokio::spawn(tenant_loop(
-            outbox.clone(),
-            t,
-            client.clone(),
-            cfg.clone(),
-            stats.clone(),
-            until_empty,
-            deadline,
-            stop.clone(),
-        )));
+        let (outbox, client, cfg, stats, stop) =
+            (outbox.clone(), client.clone(), cfg.clone(), stats.clone(), stop.clone());
+        tasks.spawn(async move {
+            Tenant::new(outbox, t, client, cfg, stats).run(until_empty, deadline, stop).await;
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn tenant_loop(
+/// An outage: since when, how many probes failed, when the next one goes.
+struct Outage {
+    since: Instant,
+    probes: u32,
+    next_probe: Instant,
+}
+
+struct Tenant {
     outbox: Arc<Outbox>,
     t: Target,
+    url: Arc<String>,
     client: reqwest::Client,
     cfg: Arc<SenderConfig>,
     stats: Arc<SenderStats>,
-    until_empty: bool,
-    deadline: Option<Instant>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let url = Arc::new(collect_url(&t.base_url, false, &t.app_id, &t.api_secret));
-    let sem = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    // backoff shared by the tenant's requests: (failures in a row, paused until)
-    let backoff: Arc<Mutex<(u32, Option<Instant>)>> = Arc::default();
-    loop {
-        let done = stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
-        let busy = !in_flight.lock().expect("not poisoned").is_empty();
-        if done {
-            // wait for the requests in flight, then stop
-            let _ = sem.acquire_many(cfg.max_in_flight.max(1) as u32).await;
-            return;
+    /// Requests in flight: (outbox keys, whether it is a probe) -> outcome.
+    inflight: JoinSet<(Vec<u64>, bool, Outcome, Duration)>,
+    in_keys: HashSet<u64>,
+    outage: Option<Outage>,
+    last_clamp_log: Option<Instant>,
+}
+
+impl Tenant {
+    fn new(
+        outbox: Arc<Outbox>,
+        t: Target,
+        client: reqwest::Client,
+        cfg: Arc<SenderConfig>,
+        stats: Arc<SenderStats>,
+    ) -> Self {
+        let url = Arc::new(collect_url(&t.base_url, false, &t.app_id, &t.api_secret));
+        Tenant {
+            outbox,
+            t,
+            url,
+            client,
+            cfg,
+            stats,
+            inflight: JoinSet::new(),
+            in_keys: HashSet::new(),
+            outage: None,
+            last_clamp_log: None,
         }
-        let paused = backoff.lock().expect("not poisoned").1;
-        if let Some(until) = paused
-            && until > Instant::now()
-        {
-            tokio::time::sleep_until(until.into()).await;
-            continue;
+    }
+
+    async fn run(mut self, until_empty: bool, deadline: Option<Instant>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            while let Some(done) = self.inflight.try_join_next() {
+                if let Ok(r) = done {
+                    self.handle(r);
+                }
+            }
+            let now = Instant::now();
+            if *stop.borrow() || deadline.is_some_and(|d| now >= d) {
+                // the deadline holds: what is in flight is cancelled and stays queued
+                let n = self.inflight.len() as u64;
+                self.inflight.abort_all();
+                self.stats.cancelled.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            // registered before looking, so that events queued meanwhile wake us
+            let outbox = self.outbox.clone();
+            let woken = outbox.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let capacity = match &self.outage {
+                None => self.cfg.max_in_flight.max(1).saturating_sub(self.inflight.len()),
+                // one probe at a time, once its time has come
+                Some(o) if now >= o.next_probe && self.inflight.is_empty() => 1,
+                Some(_) => 0,
+            };
+            let mut sent = 0;
+            if capacity > 0 {
+                sent = self.send_some(capacity);
+                if sent == 0 && self.inflight.is_empty() && until_empty {
+                    return;
+                }
+            }
+            let next_probe = self.outage.as_ref().map(|o| o.next_probe);
+            let wait = match next_probe {
+                Some(p) => {
+                    p.saturating_duration_since(Instant::now()).min(self.cfg.poll.max(Duration::from_millis(50)))
+                }
+                None if sent > 0 => Duration::ZERO,
+                None => self.cfg.poll,
+            };
+            let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                    if let Some(Ok(r)) = r {
+                        self.handle(r);
+                    }
+                }
+                _ = &mut woken, if self.outage.is_none() && capacity > 0 => {}
+                _ = tokio::time::sleep(wait), if wait > Duration::ZERO || self.inflight.is_empty() => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = stop.changed() => {}
+            }
         }
-        // registered before looking, so that events queued meanwhile wake us
-        let woken = outbox.wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let skip = in_flight.lock().expect("not poisoned").clone();
-        let rows = match outbox.pending(&t.tenant, 1000, &skip) {
+    }
+
+    /// Reads queued events and sends up to `capacity` requests; returns how many went.
+    fn send_some(&mut self, capacity: usize) -> usize {
+        let rows = match self.outbox.pending(&self.t.tenant, 25 * capacity * 4, &self.in_keys) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(tenant = %t.tenant, error = %e, "cannot read the outbox");
-                tokio::time::sleep(cfg.poll).await;
-                continue;
+                tracing::error!(tenant = %self.t.tenant, error = %e, "cannot read the outbox");
+                return 0;
             }
         };
         if rows.is_empty() {
-            if until_empty && !busy {
-                return;
-            }
-            tokio::select! {
-                _ = &mut woken => {}
-                _ = tokio::time::sleep(cfg.poll) => {}
-            }
-            continue;
+            return 0;
         }
         let now = now_micros();
-        let (old, fresh): (Vec<_>, Vec<_>) =
+        // past GA4's window: kept for inspection, not sent
+        let (old, mut fresh): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(|(_, e)| now - e.timestamp_micros > MAX_AGE_MICROS);
         if !old.is_empty() {
-            let ids: Vec<u64> = old.iter().map(|(i, _)| *i).collect();
-            tracing::warn!(tenant = %t.tenant, events = ids.len(), "events older than GA4's 72-hour window dropped");
-            outbox.stats.dropped_too_old.fetch_add(ids.len() as u64, Ordering::Relaxed);
-            let _ = outbox.remove(&t.tenant, &ids);
+            let keys: Vec<u64> = old.iter().map(|(k, _)| *k).collect();
+            tracing::warn!(tenant = %self.t.tenant, events = keys.len(), "events older than GA4's 72-hour window: not sent, kept in the rejected table (too_old)");
+            let _ = self.outbox.reject(&self.t.tenant, &keys, RejectKind::TooOld, 0, "older than 72 hours when sent");
+        }
+        // ahead of this host's clock by more than GA4 allows: sent stamped with the send time
+        let ahead = fresh.iter().filter(|(_, e)| e.timestamp_micros - now > FUTURE_SLACK).count();
+        if ahead > 0 {
+            for (_, e) in fresh.iter_mut().filter(|(_, e)| e.timestamp_micros - now > FUTURE_SLACK) {
+                e.timestamp_micros = now;
+            }
+            self.outbox.stats.clamped_future.fetch_add(ahead as u64, Ordering::Relaxed);
+            if self.last_clamp_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
+                self.last_clamp_log = Some(Instant::now());
+                tracing::warn!(tenant = %self.t.tenant, events = ahead, "events stamped more than 15 minutes ahead of this host's clock (is the capture host's or HEP agent's clock right?): sent with the send time");
+            }
         }
         let refs: Vec<&QueuedEvent> = fresh.iter().map(|(_, e)| e).collect();
-        // each queued event's outbox key, by its address (batches hand back references)
         let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
-        let key_of: std::collections::HashMap<usize, u64> = fresh.iter().map(|(i, e)| (addr(e), *i)).collect();
-        let ids_of = |batch: &[&QueuedEvent]| -> Vec<u64> { batch.iter().map(|b| key_of[&addr(b)]).collect() };
+        let key_of: std::collections::HashMap<usize, u64> = fresh.iter().map(|(k, e)| (addr(e), *k)).collect();
+        let mut sent = 0;
         for batch in mp::batches(&refs) {
-            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-            let ids = ids_of(&batch);
+            if sent >= capacity {
+                break;
+            }
+            let keys: Vec<u64> = batch.iter().map(|b| key_of[&addr(b)]).collect();
             let body = mp::body(&batch);
-            in_flight.lock().expect("not poisoned").extend(ids.iter().copied());
             let problems = mp::validate(&body, now_micros());
             if !problems.is_empty() {
                 // the endpoint would drop it silently: keep it for inspection instead
-                tracing::error!(tenant = %t.tenant, problems = ?problems, "invalid request not sent");
-                stats.invalid_local.fetch_add(1, Ordering::Relaxed);
-                let _ = outbox.reject(&t.tenant, &ids, 0, &body, &problems.join("; "));
-                in_flight.lock().expect("not poisoned").retain(|i| !ids.contains(i));
-                drop(permit);
+                tracing::error!(tenant = %self.t.tenant, problems = ?problems, "invalid request not sent; kept in the rejected table");
+                self.stats.invalid_local.fetch_add(1, Ordering::Relaxed);
+                let _ = self.outbox.reject(&self.t.tenant, &keys, RejectKind::Invalid, 0, &problems.join("; "));
                 continue;
             }
-            let (client, url, outbox, stats, in_flight, backoff, tenant, cfg) = (
-                client.clone(),
-                url.clone(),
-                outbox.clone(),
-                stats.clone(),
-                in_flight.clone(),
-                backoff.clone(),
-                t.tenant.clone(),
-                cfg.clone(),
-            );
-            tokio::spawn(async move {
+            let probe = self.outage.is_some();
+            self.in_keys.extend(keys.iter().copied());
+            let (client, url) = (self.client.clone(), self.url.clone());
+            self.inflight.spawn(async move {
                 let started = Instant::now();
-                let res = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let res = client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
                 let outcome = match res {
-                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) if r.status().is_success() => Outcome::Ok,
                     Ok(r) => {
                         let status = r.status().as_u16();
+                        let after = retry_after(r.headers());
                         let answer = r.text().await.unwrap_or_default();
-                        Err((Some(status), answer))
+                        if transient(status) {
+                            Outcome::Transient { status: Some(status), why: answer, retry_after: after }
+                        } else {
+                            Outcome::Final { status, answer }
+                        }
                     }
-                    Err(e) => Err((None, e.without_url().to_string())),
+                    Err(e) => Outcome::Transient { status: None, why: describe(e), retry_after: None },
                 };
-                match outcome {
-                    Ok(()) => {
-                        if let Err(e) = outbox.remove(&tenant, &ids) {
-                            tracing::error!(%tenant, error = %e, "delivered but could not remove from the outbox");
-                        }
-                        stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                        stats.events_sent.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        outbox.stats.acked.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        let us = started.elapsed().as_micros() as u64;
-                        stats.latency_sum_us.fetch_add(us, Ordering::Relaxed);
-                        stats.latency_count.fetch_add(1, Ordering::Relaxed);
-                        let mut l = stats.latencies_us.lock().expect("not poisoned");
-                        if l.len() >= 10_000 {
-                            l.drain(..5_000);
-                        }
-                        l.push(us);
-                        *backoff.lock().expect("not poisoned") = (0, None);
+                (keys, probe, outcome, started.elapsed())
+            });
+            sent += 1;
+        }
+        sent
+    }
+
+    fn handle(&mut self, (keys, probe, outcome, took): (Vec<u64>, bool, Outcome, Duration)) {
+        for k in &keys {
+            self.in_keys.remove(k);
+        }
+        let tenant = self.t.tenant.clone();
+        match outcome {
+            Outcome::Ok => {
+                if let Err(e) = self.outbox.remove(&tenant, &keys) {
+                    tracing::error!(%tenant, error = %e, "delivered but could not remove from the outbox");
+                }
+                let s = &self.stats;
+                s.requests_ok.fetch_add(1, Ordering::Relaxed);
+                s.events_sent.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                self.outbox.stats.acked.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                let us = took.as_micros() as u64;
+                s.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+                s.latency_count.fetch_add(1, Ordering::Relaxed);
+                let mut l = s.latencies_us.lock().expect("not poisoned");
+                if l.len() >= 10_000 {
+                    l.drain(..5_000);
+                }
+                l.push(us);
+                if let Some(o) = self.outage.take() {
+                    tracing::info!(%tenant, after_secs = o.since.elapsed().as_secs(), "delivery recovered: back to full speed");
+                }
+            }
+            Outcome::Final { status, answer } => {
+                tracing::error!(%tenant, status, answer = %answer.chars().take(300).collect::<String>(), "request refused; kept in the outbox's rejected table, not retried (siptap outbox)");
+                self.stats.http_4xx.fetch_add(1, Ordering::Relaxed);
+                let _ = self.outbox.reject(&tenant, &keys, RejectKind::Refused, status, &answer);
+            }
+            Outcome::Transient { status, why, retry_after } => {
+                match status {
+                    Some(_) => self.stats.http_5xx_429.fetch_add(1, Ordering::Relaxed),
+                    None => self.stats.transport_errors.fetch_add(1, Ordering::Relaxed),
+                };
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                let max = self.cfg.max_backoff;
+                match &mut self.outage {
+                    None => {
+                        self.stats.outages.fetch_add(1, Ordering::Relaxed);
+                        let wait = retry_after.unwrap_or_else(|| backoff(0, max)).min(max);
+                        tracing::warn!(%tenant, ?status, error = %why.chars().take(300).collect::<String>(), retry_in_ms = wait.as_millis() as u64, "delivery failing: one probe request at a time until the endpoint answers");
+                        self.outage =
+                            Some(Outage { since: Instant::now(), probes: 0, next_probe: Instant::now() + wait });
                     }
-                    Err((Some(status), answer)) if (400..500).contains(&status) && status != 429 => {
-                        tracing::error!(%tenant, status, "request refused; kept in the outbox's rejected table, not retried");
-                        stats.http_4xx.fetch_add(1, Ordering::Relaxed);
-                        outbox.stats.rejected.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        let _ = outbox.reject(&tenant, &ids, status, &body, &answer);
+                    Some(o) if probe => {
+                        // backoff grows per failed probe, not per request
+                        o.probes = o.probes.saturating_add(1);
+                        let wait = retry_after.unwrap_or_else(|| backoff(o.probes, max)).min(max);
+                        o.next_probe = Instant::now() + wait;
                     }
-                    Err((status, why)) => {
-                        match status {
-                            Some(_) => stats.http_5xx_429.fetch_add(1, Ordering::Relaxed),
-                            None => stats.transport_errors.fetch_add(1, Ordering::Relaxed),
-                        };
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
-                        let mut b = backoff.lock().expect("not poisoned");
-                        b.0 = b.0.saturating_add(1);
-                        let base = Duration::from_millis(250).saturating_mul(1 << b.0.min(16)).min(cfg.max_backoff);
-                        // full jitter: anywhere in [base/2, base]
-                        let jitter = base.mul_f64(0.5 + 0.5 * pseudo_random());
-                        b.1 = Some(Instant::now() + jitter);
-                        tracing::warn!(%tenant, ?status, error = %why, retry_in_ms = jitter.as_millis() as u64, "delivery failed; will retry");
+                    Some(o) => {
+                        if let Some(wait) = retry_after {
+                            o.next_probe = o.next_probe.max(Instant::now() + wait.min(max));
+                        }
                     }
                 }
-                in_flight.lock().expect("not poisoned").retain(|i| !ids.contains(i));
-                drop(permit);
-            });
+            }
         }
     }
+}
+
+/// 250 ms doubling per failed probe, capped, with jitter in [base/2, base].
+fn backoff(probes: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1 << probes.min(16)).min(max);
+    base.mul_f64(0.5 + 0.5 * pseudo_random())
 }
 
 /// A number in [0, 1) for jitter (no need for a cryptographic generator).
