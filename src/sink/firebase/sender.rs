@@ -171,6 +171,8 @@ struct Tenant {
     /// Requests in flight: (outbox keys, whether it is a probe) -> outcome.
     inflight: JoinSet<(Vec<u64>, bool, Outcome, Duration)>,
     in_keys: HashSet<u64>,
+    /// Requests built and not sent yet (read from the outbox in blocks): (keys, body).
+    ready: std::collections::VecDeque<(Vec<u64>, Vec<u8>)>,
     outage: Option<Outage>,
     last_clamp_log: Option<Instant>,
 }
@@ -193,6 +195,7 @@ impl Tenant {
             stats,
             inflight: JoinSet::new(),
             in_keys: HashSet::new(),
+            ready: std::collections::VecDeque::new(),
             outage: None,
             last_clamp_log: None,
         }
@@ -254,17 +257,52 @@ impl Tenant {
         }
     }
 
-    /// Reads queued events and sends up to `capacity` requests; returns how many went.
+    /// Sends up to `capacity` requests, reading the next block of queued events when none is
+    /// ready; returns how many went.
     fn send_some(&mut self, capacity: usize) -> usize {
-        let rows = match self.outbox.pending(&self.t.tenant, 25 * capacity * 4, &self.in_keys) {
+        if self.ready.is_empty() {
+            self.prepare();
+        }
+        let mut sent = 0;
+        while sent < capacity {
+            let Some((keys, body)) = self.ready.pop_front() else { break };
+            let probe = self.outage.is_some();
+            let (client, url) = (self.client.clone(), self.url.clone());
+            self.inflight.spawn(async move {
+                let started = Instant::now();
+                let res = client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
+                let outcome = match res {
+                    Ok(r) if r.status().is_success() => Outcome::Ok,
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let after = retry_after(r.headers());
+                        let answer = r.text().await.unwrap_or_default();
+                        if transient(status) {
+                            Outcome::Transient { status: Some(status), why: answer, retry_after: after }
+                        } else {
+                            Outcome::Final { status, answer }
+                        }
+                    }
+                    Err(e) => Outcome::Transient { status: None, why: describe(e), retry_after: None },
+                };
+                (keys, probe, outcome, started.elapsed())
+            });
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Reads a block of queued events (not in flight) and builds their requests.
+    fn prepare(&mut self) {
+        let rows = match self.outbox.pending(&self.t.tenant, 1000, &self.in_keys) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(tenant = %self.t.tenant, error = %e, "cannot read the outbox");
-                return 0;
+                return;
             }
         };
         if rows.is_empty() {
-            return 0;
+            return;
         }
         let now = now_micros();
         // past GA4's window: kept for inspection, not sent
@@ -290,11 +328,7 @@ impl Tenant {
         let refs: Vec<&QueuedEvent> = fresh.iter().map(|(_, e)| e).collect();
         let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
         let key_of: std::collections::HashMap<usize, u64> = fresh.iter().map(|(k, e)| (addr(e), *k)).collect();
-        let mut sent = 0;
         for batch in mp::batches(&refs) {
-            if sent >= capacity {
-                break;
-            }
             let keys: Vec<u64> = batch.iter().map(|b| key_of[&addr(b)]).collect();
             let body = mp::body(&batch);
             let problems = mp::validate(&body, now_micros());
@@ -305,31 +339,9 @@ impl Tenant {
                 let _ = self.outbox.reject(&self.t.tenant, &keys, RejectKind::Invalid, 0, &problems.join("; "));
                 continue;
             }
-            let probe = self.outage.is_some();
             self.in_keys.extend(keys.iter().copied());
-            let (client, url) = (self.client.clone(), self.url.clone());
-            self.inflight.spawn(async move {
-                let started = Instant::now();
-                let res = client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
-                let outcome = match res {
-                    Ok(r) if r.status().is_success() => Outcome::Ok,
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let after = retry_after(r.headers());
-                        let answer = r.text().await.unwrap_or_default();
-                        if transient(status) {
-                            Outcome::Transient { status: Some(status), why: answer, retry_after: after }
-                        } else {
-                            Outcome::Final { status, answer }
-                        }
-                    }
-                    Err(e) => Outcome::Transient { status: None, why: describe(e), retry_after: None },
-                };
-                (keys, probe, outcome, started.elapsed())
-            });
-            sent += 1;
+            self.ready.push_back((keys, body));
         }
-        sent
     }
 
     fn handle(&mut self, (keys, probe, outcome, took): (Vec<u64>, bool, Outcome, Duration)) {
@@ -372,6 +384,12 @@ impl Tenant {
                 let max = self.cfg.max_backoff;
                 match &mut self.outage {
                     None => {
+                        // requests built before the outage are built again after it (times move on)
+                        for (keys, _) in self.ready.drain(..) {
+                            for k in keys {
+                                self.in_keys.remove(&k);
+                            }
+                        }
                         self.stats.outages.fetch_add(1, Ordering::Relaxed);
                         let wait = retry_after.unwrap_or_else(|| backoff(0, max)).min(max);
                         tracing::warn!(%tenant, ?status, error = %why.chars().take(300).collect::<String>(), retry_in_ms = wait.as_millis() as u64, "delivery failing: one probe request at a time until the endpoint answers");
