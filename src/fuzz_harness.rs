@@ -24,7 +24,7 @@ pub fn sip_parse(data: &[u8]) -> bool {
     let _ = frame::frame(data);
     let unfolded = parse::unfold(data);
     let Ok(m) = parse::parse(&unfolded) else { return false };
-    for c in &m.contacts {
+    for c in &m.contacts() {
         let _ = (c.expires(), c.instance(), c.addr.parsed_uri().map(|u| (u.aor(), u.contact_key())));
     }
     let _ = (m.from.tag(), m.to.tag(), m.from.parsed_uri().map(|u| u.aor()));

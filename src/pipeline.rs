@@ -224,8 +224,8 @@ fn sip_message(
     m: crate::decode::SipBytes<'_>,
 ) {
     stats.sip_messages += 1;
-    let unfolded = sip::parse::unfold(m.data);
-    match sip::parse(&unfolded) {
+    let mut unfolded = Vec::new();
+    match sip::parse::parse_folded(m.data, &mut unfolded) {
         Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
         Err(e) => {
             stats.malformed += 1;

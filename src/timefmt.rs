@@ -11,6 +11,38 @@ pub fn rfc3339_micros(ts: Micros) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
+/// Appends `2026-11-27T02:08:26.123456Z` to `out`, without formatting machinery.
+pub fn write_rfc3339_micros(out: &mut Vec<u8>, ts: Micros) {
+    let secs = ts.div_euclid(1_000_000);
+    let micros = ts.rem_euclid(1_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        out.extend_from_slice(rfc3339_micros(ts).as_bytes());
+        return;
+    }
+    let y = y as u32;
+    let two = |out: &mut Vec<u8>, n: u32| out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    two(out, y / 100);
+    two(out, y % 100);
+    out.push(b'-');
+    two(out, m);
+    out.push(b'-');
+    two(out, d);
+    out.push(b'T');
+    two(out, sod / 3600);
+    out.push(b':');
+    two(out, sod / 60 % 60);
+    out.push(b':');
+    two(out, sod % 60);
+    out.push(b'.');
+    two(out, micros / 10_000);
+    two(out, micros / 100 % 100);
+    two(out, micros % 100);
+    out.push(b'Z');
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -37,5 +69,10 @@ mod tests {
         // 2026-11-27T02:08:26.5Z = 1795745306 s (date -d @1795745306 -u)
         assert_eq!(rfc3339_micros(1_795_745_306_500_000), "2026-11-27T02:08:26.500000Z");
         assert_eq!(rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
+        for ts in [0, 951_827_696_000_001, 1_795_745_306_500_000, -1, 253_402_300_799_999_999] {
+            let mut v = Vec::new();
+            write_rfc3339_micros(&mut v, ts);
+            assert_eq!(String::from_utf8(v).unwrap(), rfc3339_micros(ts));
+        }
     }
 }

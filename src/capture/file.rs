@@ -2,11 +2,11 @@
 //! unlike libpcap it reads pcapng files whose interfaces have different link types).
 use super::{Frame, Micros};
 use anyhow::{Context, Result, bail};
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::PcapParser;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcapng::{Block, PcapNgParser};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 /// What reading one file met besides frames.
@@ -39,17 +39,50 @@ fn plausible(ts: Option<Micros>, stats: &mut FileStats) -> Option<Micros> {
 /// Reads every frame of a pcap or pcapng file, in file order, into `sink`.
 /// Fails on a file that cannot be opened or is neither format; a damaged tail is reported in
 /// the stats and logged, and the frames before it still count.
+///
+/// The file is mapped into memory (no copy into the process; the frames are slices of it), or
+/// read whole where it cannot be mapped. A capture file must not shrink while it is being read
+/// (tcpdump only ever appends).
 pub fn read_file(path: &Path, mut sink: impl FnMut(Frame<'_>)) -> Result<FileStats> {
     let mut f = File::open(path).with_context(|| format!("cannot open capture {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    f.read_exact(&mut magic).with_context(|| format!("{}: too short to be a capture file", path.display()))?;
-    drop(f);
-    let file = BufReader::with_capacity(1 << 16, File::open(path)?);
+    // SAFETY: the mapping is only read, and capture files are not truncated while replayed
+    let mapped = unsafe { memmap2::Mmap::map(&f) };
+    let owned;
+    let data: &[u8] = match &mapped {
+        Ok(m) => {
+            let _ = m.advise(memmap2::Advice::Sequential);
+            m
+        }
+        Err(_) => {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).with_context(|| format!("cannot read capture {}", path.display()))?;
+            owned = v;
+            &owned
+        }
+    };
+    if data.len() < 4 {
+        bail!("{}: too short to be a capture file", path.display());
+    }
+    let magic = [data[0], data[1], data[2], data[3]];
     let mut stats = FileStats::default();
+    // the pages read are handed back as we go: a large capture does not sit in this process's
+    // resident memory (it stays in the page cache)
+    let mut released = 0usize;
+    let mut release = |consumed: usize| {
+        if let Ok(m) = &mapped
+            && consumed - released >= RELEASE_EVERY
+        {
+            let upto = consumed & !(4096 - 1);
+            // SAFETY: the pages below `consumed` are not read again (frames handed to the sink
+            // before it are done with)
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, released, upto - released) };
+            released = upto;
+        }
+    };
     match u32::from_le_bytes(magic) {
-        0x0A0D0D0A => read_pcapng(file, &mut stats, &mut sink)
+        0x0A0D0D0A => read_pcapng(data, &mut stats, &mut sink, &mut release)
             .with_context(|| format!("{}: not a readable pcapng file", path.display()))?,
-        0xA1B2C3D4 | 0xD4C3B2A1 | 0xA1B23C4D | 0x4D3CB2A1 => read_pcap(file, &mut stats, &mut sink)
+        0xA1B2C3D4 | 0xD4C3B2A1 | 0xA1B23C4D | 0x4D3CB2A1 => read_pcap(data, &mut stats, &mut sink, &mut release)
             .with_context(|| format!("{}: not a readable pcap file", path.display()))?,
         _ => bail!("{}: not a pcap or pcapng file (magic {:02x?})", path.display(), magic),
     }
@@ -62,16 +95,26 @@ pub fn read_file(path: &Path, mut sink: impl FnMut(Frame<'_>)) -> Result<FileSta
     Ok(stats)
 }
 
-fn read_pcap(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_>)) -> Result<()> {
-    let mut reader = PcapReader::new(r)?;
-    let header = reader.header();
+/// How many bytes of a mapped capture are read before their pages are handed back.
+const RELEASE_EVERY: usize = 32 << 20;
+
+fn read_pcap(
+    data: &[u8],
+    stats: &mut FileStats,
+    sink: &mut impl FnMut(Frame<'_>),
+    release: &mut impl FnMut(usize),
+) -> Result<()> {
+    let (mut rest, parser) = PcapParser::new(data)?;
+    let header = parser.header();
     let linktype: u32 = header.datalink.into();
     let nanos = header.ts_resolution == pcap_file::TsResolution::NanoSecond;
     // raw records: pcap-file's checked ones refuse a record longer on the wire than the file's
     // snaplen, which is every record of a capture taken with a short snaplen
-    while let Some(pkt) = reader.next_raw_packet() {
-        match pkt {
-            Ok(p) => {
+    while !rest.is_empty() {
+        match parser.next_raw_packet(rest) {
+            Ok((tail, p)) => {
+                rest = tail;
+                release(data.len() - rest.len() - p.data.len());
                 stats.frames += 1;
                 if p.orig_len > p.incl_len {
                     stats.snapped += 1;
@@ -107,13 +150,24 @@ impl Iface {
     }
 }
 
-fn read_pcapng(r: impl Read, stats: &mut FileStats, sink: &mut impl FnMut(Frame<'_>)) -> Result<()> {
-    let mut reader = PcapNgReader::new(r)?;
+fn read_pcapng(
+    data: &[u8],
+    stats: &mut FileStats,
+    sink: &mut impl FnMut(Frame<'_>),
+    release: &mut impl FnMut(usize),
+) -> Result<()> {
+    let (mut rest, mut parser) = PcapNgParser::new(data)?;
     let mut ifaces: Vec<Iface> = Vec::new();
     let mut last_ts: Micros = 0;
-    while let Some(block) = reader.next_block() {
-        let block = match block {
-            Ok(b) => b,
+    // (the parser has read the first section header: no interface yet)
+    while !rest.is_empty() {
+        let block = match parser.next_block(rest) {
+            Ok((tail, b)) => {
+                // (the block is borrowed from the bytes before `tail`: release up to its start)
+                release(data.len() - rest.len());
+                rest = tail;
+                b
+            }
             Err(_) => {
                 stats.truncated = true;
                 break;

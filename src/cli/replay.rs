@@ -44,11 +44,16 @@ pub fn replay(
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_err: Option<std::io::Error> = None;
+    let mut lines: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut emit = |r: Routed| {
-        if write_err.is_none()
-            && let Err(e) = jsonl::write(&mut out, &r)
-        {
-            write_err = Some(e);
+        jsonl::append(&mut lines, &r);
+        if lines.len() >= 1 << 16 {
+            if write_err.is_none()
+                && let Err(e) = out.write_all(&lines)
+            {
+                write_err = Some(e);
+            }
+            lines.clear();
         }
         if let Some((d, outbox)) = &mut delivery
             && let Some(q) = d.queue(&r, Some(outbox))
@@ -86,6 +91,11 @@ pub fn replay(
         tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
     }
     pipeline.finish(&mut emit);
+    if write_err.is_none()
+        && let Err(e) = out.write_all(&lines)
+    {
+        write_err = Some(e);
+    }
     if let Some(e) = write_err {
         // a closed pipe (`| head`) is not worth a complaint
         if e.kind() != std::io::ErrorKind::BrokenPipe {

@@ -529,7 +529,8 @@ fn could_start_sip(p: &[u8]) -> bool {
 
 /// Whether a payload begins with a SIP start line (cheap test before following a new flow).
 pub fn starts_with_sip(p: &[u8]) -> bool {
-    let end = memchr(b'\n', &p[..p.len().min(512)]).unwrap_or(p.len().min(512));
+    let head = &p[..p.len().min(512)];
+    let end = crate::sip::parse::find_nl(head).unwrap_or(head.len());
     looks_like_start_line(&p[..end])
 }
 

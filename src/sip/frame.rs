@@ -1,6 +1,5 @@
 //! Message framing on a byte stream (TCP, WebSocket text): RFC 3261 18.3, by Content-Length.
 use super::parse::header_end;
-use memchr::memchr;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Framed {
@@ -27,10 +26,14 @@ pub fn frame(buf: &[u8]) -> Framed {
 pub fn content_length(head: &[u8]) -> Option<usize> {
     let mut pos = 0;
     while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
+        let end = super::parse::find_nl(&head[pos..]).map(|i| pos + i).unwrap_or(head.len());
         let line = &head[pos..end];
         pos = end + 1;
-        let Some(colon) = memchr(b':', line) else {
+        // only `l` or `Content-Length` (names are short: the colon is near)
+        if !matches!(line.first(), Some(b'l' | b'L' | b'c' | b'C')) {
+            continue;
+        }
+        let Some(colon) = line.iter().take(32).position(|&b| b == b':') else {
             continue;
         };
         let name = line[..colon].trim_ascii();

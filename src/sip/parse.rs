@@ -5,7 +5,7 @@
 //! parameters, IPv6 hosts, unknown methods. A message lacking what siptap needs to follow it
 //! (a start line, Call-ID, CSeq) is an error the caller counts and skips.
 use super::uri::Uri;
-use memchr::{memchr, memmem};
+use memchr::memchr;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,9 @@ pub struct Message<'a> {
     pub cseq_method: &'a str,
     pub from: NameAddr<'a>,
     pub to: NameAddr<'a>,
-    pub contacts: Vec<Contact<'a>>,
+    /// The Contact header values as they came (parsed by [`Message::contacts`] when asked: most
+    /// messages never need them).
+    pub contact_values: ContactValues<'a>,
     /// `Contact: *` (remove every binding).
     pub contact_star: bool,
     pub expires: Option<u32>,
@@ -69,7 +71,55 @@ pub struct Message<'a> {
     pub head: &'a [u8],
 }
 
+/// Up to [`ContactValues::MAX`] Contact header values of one message; more are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContactValues<'a> {
+    values: [&'a str; ContactValues::MAX],
+    len: usize,
+    /// Contact header lines beyond the first `MAX`.
+    pub extra_lines: usize,
+}
+
+impl<'a> ContactValues<'a> {
+    pub const MAX: usize = 8;
+    fn push(&mut self, v: &'a str) {
+        if self.len < Self::MAX {
+            self.values[self.len] = v;
+            self.len += 1;
+        } else {
+            self.extra_lines += 1;
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The raw values (each may list several contacts).
+    pub fn raw(&self) -> &[&'a str] {
+        &self.values[..self.len]
+    }
+}
+
 impl<'a> Message<'a> {
+    /// Every Contact (in order, several per line allowed), parsed now.
+    pub fn contacts(&self) -> Vec<Contact<'a>> {
+        let mut v = Vec::new();
+        for value in self.contact_values.raw() {
+            for part in split_list(value) {
+                let na = name_addr(part);
+                if !na.uri.is_empty() {
+                    v.push(Contact { addr: na });
+                }
+            }
+        }
+        v
+    }
+
+    /// The first Contact, parsed now.
+    pub fn first_contact(&self) -> Option<Contact<'a>> {
+        let value = self.contact_values.raw().first()?;
+        split_list(value).map(name_addr).find(|na| !na.uri.is_empty()).map(|addr| Contact { addr })
+    }
+
     /// The first value of any header, by name (case-insensitive), scanning the header section.
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.head.split(|&b| b == b'\n').skip(1).find_map(|line| {
@@ -110,12 +160,26 @@ pub enum ParseError {
 /// Joins folded header lines (RFC 3261 7.3.1) so that [`parse`] can borrow plain lines.
 /// Borrows when nothing is folded, which is almost always.
 pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
-    let head_end = header_end(buf).map(|(h, _)| h).unwrap_or(buf.len());
-    let head = &buf[..head_end];
-    let folded = memchr::memchr_iter(b'\n', head).any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')));
+    let (head_end, folded) = scan_head(buf);
     if !folded {
         return Cow::Borrowed(buf);
     }
+    Cow::Owned(unfold_head(buf, head_end))
+}
+
+/// Parses a message that may have folded header lines (one scan of its head when it has none,
+/// which is almost always).
+pub fn parse_folded<'a>(buf: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>, ParseError> {
+    let (head_end, folded) = scan_head(buf);
+    if !folded {
+        return parse_head(buf, head_end);
+    }
+    *scratch = unfold_head(buf, head_end);
+    parse(scratch)
+}
+
+fn unfold_head(buf: &[u8], head_end: usize) -> Vec<u8> {
+    let head = &buf[..head_end];
     let mut out = Vec::with_capacity(buf.len());
     let mut i = 0;
     while i < head_end {
@@ -139,27 +203,62 @@ pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
         i += 1;
     }
     out.extend_from_slice(&buf[head_end..]);
-    Cow::Owned(out)
+    out
 }
 
-/// Where the header section ends: (index of the blank line, index of the body).
-pub fn header_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| (i + 2, i + 4));
-    let lf = memmem::find(buf, b"\n\n").map(|i| (i + 1, i + 2));
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// One pass over a message's line ends: where its header section ends (the index of the blank
+/// line, or the end) and whether a line is folded (continues on the next, which starts with
+/// whitespace).
+fn scan_head(buf: &[u8]) -> (usize, bool) {
+    let mut folded = false;
+    let mut from = 0;
+    while let Some(i) = find_nl(&buf[from..]) {
+        let nl = from + i;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return (nl + 1, folded),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return (nl + 1, folded),
+            Some(b' ' | b'\t') => folded = true,
+            _ => {}
+        }
+        from = nl + 1;
     }
+    (buf.len(), folded)
+}
+
+/// Where the header section ends: (index of the blank line, index of the body). One pass over
+/// the line ends: the first empty line (CRLF or bare LF) ends the head.
+pub fn header_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = find_nl(&buf[from..]) {
+        let nl = from + i;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some((nl + 1, nl + 2)),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some((nl + 1, nl + 3)),
+            _ => {}
+        }
+        from = nl + 1;
+    }
+    None
 }
 
 /// Parses one message. The buffer should hold one message (framing is the caller's job);
 /// folded headers must have been unfolded with [`unfold`].
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    let head_end = header_end(buf).map(|(h, _)| h).unwrap_or(buf.len());
+    parse_head(buf, scan_head(buf).0)
+}
+
+/// [`parse`], the end of the header section being known.
+fn parse_head(buf: &[u8], head_end: usize) -> Result<Message<'_>, ParseError> {
     let head = &buf[..head_end];
-    let first_end = memchr(b'\n', head).unwrap_or(head.len());
-    let first = std::str::from_utf8(&head[..first_end]).map_err(|_| ParseError::NotSip)?;
-    let start = start_line(first.trim_end_matches('\r'))?;
+    // one UTF-8 check for the whole head; a head with bad bytes somewhere is read line by line,
+    // each header keeping its valid beginning (captures do contain such bytes)
+    let text = std::str::from_utf8(head).ok();
+    let first_end = find_nl(head).unwrap_or(head.len());
+    let first = match text {
+        Some(t) => &t[..first_end],
+        None => std::str::from_utf8(&head[..first_end]).map_err(|_| ParseError::NotSip)?,
+    };
+    let start = start_line(first.strip_suffix('\r').unwrap_or(first))?;
 
     let mut msg = Message {
         start,
@@ -168,7 +267,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         cseq_method: "",
         from: NameAddr::default(),
         to: NameAddr::default(),
-        contacts: Vec::new(),
+        contact_values: ContactValues::default(),
         contact_star: false,
         expires: None,
         user_agent: None,
@@ -181,31 +280,40 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
 
     let mut pos = (first_end + 1).min(head.len());
     while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..]).map(|i| pos + i).unwrap_or(head.len());
+        let end = find_nl(&head[pos..]).map(|i| pos + i).unwrap_or(head.len());
         let line = &head[pos..end];
+        let line_start = pos;
         pos = end + 1;
-        let Some(colon) = memchr(b':', line) else {
+        // the header name is short: find its colon byte by byte
+        let Some(colon) = line.iter().take(64).position(|&b| b == b':') else {
             continue;
         };
-        let name = trim_bytes(&line[..colon]);
-        // a corrupted header keeps its valid beginning (captures do contain such bytes)
-        let raw = &line[colon + 1..];
-        let value = match std::str::from_utf8(raw) {
-            Ok(v) => v,
-            Err(e) => std::str::from_utf8(&raw[..e.valid_up_to()]).expect("valid prefix"),
+        // only the headers siptap reads are looked at further
+        let Some(hdr) = header_id(trim_bytes(&line[..colon])) else {
+            continue;
         };
-        let value = value.trim();
-        match header_id(name) {
-            Some(Hdr::CallId) => msg.call_id = value,
-            Some(Hdr::From) => {
+        let value = match text {
+            Some(t) => &t[line_start + colon + 1..end],
+            None => {
+                let raw = &line[colon + 1..];
+                match std::str::from_utf8(raw) {
+                    Ok(v) => v,
+                    Err(e) => std::str::from_utf8(&raw[..e.valid_up_to()]).expect("valid prefix"),
+                }
+            }
+        };
+        let value = trim_ascii(value);
+        match hdr {
+            Hdr::CallId => msg.call_id = value,
+            Hdr::From => {
                 msg.from = name_addr(value);
                 have_from = true;
             }
-            Some(Hdr::To) => {
+            Hdr::To => {
                 msg.to = name_addr(value);
                 have_to = true;
             }
-            Some(Hdr::CSeq) => {
+            Hdr::CSeq => {
                 let mut it = value.split_ascii_whitespace();
                 if let (Some(n), Some(m)) = (it.next(), it.next())
                     && let Ok(n) = n.parse()
@@ -215,27 +323,19 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
                     have_cseq = true;
                 }
             }
-            Some(Hdr::Contact) => {
+            Hdr::Contact => {
                 if value == "*" {
                     msg.contact_star = true;
                 } else {
-                    for part in split_list(value) {
-                        let na = name_addr(part);
-                        if !na.uri.is_empty() {
-                            msg.contacts.push(Contact { addr: na });
-                        }
-                    }
+                    msg.contact_values.push(value);
                 }
             }
-            Some(Hdr::Expires) => msg.expires = value.parse().ok(),
-            Some(Hdr::UserAgent) => msg.user_agent = Some(value),
-            Some(Hdr::SessionExpires) => {
-                msg.session_expires = value.split(';').next().and_then(|v| v.trim().parse().ok())
-            }
-            Some(Hdr::ContentLength) => msg.content_length = value.parse().ok(),
-            Some(Hdr::Authorization) if msg.auth_user.is_none() => msg.auth_user = credentials_user(value),
-            Some(Hdr::Authorization) => {}
-            None => {}
+            Hdr::Expires => msg.expires = value.parse().ok(),
+            Hdr::UserAgent => msg.user_agent = Some(value),
+            Hdr::SessionExpires => msg.session_expires = value.split(';').next().and_then(|v| v.trim().parse().ok()),
+            Hdr::ContentLength => msg.content_length = value.parse().ok(),
+            Hdr::Authorization if msg.auth_user.is_none() => msg.auth_user = credentials_user(value),
+            Hdr::Authorization => {}
         }
     }
     if msg.call_id.is_empty() {
@@ -250,19 +350,66 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     Ok(msg)
 }
 
+/// The first `\n` in `h`, eight bytes at a time (lines are short: a SIMD search costs more to
+/// set up than this takes).
+#[inline]
+pub fn find_nl(h: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const PAT: u64 = LO * b'\n' as u64;
+    let mut i = 0;
+    while i + 8 <= h.len() {
+        let w = u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes")) ^ PAT;
+        let t = w.wrapping_sub(LO) & !w & HI;
+        if t != 0 {
+            return Some(i + (t.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    h[i..].iter().position(|&c| c == b'\n').map(|p| i + p)
+}
+
+/// ASCII whitespace trimmed (header values are ASCII where it matters; this avoids the Unicode
+/// machinery of `str::trim`).
+fn trim_ascii(s: &str) -> &str {
+    s.trim_ascii()
+}
+
 fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
-    if let Some(rest) = strip_prefix_ci(line, "SIP/2.0 ") {
-        let code = rest.trim_start().get(..3).and_then(|c| c.parse::<u16>().ok());
-        return match code {
-            Some(c) if (100..700).contains(&c) => Ok(StartLine::Response { code: c }),
-            _ => Err(ParseError::BadStartLine),
+    let b = line.as_bytes();
+    if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        let rest = line[8..].trim_ascii_start().as_bytes();
+        let code = match rest {
+            [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+                u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+            }
+            _ => return Err(ParseError::BadStartLine),
+        };
+        return if (100..700).contains(&code) {
+            Ok(StartLine::Response { code })
+        } else {
+            Err(ParseError::BadStartLine)
         };
     }
-    let mut it = line.split(' ').filter(|s| !s.is_empty());
-    let (Some(method), Some(uri), Some(ver)) = (it.next(), it.next(), it.next()) else {
-        return Err(ParseError::NotSip);
-    };
-    if !ver.eq_ignore_ascii_case("SIP/2.0") {
+    // METHOD SP Request-URI SP SIP/2.0 (extra spaces tolerated)
+    let mut words = [""; 3];
+    let mut n = 0;
+    let mut i = 0;
+    while i < b.len() && n < 3 {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && b[i] != b' ' {
+            i += 1;
+        }
+        if i > start {
+            words[n] = &line[start..i];
+            n += 1;
+        }
+    }
+    let [method, uri, ver] = words;
+    if n < 3 || !ver.eq_ignore_ascii_case("SIP/2.0") || line[i..].bytes().any(|c| c != b' ') {
         return Err(ParseError::NotSip);
     }
     // RFC 3261 token characters; unknown methods are fine
@@ -306,6 +453,10 @@ fn header_id(name: &[u8]) -> Option<Hdr> {
             b'x' => Some(Hdr::SessionExpires),
             _ => None,
         };
+    }
+    // most header lines are not one of these: tell them apart by length before comparing
+    if !matches!(name.len(), 2 | 4 | 6 | 7 | 10 | 13 | 14 | 15 | 19) {
+        return None;
     }
     const NAMES: [(&[u8], Hdr); 11] = [
         (b"call-id", Hdr::CallId),
@@ -375,11 +526,11 @@ pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
 
 /// `"Name" <uri>;params` or `uri;params`.
 fn name_addr(v: &str) -> NameAddr<'_> {
-    let v = v.trim();
+    let v = v.trim_ascii();
+    let b = v.as_bytes();
     // skip a quoted display name so that '<' inside it does not confuse us
     let mut scan_from = 0;
-    if v.starts_with('"') {
-        let b = v.as_bytes();
+    if b.first() == Some(&b'"') {
         let mut i = 1;
         while i < b.len() {
             match b[i] {
@@ -391,14 +542,15 @@ fn name_addr(v: &str) -> NameAddr<'_> {
         }
         scan_from = (i + 1).min(v.len());
     }
-    if let Some(lt) = v[scan_from..].find('<').map(|i| i + scan_from) {
-        if let Some(gt) = v[lt..].find('>').map(|i| i + lt) {
-            return NameAddr { uri: v[lt + 1..gt].trim(), params: &v[gt + 1..] };
+    let pos = |from: usize, c: u8| b[from..].iter().position(|&x| x == c).map(|i| i + from);
+    if let Some(lt) = pos(scan_from, b'<') {
+        if let Some(gt) = pos(lt, b'>') {
+            return NameAddr { uri: v[lt + 1..gt].trim_ascii(), params: &v[gt + 1..] };
         }
-        return NameAddr { uri: v[lt + 1..].trim(), params: "" };
+        return NameAddr { uri: v[lt + 1..].trim_ascii(), params: "" };
     }
-    match v.find(';') {
-        Some(semi) => NameAddr { uri: v[..semi].trim(), params: &v[semi..] },
+    match pos(0, b';') {
+        Some(semi) => NameAddr { uri: v[..semi].trim_ascii(), params: &v[semi..] },
         None => NameAddr { uri: v, params: "" },
     }
 }
@@ -451,10 +603,6 @@ pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-fn strip_prefix_ci<'a>(s: &'a str, p: &str) -> Option<&'a str> {
-    (s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())).then(|| &s[p.len()..])
-}
-
 fn trim_bytes(b: &[u8]) -> &[u8] {
     let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map(|i| i + 1).unwrap_or(s);
@@ -481,7 +629,7 @@ mod tests {
         assert_eq!(m.from.tag(), Some("abc"));
         assert_eq!(m.to.uri, "sip:bob@lab.example");
         assert_eq!(m.to.tag(), None);
-        assert_eq!(m.contacts[0].addr.uri, "sip:alice@127.0.0.2:5060");
+        assert_eq!(m.contacts()[0].addr.uri, "sip:alice@127.0.0.2:5060");
         assert_eq!(m.content_length, Some(0));
         assert_eq!(m.session_expires, Some(1800));
     }
@@ -496,7 +644,7 @@ mod tests {
         let m = parse(&u).unwrap();
         assert_eq!(m.from.tag(), Some("1"));
         assert_eq!(m.cseq_method, "REGISTER");
-        assert_eq!(m.contacts[0].expires(), Some(60));
+        assert_eq!(m.contacts()[0].expires(), Some(60));
         let plain = msg("OPTIONS sip:x SIP/2.0\nCall-ID: a\n\n");
         assert!(matches!(unfold(&plain), Cow::Borrowed(_)));
     }
@@ -508,13 +656,13 @@ mod tests {
         );
         let m = parse(&b).unwrap();
         assert_eq!(m.status(), Some(200));
-        assert_eq!(m.contacts.len(), 3);
-        assert_eq!(m.contacts[0].instance(), Some("urn:uuid:0f6c"));
-        assert_eq!(m.contacts[0].expires(), Some(3600));
-        assert_eq!(m.contacts[1].addr.uri, "sip:alice@[2001:db8::9]:5070;transport=tcp");
-        assert_eq!(m.contacts[1].expires(), Some(20));
-        assert_eq!(m.contacts[2].addr.uri, "sip:alice@10.0.0.1");
-        assert_eq!(m.contacts[2].expires(), Some(5));
+        assert_eq!(m.contacts().len(), 3);
+        assert_eq!(m.contacts()[0].instance(), Some("urn:uuid:0f6c"));
+        assert_eq!(m.contacts()[0].expires(), Some(3600));
+        assert_eq!(m.contacts()[1].addr.uri, "sip:alice@[2001:db8::9]:5070;transport=tcp");
+        assert_eq!(m.contacts()[1].expires(), Some(20));
+        assert_eq!(m.contacts()[2].addr.uri, "sip:alice@10.0.0.1");
+        assert_eq!(m.contacts()[2].expires(), Some(5));
         let s = msg(
             "REGISTER sip:x SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:a@x>\ni: q\nCSeq: 3 REGISTER\nContact: *\nExpires: 0\n\n",
         );

@@ -33,8 +33,10 @@ impl Fingerprinter {
     }
 }
 
-/// A hasher for maps keyed by fingerprints (or other values that are random already): the key
-/// is its own hash.
+/// A hasher for maps keyed by fingerprints or sequential ids: one multiplication (Fibonacci
+/// hashing), which spreads sequential ids over all the bits the table looks at (its top bits as
+/// well as its low ones). Keys from the network are fingerprints already (keyed SipHash), so
+/// nobody can aim collisions at it.
 #[derive(Default, Clone, Copy)]
 pub struct Identity(u64);
 
@@ -44,11 +46,11 @@ impl Hasher for Identity {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

@@ -22,6 +22,8 @@ const DEFAULT_EXPIRES: u32 = 3600;
 pub const DEVICE_MEMORY: Micros = 7 * 86_400 * 1_000_000;
 /// A contact still names its user this long after its binding lapsed (a late INVITE to it).
 const CONTACT_GRACE: Micros = 3600 * 1_000_000;
+/// How often the app and contact tables are swept for lapsed entries (packet time).
+const SWEEP_EVERY: Micros = 300 * 1_000_000;
 /// `expires_at` of a binding that was removed.
 const REMOVED: Micros = Micros::MIN;
 
@@ -185,6 +187,7 @@ pub struct Registrations {
     bytes: usize,
     pending_bytes: usize,
     bytes_logged: bool,
+    last_sweep: Micros,
     /// Contact parameters or headers by which apps name their own instance.
     identity_names: Vec<String>,
     known: Box<dyn KnownUsers>,
@@ -205,6 +208,7 @@ impl Registrations {
             bytes: 0,
             pending_bytes: 0,
             bytes_logged: false,
+            last_sweep: Micros::MIN / 2,
             identity_names,
             known,
             limits: RegLimits {
@@ -318,14 +322,15 @@ impl Registrations {
             return;
         };
         let max = self.limits.max_contacts_per_register;
-        if msg.contacts.len() > max {
-            self.stats.contacts_dropped += (msg.contacts.len() - max) as u64;
+        let contacts = usable_contacts(msg, &mut self.stats);
+        if contacts.len() > max {
+            self.stats.contacts_dropped += (contacts.len() - max) as u64;
         }
         let mut device = None;
         let mut instance = None;
         let mut app_instance = None;
-        let mut bindings = Vec::with_capacity(msg.contacts.len().min(max));
-        for c in msg.contacts.iter().take(max) {
+        let mut bindings = Vec::with_capacity(contacts.len().min(max));
+        for c in contacts.iter().take(max) {
             let Some(uri) = c.addr.parsed_uri() else { continue };
             let key = uri.contact_key();
             if instance.is_none() {
@@ -417,11 +422,12 @@ impl Registrations {
         // the 2xx lists every current binding of the address of record: learn them all
         let resp_aor = msg.to.parsed_uri().map(|u| u.aor());
         let max = self.limits.max_contacts_per_register;
-        if msg.contacts.len() > max {
-            self.stats.contacts_dropped += (msg.contacts.len() - max) as u64;
+        let contacts = usable_contacts(msg, &mut self.stats);
+        if contacts.len() > max {
+            self.stats.contacts_dropped += (contacts.len() - max) as u64;
         }
         let mut granted: Vec<(Fp, u32)> = Vec::new();
-        for c in msg.contacts.iter().take(max) {
+        for c in contacts.iter().take(max) {
             let Some(uri) = c.addr.parsed_uri() else { continue };
             let k = self.fp.of(&uri.contact_key());
             let e = c.expires().or(msg.expires).unwrap_or(DEFAULT_EXPIRES);
@@ -440,7 +446,7 @@ impl Registrations {
             None => {
                 // the request was not captured: follow a 2xx that names exactly one binding
                 self.stats.unmatched_responses += 1;
-                let (Some(aor), [c]) = (resp_aor, msg.contacts.as_slice()) else {
+                let (Some(aor), [c]) = (resp_aor, contacts.as_slice()) else {
                     return;
                 };
                 let Some(uri) = c.addr.parsed_uri() else {
@@ -694,7 +700,9 @@ impl Registrations {
         self.dirty.contacts.insert(contact);
     }
 
-    /// Forgets unanswered REGISTER transactions, long-lapsed apps and contacts.
+    /// Forgets unanswered REGISTER transactions (from the front of their queue: cheap), and
+    /// long-lapsed apps and contacts (a sweep of the tables, at most every five minutes of packet
+    /// time: the lookups check lapse themselves, the sweep only gives memory back).
     pub fn expire(&mut self, now: Micros) {
         while let Some(&(t, k)) = self.pending_order.front() {
             if now - t <= TRANSACTION_TIMEOUT {
@@ -706,6 +714,10 @@ impl Registrations {
                 self.stats.pending_expired += 1;
             }
         }
+        if now - self.last_sweep < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
         let mut changed = Vec::new();
         let (dirty, apps, bytes) = (&mut self.dirty, &mut self.apps, &mut self.bytes);
         self.aors.retain(|k, s| {
@@ -780,6 +792,17 @@ impl Registrations {
     pub fn finish_restore(&mut self) {
         self.pending_order.make_contiguous().sort_unstable();
     }
+}
+
+/// A message's Contacts that siptap follows: those whose URI and parameters are of a sane
+/// length (longer ones are counted as dropped: they would only cost memory).
+fn usable_contacts<'a>(msg: &Message<'a>, stats: &mut RegistrationStats) -> Vec<crate::sip::parse::Contact<'a>> {
+    let mut v = msg.contacts();
+    let before = v.len();
+    v.retain(|c| c.addr.uri.len() <= super::tracker::MAX_FIELD && c.addr.params.len() <= 4 * super::tracker::MAX_FIELD);
+    stats.contacts_dropped += (before - v.len()) as u64;
+    stats.contacts_dropped += msg.contact_values.extra_lines as u64;
+    v
 }
 
 fn reg_event(ts: Micros, kind: Kind, aor: &str, device: &str, call_id: &str, origin: &Origin) -> Event {

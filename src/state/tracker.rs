@@ -174,7 +174,6 @@ impl Tracker {
         ]
         .iter()
         .any(|l| *l > MAX_FIELD)
-            || msg.contacts.iter().any(|c| c.addr.uri.len() > MAX_FIELD || c.addr.params.len() > 4 * MAX_FIELD)
         {
             self.stats.oversized_fields += 1;
             return;
@@ -217,7 +216,7 @@ impl Tracker {
             match dir {
                 Direction::Out => {
                     let user = msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default();
-                    let contact = msg.contacts.first().and_then(|c| c.addr.parsed_uri());
+                    let contact = msg.first_contact().and_then(|c| c.addr.parsed_uri());
                     let origin =
                         contact.map(|u| regs.origin_for_contact(&user, &u.contact_key(), ts)).unwrap_or_default();
                     let registered_source = regs.registered_from(&user, hop.client, ts);
