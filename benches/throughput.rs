@@ -73,7 +73,7 @@ fn main() {
         for m in &msgs {
             let u = sip::parse::unfold(m);
             if let Ok(p) = sip::parse(&u) {
-                black_box((p.call_id.len(), p.cseq, p.from.tag(), p.to.tag(), p.contacts.len()));
+                black_box((p.call_id.len(), p.cseq, p.from.tag(), p.to.tag(), p.contacts().len()));
             }
         }
     });
