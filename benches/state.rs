@@ -38,7 +38,7 @@ fn run(cfg: &Config, fr: &[F], state: Option<&Path>, every_second: bool) -> (f64
             && f.ts - last_commit >= 1_000_000
         {
             let c = Instant::now();
-            let d = p.tracker.take_delta();
+            let d = p.tracker().take_delta();
             s.commit(&d, &p.take_new_users()).unwrap();
             in_commit += c.elapsed().as_secs_f64();
             commits += 1;
@@ -47,7 +47,7 @@ fn run(cfg: &Config, fr: &[F], state: Option<&Path>, every_second: bool) -> (f64
     }
     p.finish(&mut |_| events += 1);
     if let Some(s) = &store {
-        let d = p.tracker.take_delta();
+        let d = p.tracker().take_delta();
         s.commit(&d, &p.take_new_users()).unwrap();
     }
     std::hint::black_box(events);

@@ -33,6 +33,11 @@ enum Cmd {
         /// With --send: how long to keep trying before leaving the rest in the outbox.
         #[arg(long, default_value_t = 120)]
         send_timeout: u64,
+        /// Threads: 2 reads, decodes and parses on one and follows the state on the other (the
+        /// same events, in the same order); 1 does everything on one. Default: 2 when the machine
+        /// has two cores or more.
+        #[arg(long)]
+        threads: Option<usize>,
         /// Capture files, read in the order given.
         #[arg(required = true)]
         captures: Vec<PathBuf>,
@@ -169,8 +174,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { config, state, stats, send, send_timeout, captures } => {
-            cli::replay::replay(config, state, stats, send.then_some(send_timeout), captures)
+        Cmd::Replay { config, state, stats, send, send_timeout, threads, captures } => {
+            let threads =
+                threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1));
+            cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, captures)
         }
         Cmd::Flush { config, state, timeout, stats } => cli::deliver::flush(config, state, timeout, stats),
         Cmd::Run { config, state, allow_root } => {

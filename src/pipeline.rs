@@ -27,13 +27,147 @@ pub struct PipelineStats {
     pub disabled: u64,
 }
 
-pub struct Pipeline {
+/// Parsed messages on their way from the front half to the back half: each message's head
+/// copied into one arena, its fields as offsets into it. A batch crosses to another thread in
+/// one piece (`replay --threads 2`, and the daemon), or stays on this one.
+#[derive(Default)]
+pub struct Batch {
+    arena: Vec<u8>,
+    items: Vec<Item>,
+    /// The latest frame time seen (frames without SIP still move time on, for the timers).
+    pub last_ts: Option<Micros>,
+    /// Frames and SIP messages decoded, and messages that did not parse.
+    pub frames: u64,
+    pub messages: u64,
+    pub malformed: u64,
+}
+
+struct Item {
+    ts: Micros,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    at: usize,
+    len: usize,
+    msg: sip::parse::MessageOffsets,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.arena.len() + self.items.len() * std::mem::size_of::<Item>()
+    }
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.items.clear();
+        self.last_ts = None;
+        self.frames = 0;
+        self.messages = 0;
+        self.malformed = 0;
+    }
+}
+
+/// The front half: frames -> decoded, parsed SIP messages, into a batch.
+pub struct Front {
     pub decoder: Decoder,
+    unfolded: Vec<u8>,
+}
+
+impl Front {
+    pub fn new(decoder: Decoder) -> Self {
+        Front { decoder, unfolded: Vec::new() }
+    }
+
+    /// Decodes one captured frame into `batch`.
+    pub fn frame(&mut self, frame: Frame<'_>, batch: &mut Batch) {
+        batch.frames += 1;
+        batch.last_ts = Some(batch.last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
+        let Front { decoder, unfolded } = self;
+        decoder.decode(frame, &mut |m| add_message(batch, unfolded, m));
+    }
+
+    /// One HEP packet received by a listener (no link, IP or UDP header around it).
+    pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], batch: &mut Batch) {
+        batch.last_ts = Some(batch.last_ts.map_or(ts, |t| t.max(ts)));
+        let Front { decoder, unfolded } = self;
+        decoder.hep(ts, sender, data, &mut |m| add_message(batch, unfolded, m));
+    }
+}
+
+/// One SIP message's bytes from the decoder: parsed into the batch, or counted as malformed.
+fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipBytes<'_>) {
+    batch.messages += 1;
+    match sip::parse::parse_folded(m.data, unfolded) {
+        Ok(msg) => {
+            let at = batch.arena.len();
+            batch.arena.extend_from_slice(msg.head);
+            batch.items.push(Item { ts: m.ts, src: m.src, dst: m.dst, at, len: msg.head.len(), msg: msg.offsets() });
+        }
+        Err(e) => {
+            batch.malformed += 1;
+            tracing::debug!(error = ?e, src = %m.src, dst = %m.dst, "malformed SIP message skipped");
+        }
+    }
+}
+
+/// The back half: parsed messages -> state machines -> routed events.
+pub struct Back {
     pub tracker: Tracker,
     router: Router,
     pub stats: PipelineStats,
     scratch: Vec<Event>,
     last_ts: Option<Micros>,
+}
+
+impl Back {
+    /// Feeds a batch's messages, in order; routed events go to `out` in time order.
+    pub fn apply(&mut self, batch: &Batch, out: &mut dyn FnMut(Routed)) {
+        self.stats.sip_messages += batch.messages;
+        self.stats.malformed += batch.malformed;
+        for it in &batch.items {
+            // timers due before this message fire first (with their own times)
+            self.tracker.tick(it.ts, &mut self.scratch);
+            let msg = it.msg.view(&batch.arena[it.at..it.at + it.len]);
+            self.tracker.message(it.ts, it.src, it.dst, &msg, &mut self.scratch);
+            self.drain(out);
+        }
+        if let Some(t) = batch.last_ts {
+            self.last_ts = Some(self.last_ts.map_or(t, |l| l.max(t)));
+            self.tracker.tick(t, &mut self.scratch);
+            self.drain(out);
+        }
+    }
+
+    /// Fires the timers that are due at `now`.
+    pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
+        self.tracker.tick(now, &mut self.scratch);
+        self.drain(out);
+    }
+
+    fn drain(&mut self, out: &mut dyn FnMut(Routed)) {
+        for event in self.scratch.drain(..) {
+            match self.router.route(&event) {
+                Route::To { tenant, name } => {
+                    self.stats.events += 1;
+                    out(Routed { tenant, name, event });
+                }
+                Route::Unrouted => self.stats.unrouted += 1,
+                Route::Disabled => self.stats.disabled += 1,
+            }
+        }
+    }
+}
+
+/// Both halves on one thread (the same code as on two: events are identical by construction).
+pub struct Pipeline {
+    pub front: Front,
+    pub back: Back,
+    pub batch: Batch,
 }
 
 impl Pipeline {
@@ -57,85 +191,84 @@ impl Pipeline {
         let mut ports = cfg.sip_ports.clone();
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
         Pipeline {
-            decoder: Decoder::new(limits, ports),
-            tracker: Tracker::new(cfg.tracker_config(fingerprint_key), known_users),
-            router: Router::new(cfg),
-            stats: PipelineStats::default(),
-            scratch: Vec::new(),
-            last_ts: None,
+            front: Front::new(Decoder::new(limits, ports)),
+            back: Back {
+                tracker: Tracker::new(cfg.tracker_config(fingerprint_key), known_users),
+                router: Router::new(cfg),
+                stats: PipelineStats::default(),
+                scratch: Vec::new(),
+                last_ts: None,
+            },
+            batch: Batch::default(),
         }
     }
 
     /// Feeds one captured frame; routed events go to `out` in time order.
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
-        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
-        *last_ts = Some(last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
-        tracker.tick(frame.ts, scratch);
-        decoder.decode(frame, &mut |m| sip_message(stats, tracker, scratch, m));
-        self.drain(out);
+        self.front.frame(frame, &mut self.batch);
+        self.back.apply(&self.batch, out);
+        self.batch.clear();
     }
 
     /// One HEP packet received by a listener (no link, IP or UDP header around it).
     pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], out: &mut dyn FnMut(Routed)) {
-        let Pipeline { decoder, tracker, stats, scratch, last_ts, .. } = self;
-        *last_ts = Some(last_ts.map_or(ts, |t| t.max(ts)));
-        tracker.tick(ts, scratch);
-        decoder.hep(ts, sender, data, &mut |m| sip_message(stats, tracker, scratch, m));
-        self.drain(out);
+        self.front.hep(ts, sender, data, &mut self.batch);
+        self.back.apply(&self.batch, out);
+        self.batch.clear();
     }
 
     /// Applies a reloaded configuration without losing state: tenants, event names, server
     /// addresses, push proxies and identity names change; table bounds keep their start values.
     pub fn reload(&mut self, cfg: &Config) {
-        self.router = Router::new(cfg);
-        self.tracker.reconfigure(cfg.tracker_config([0, 0]));
-        self.decoder.set_hep_trust(cfg.hep.trust());
+        self.back.router = Router::new(cfg);
+        self.back.tracker.reconfigure(cfg.tracker_config([0, 0]));
+        self.front.decoder.set_hep_trust(cfg.hep.trust());
     }
 
     /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).
     pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
-        self.tracker.tick(now, &mut self.scratch);
-        self.drain(out);
+        self.back.tick(now, out);
     }
 
     /// End of input: legs whose timeout passed within the capture's time end; others stay open.
     pub fn finish(&mut self, out: &mut dyn FnMut(Routed)) {
-        if let Some(t) = self.last_ts {
-            self.tick(t, out);
+        if let Some(t) = self.back.last_ts {
+            self.back.tick(t, out);
         }
     }
 
     /// Users that signed up since the last call, to persist.
     pub fn take_new_users(&mut self) -> Vec<(String, Micros)> {
-        self.tracker.registrations.known_mut().take_new()
+        self.back.tracker.registrations.known_mut().take_new()
     }
 
     /// The latest packet time seen (the replay's "now").
     pub fn last_ts(&self) -> Option<Micros> {
-        self.last_ts
+        self.back.last_ts
     }
 
-    fn drain(&mut self, out: &mut dyn FnMut(Routed)) {
-        for event in self.scratch.drain(..) {
-            match self.router.route(&event) {
-                Route::To { tenant, name } => {
-                    self.stats.events += 1;
-                    out(Routed { tenant, name, event });
-                }
-                Route::Unrouted => self.stats.unrouted += 1,
-                Route::Disabled => self.stats.disabled += 1,
-            }
-        }
+    /// The state machines (for the state store).
+    pub fn tracker(&mut self) -> &mut Tracker {
+        &mut self.back.tracker
     }
 
     /// Every counter, as `(name, value)`, for `--stats` and metrics.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let d = &self.decoder.stats;
-        let f = &self.decoder.defrag.stats;
-        let t = &self.decoder.tcp.stats;
-        let r = &self.tracker.registrations.stats;
-        let c = &self.tracker.calls.stats;
-        let p = &self.stats;
+        counters(&self.front, &self.back)
+    }
+}
+
+/// Every counter of the two halves, as `(name, value)`.
+pub fn counters(front: &Front, back: &Back) -> Vec<(&'static str, u64)> {
+    {
+        let decoder = &front.decoder;
+        let tracker = &back.tracker;
+        let d = &decoder.stats;
+        let f = &decoder.defrag.stats;
+        let t = &decoder.tcp.stats;
+        let r = &tracker.registrations.stats;
+        let c = &tracker.calls.stats;
+        let p = &back.stats;
         vec![
             ("frames", d.frames),
             ("frames_unknown_linktype", d.unknown_linktype),
@@ -174,9 +307,9 @@ impl Pipeline {
             ("websocket_too_long", t.websocket_too_long),
             ("sip_messages", p.sip_messages),
             ("sip_malformed", p.malformed),
-            ("sip_server_to_server", self.tracker.stats.server_to_server),
-            ("sip_client_to_client", self.tracker.stats.client_to_client),
-            ("sip_oversized_fields", self.tracker.stats.oversized_fields),
+            ("sip_server_to_server", tracker.stats.server_to_server),
+            ("sip_client_to_client", tracker.stats.client_to_client),
+            ("sip_oversized_fields", tracker.stats.oversized_fields),
             ("register_requests", r.registers),
             ("register_accepted", r.accepted),
             ("register_challenged", r.challenged),
@@ -201,35 +334,17 @@ impl Pipeline {
             ("events", p.events),
             ("events_unrouted", p.unrouted),
             ("events_disabled", p.disabled),
-            ("open_call_legs", self.tracker.calls.open_legs() as u64),
-            ("call_legs_bytes", self.tracker.calls.bytes() as u64),
-            ("registrations_bytes", self.tracker.registrations.bytes().0 as u64),
-            ("pending_registers", self.tracker.registrations.pending() as u64),
-            ("pending_registers_bytes", self.tracker.registrations.bytes().1 as u64),
-            ("tcp_streams_open", self.decoder.tcp.len() as u64),
-            ("tcp_bytes_held", self.decoder.tcp.bytes() as u64),
-            ("ip_fragment_datagrams", self.decoder.defrag.len() as u64),
-            ("ip_fragment_bytes_held", self.decoder.defrag.bytes() as u64),
-            ("active_devices", self.tracker.registrations.active_devices(self.last_ts.unwrap_or(0)) as u64),
-            ("known_users", self.tracker.registrations.known_users()),
+            ("open_call_legs", tracker.calls.open_legs() as u64),
+            ("call_legs_bytes", tracker.calls.bytes() as u64),
+            ("registrations_bytes", tracker.registrations.bytes().0 as u64),
+            ("pending_registers", tracker.registrations.pending() as u64),
+            ("pending_registers_bytes", tracker.registrations.bytes().1 as u64),
+            ("tcp_streams_open", decoder.tcp.len() as u64),
+            ("tcp_bytes_held", decoder.tcp.bytes() as u64),
+            ("ip_fragment_datagrams", decoder.defrag.len() as u64),
+            ("ip_fragment_bytes_held", decoder.defrag.bytes() as u64),
+            ("active_devices", tracker.registrations.active_devices(back.last_ts.unwrap_or(0)) as u64),
+            ("known_users", tracker.registrations.known_users()),
         ]
-    }
-}
-
-/// One SIP message's bytes from the decoder: parsed and fed to the tracker, or counted as malformed.
-fn sip_message(
-    stats: &mut PipelineStats,
-    tracker: &mut Tracker,
-    scratch: &mut Vec<Event>,
-    m: crate::decode::SipBytes<'_>,
-) {
-    stats.sip_messages += 1;
-    let mut unfolded = Vec::new();
-    match sip::parse::parse_folded(m.data, &mut unfolded) {
-        Ok(msg) => tracker.message(m.ts, m.src, m.dst, &msg, scratch),
-        Err(e) => {
-            stats.malformed += 1;
-            tracing::debug!(error = ?e, src = %m.src, dst = %m.dst, "malformed SIP message skipped");
-        }
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use siptap::capture::file::read_file;
 use siptap::config::Config;
-use siptap::pipeline::Routed;
+use siptap::pipeline::{Pipeline, Routed};
 use siptap::sink::firebase::Delivery;
 use siptap::sink::firebase::mp::QueuedEvent;
 use siptap::sink::jsonl;
@@ -17,16 +17,16 @@ pub fn replay(
     state: Option<PathBuf>,
     stats: bool,
     send_timeout: Option<u64>,
+    threads: usize,
     captures: Vec<PathBuf>,
 ) -> Result<()> {
     let cfg = Config::load(&config)?;
-    let mut file_stats = (0u64, 0u64, 0u64);
     for c in &captures {
         if !c.is_file() {
             bail!("cannot read capture {}: no such file", c.display());
         }
     }
-    let siptap::store::Opened { mut pipeline, store, persistent, scratch: _scratch } =
+    let siptap::store::Opened { pipeline, store, persistent, scratch: _scratch } =
         siptap::store::open_pipeline(&cfg, state.as_deref())?;
     // with --send, events of delivering tenants are committed to the outbox in batches; each
     // event has a deterministic id and is queued once, so a replay killed before a commit and run
@@ -68,28 +68,24 @@ pub fn replay(
             }
         }
     };
-    let mut frames = 0u64;
     let mut save_err: Option<anyhow::Error> = None;
-    for c in &captures {
-        let fs = read_file(c, |frame| {
-            pipeline.frame(frame, &mut emit);
-            frames += 1;
-            // the users that signed up go to the store as we go: memory holds only a bounded
-            // cache of them, whatever the capture's size
-            if frames.is_multiple_of(65_536) {
-                let users = pipeline.take_new_users();
-                if let Err(e) = store.commit(&Default::default(), &users)
-                    && save_err.is_none()
-                {
-                    save_err = Some(e);
-                }
+    // the users that signed up go to the store as we go: memory holds only a bounded cache of
+    // them, whatever the capture's size
+    let mut since_commit = 0u64;
+    let mut after_batch = |back: &mut siptap::pipeline::Back, frames: u64| {
+        since_commit += frames;
+        if since_commit >= 65_536 {
+            since_commit = 0;
+            let users = back.tracker.registrations.known_mut().take_new();
+            if let Err(e) = store.commit(&Default::default(), &users)
+                && save_err.is_none()
+            {
+                save_err = Some(e);
             }
-        })?;
-        file_stats.0 += fs.snapped;
-        file_stats.1 += fs.bad_timestamps;
-        file_stats.2 += u64::from(fs.truncated);
-        tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
-    }
+        }
+    };
+    let (fed, file_stats) = feed(pipeline, &captures, threads.max(1), &mut emit, &mut after_batch)?;
+    let mut pipeline = fed;
     pipeline.finish(&mut emit);
     if write_err.is_none()
         && let Err(e) = out.write_all(&lines)
@@ -111,7 +107,7 @@ pub fn replay(
     }
     // the state as it stands at the end of the input: the next replay (or `run`) goes on from it
     if persistent {
-        let delta = pipeline.tracker.take_delta();
+        let delta = pipeline.tracker().take_delta();
         store.commit(&delta, &pipeline.take_new_users())?;
     }
     if stats {
@@ -140,4 +136,138 @@ pub fn replay(
         super::deliver::deliver(&cfg, &d, outbox, timeout, stats, not_queued)?;
     }
     Ok(())
+}
+
+/// Messages per batch between the halves (and bytes: whichever comes first).
+const BATCH_MESSAGES: usize = 1024;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Reads the captures through the pipeline, as one timeline. With two threads, reading,
+/// decoding and parsing run on one and state, output and the store on this one, joined by a
+/// bounded queue of batches; with one, both halves run here. The halves are the same code either
+/// way, so the events are the same, in the same order. Returns the pipeline and the files'
+/// counters (frames cut by the snaplen, timestamps refused, files ending inside a record).
+fn feed(
+    pipeline: Pipeline,
+    captures: &[PathBuf],
+    threads: usize,
+    emit: &mut dyn FnMut(Routed),
+    after_batch: &mut dyn FnMut(&mut siptap::pipeline::Back, u64),
+) -> Result<(Pipeline, (u64, u64, u64))> {
+    let Pipeline { mut front, mut back, mut batch } = pipeline;
+    let mut progress = Progress::new(captures);
+    let mut file_stats = (0u64, 0u64, 0u64);
+    if threads < 2 {
+        for c in captures {
+            let fs = read_file(c, |frame| {
+                progress.frame(frame.data.len());
+                front.frame(frame, &mut batch);
+                if batch.len() >= BATCH_MESSAGES || batch.bytes() >= BATCH_BYTES {
+                    back.apply(&batch, emit);
+                    after_batch(&mut back, batch.frames);
+                    batch.clear();
+                }
+            })?;
+            file_stats.0 += fs.snapped;
+            file_stats.1 += fs.bad_timestamps;
+            file_stats.2 += u64::from(fs.truncated);
+            tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
+        }
+        back.apply(&batch, emit);
+        batch.clear();
+        progress.done();
+        return Ok((Pipeline { front, back, batch }, file_stats));
+    }
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<siptap::pipeline::Batch>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<siptap::pipeline::Batch>();
+    let files = captures.to_vec();
+    let reader = std::thread::Builder::new().name("decode".into()).spawn(move || {
+        let mut stats = (0u64, 0u64, 0u64);
+        let mut batch = siptap::pipeline::Batch::default();
+        for c in &files {
+            let fs = read_file(c, |frame| {
+                front.frame(frame, &mut batch);
+                if batch.len() >= BATCH_MESSAGES || batch.bytes() >= BATCH_BYTES {
+                    let next = empty_rx.try_recv().unwrap_or_default();
+                    // (the other side hung up only on an error of its own)
+                    let _ = full_tx.send(std::mem::replace(&mut batch, next));
+                }
+            })?;
+            stats.0 += fs.snapped;
+            stats.1 += fs.bad_timestamps;
+            stats.2 += u64::from(fs.truncated);
+            tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
+        }
+        let _ = full_tx.send(batch);
+        anyhow::Ok((front, stats))
+    })?;
+    for mut b in full_rx {
+        progress.batch(b.frames, b.bytes());
+        back.apply(&b, emit);
+        after_batch(&mut back, b.frames);
+        b.clear();
+        let _ = empty_tx.send(b);
+    }
+    let (front, stats) = reader.join().map_err(|_| anyhow::anyhow!("the decoding thread failed"))??;
+    progress.done();
+    file_stats = stats;
+    Ok((Pipeline { front, back, batch }, file_stats))
+}
+
+/// Progress of a long replay on stderr, when stderr is a terminal (and nothing otherwise):
+/// bytes read, messages, rate and the time left.
+struct Progress {
+    on: bool,
+    total: u64,
+    bytes: u64,
+    frames: u64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn new(captures: &[PathBuf]) -> Self {
+        let total = captures.iter().filter_map(|c| std::fs::metadata(c).ok()).map(|m| m.len()).sum();
+        let now = std::time::Instant::now();
+        Progress {
+            on: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            total,
+            bytes: 0,
+            frames: 0,
+            started: now,
+            last: now,
+        }
+    }
+    fn frame(&mut self, len: usize) {
+        if self.on {
+            self.batch(1, len + 16);
+        }
+    }
+    fn batch(&mut self, frames: u64, bytes: usize) {
+        if !self.on {
+            return;
+        }
+        self.frames += frames;
+        self.bytes += bytes as u64;
+        if self.last.elapsed() < std::time::Duration::from_millis(500) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = self.bytes as f64 / secs.max(1e-3);
+        let left = self.total.saturating_sub(self.bytes) as f64 / rate.max(1.0);
+        eprint!(
+            "\r{:>7.1} of {:.1} MB  {:>10} frames  {:>8.0} frames/s  {:>5.0} s left ",
+            self.bytes as f64 / 1e6,
+            self.total as f64 / 1e6,
+            self.frames,
+            self.frames as f64 / secs.max(1e-3),
+            left
+        );
+    }
+    fn done(&self) {
+        if self.on && self.frames > 0 {
+            eprintln!();
+        }
+    }
 }

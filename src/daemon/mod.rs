@@ -378,7 +378,7 @@ fn save_state(
     pipeline: &mut Pipeline,
     unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
 ) {
-    let mut delta = pipeline.tracker.take_delta();
+    let mut delta = pipeline.tracker().take_delta();
     let mut users = pipeline.take_new_users();
     if let Some((d, mut u)) = unsaved.take() {
         delta = d.then(delta);

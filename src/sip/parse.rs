@@ -148,6 +148,105 @@ impl<'a> Message<'a> {
     }
 }
 
+/// A parsed message in a form that can cross threads: every field as a range of its head's
+/// bytes (which travel beside it), so the other side gets the same [`Message`] without parsing
+/// again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageOffsets {
+    start: (u8, Span, Span, u16),
+    call_id: Span,
+    cseq: u32,
+    cseq_method: Span,
+    from: (Span, Span),
+    to: (Span, Span),
+    contacts: [Span; ContactValues::MAX],
+    contacts_len: u8,
+    extra_contact_lines: u32,
+    contact_star: bool,
+    expires: Option<u32>,
+    user_agent: Option<Span>,
+    session_expires: Option<u32>,
+    content_length: Option<usize>,
+    auth_user: Option<Span>,
+    head_len: u32,
+}
+
+/// (offset, length) of a field in the head.
+type Span = (u32, u32);
+
+impl<'a> Message<'a> {
+    /// The fields as ranges of `self.head` (whose bytes the caller copies beside them).
+    pub fn offsets(&self) -> MessageOffsets {
+        let base = self.head.as_ptr() as usize;
+        let span = |s: &str| -> Span {
+            if s.is_empty() {
+                return (0, 0);
+            }
+            ((s.as_ptr() as usize - base) as u32, s.len() as u32)
+        };
+        let mut contacts = [(0, 0); ContactValues::MAX];
+        for (i, v) in self.contact_values.raw().iter().enumerate() {
+            contacts[i] = span(v);
+        }
+        MessageOffsets {
+            start: match self.start {
+                StartLine::Request { method, uri } => (0, span(method), span(uri), 0),
+                StartLine::Response { code } => (1, (0, 0), (0, 0), code),
+            },
+            call_id: span(self.call_id),
+            cseq: self.cseq,
+            cseq_method: span(self.cseq_method),
+            from: (span(self.from.uri), span(self.from.params)),
+            to: (span(self.to.uri), span(self.to.params)),
+            contacts,
+            contacts_len: self.contact_values.len as u8,
+            extra_contact_lines: self.contact_values.extra_lines as u32,
+            contact_star: self.contact_star,
+            expires: self.expires,
+            user_agent: self.user_agent.map(span),
+            session_expires: self.session_expires,
+            content_length: self.content_length,
+            auth_user: self.auth_user.map(span),
+            head_len: self.head.len() as u32,
+        }
+    }
+}
+
+impl MessageOffsets {
+    /// The message again, over a copy of its head's bytes (`head` must be that copy).
+    pub fn view<'a>(&self, head: &'a [u8]) -> Message<'a> {
+        let text = |(o, l): Span| -> &'a str {
+            let b = &head[o as usize..(o + l) as usize];
+            // the spans are the `str` fields of a message parsed from identical bytes
+            std::str::from_utf8(b).unwrap_or("")
+        };
+        let mut cv = ContactValues::default();
+        for s in &self.contacts[..usize::from(self.contacts_len)] {
+            cv.push(text(*s));
+        }
+        cv.extra_lines = self.extra_contact_lines as usize;
+        Message {
+            start: match self.start {
+                (0, m, u, _) => StartLine::Request { method: text(m), uri: text(u) },
+                (_, _, _, code) => StartLine::Response { code },
+            },
+            call_id: text(self.call_id),
+            cseq: self.cseq,
+            cseq_method: text(self.cseq_method),
+            from: NameAddr { uri: text(self.from.0), params: text(self.from.1) },
+            to: NameAddr { uri: text(self.to.0), params: text(self.to.1) },
+            contact_values: cv,
+            contact_star: self.contact_star,
+            expires: self.expires,
+            user_agent: self.user_agent.map(text),
+            session_expires: self.session_expires,
+            content_length: self.content_length,
+            auth_user: self.auth_user.map(text),
+            head: &head[..self.head_len as usize],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParseError {
     NotSip,
@@ -700,6 +799,20 @@ mod tests {
         assert_eq!(parse(b"INVITE sip:x SIP/2.0\r\ni: a\r\n\r\n"), Err(ParseError::MissingCSeq));
         assert_eq!(parse(b"\xff\xfe"), Err(ParseError::NotSip));
         assert_eq!(parse(b""), Err(ParseError::NotSip));
+    }
+
+    #[test]
+    fn offsets_give_the_same_message_over_a_copy() {
+        let b = msg(
+            "SIP/2.0 200 OK\nFrom: <sip:alice@lab.example>;tag=1\nTo: <sip:alice@lab.example>;tag=2\nCall-ID: c\nCSeq: 2 REGISTER\nContact: <sip:a@1.2.3.4>;expires=60, <sip:b@5.6.7.8>\nContact: <sip:c@9.9.9.9>\nUser-Agent: x\nProxy-Authorization: Digest username=\"alice\", realm=\"r\"\n\nbody",
+        );
+        let m = parse(&b).unwrap();
+        let copy = m.head.to_vec();
+        assert_eq!(m.offsets().view(&copy), m);
+        let r = msg("INVITE sip:bob@lab.example SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:b@x>\ni: q\nCSeq: 1 INVITE\n\n");
+        let m = parse(&r).unwrap();
+        let copy = m.head.to_vec();
+        assert_eq!(m.offsets().view(&copy), m);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! An outgoing attempt becomes a `callout` only with evidence that the caller is that user (see
 //! [`Evidence`]): scanners send INVITEs from made-up users and get 404/480/503 without ever
 //! being challenged, and those are counted, not reported.
-use super::fingerprint::{Fingerprinter, Fp, FpMap, FpSet};
+use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet};
 use crate::capture::Micros;
 use crate::event::{Direction, EndReason, EndedBy, Event, Kind, Origin, Params};
 use crate::sip::Message;
@@ -155,7 +155,7 @@ pub struct Calls {
     deadlines: BinaryHeap<Reverse<(Micros, u64)>>,
     next_id: u64,
     limits: CallLimits,
-    dirty: FpSet,
+    dirty: DirtySet,
     /// Bytes held by the legs.
     bytes: usize,
     full_logged: bool,
@@ -180,7 +180,7 @@ impl Calls {
             deadlines: BinaryHeap::new(),
             next_id: 0,
             limits,
-            dirty: FpSet::default(),
+            dirty: DirtySet::default(),
             bytes: 0,
             full_logged: false,
             stats: CallStats::default(),
@@ -725,7 +725,11 @@ impl Calls {
 
     /// Legs changed (or gone) since the last call, for the state store.
     pub fn take_dirty(&mut self) -> FpSet {
-        std::mem::take(&mut self.dirty)
+        self.dirty.take()
+    }
+    /// Whether changes are tracked for the state store (off where nothing is saved).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.dirty.set_tracking(on);
     }
     pub fn leg_record(&self, id: u64) -> Option<&Leg> {
         self.legs.get(&id)

@@ -59,6 +59,31 @@ pub type FpMap<V> = std::collections::HashMap<Fp, V, BuildHasherDefault<Identity
 /// A set of fingerprints.
 pub type FpSet = std::collections::HashSet<Fp, BuildHasherDefault<Identity>>;
 
+/// The keys of records changed since the state was last saved; switched off where nothing is
+/// saved (a replay without a state directory), so that it costs nothing there.
+#[derive(Debug, Default)]
+pub struct DirtySet {
+    keys: FpSet,
+    off: bool,
+}
+
+impl DirtySet {
+    pub fn insert(&mut self, k: Fp) {
+        if !self.off {
+            self.keys.insert(k);
+        }
+    }
+    pub fn take(&mut self) -> FpSet {
+        std::mem::take(&mut self.keys)
+    }
+    pub fn set_tracking(&mut self, on: bool) {
+        self.off = !on;
+        if !on {
+            self.keys = FpSet::default();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

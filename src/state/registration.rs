@@ -6,7 +6,7 @@
 //! reboots), however many Contacts it lists: events are decided per app, bindings are kept per
 //! contact (for naming callees and for expiry). An app is found again by its boot cycle's Call-ID,
 //! else by its `+sip.instance`, else by a contact it registered before.
-use super::fingerprint::{Fingerprinter, Fp, FpMap, FpSet};
+use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet};
 use super::users::KnownUsers;
 use crate::capture::Micros;
 use crate::event::{Event, Kind, Origin, Params};
@@ -170,6 +170,14 @@ pub struct RegLimits {
 /// Which persisted records changed since the last [`Registrations::take_dirty`].
 #[derive(Debug, Default)]
 pub struct RegDirty {
+    pub aors: DirtySet,
+    pub contacts: DirtySet,
+    pub pending: DirtySet,
+}
+
+/// Keys of records, per table.
+#[derive(Debug, Default)]
+pub struct RegKeys {
     pub aors: FpSet,
     pub contacts: FpSet,
     pub pending: FpSet,
@@ -744,8 +752,19 @@ impl Registrations {
     }
 
     /// The records changed since the last call (for the state store).
-    pub fn take_dirty(&mut self) -> RegDirty {
-        std::mem::take(&mut self.dirty)
+    pub fn take_dirty(&mut self) -> RegKeys {
+        RegKeys {
+            aors: self.dirty.aors.take(),
+            contacts: self.dirty.contacts.take(),
+            pending: self.dirty.pending.take(),
+        }
+    }
+
+    /// Whether changes are tracked for the state store (off where nothing is saved).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.dirty.aors.set_tracking(on);
+        self.dirty.contacts.set_tracking(on);
+        self.dirty.pending.set_tracking(on);
     }
     pub fn aor_record(&self, k: Fp) -> Option<&AorState> {
         self.aors.get(&k)
@@ -756,8 +775,8 @@ impl Registrations {
     pub fn pending_record(&self, k: Fp) -> Option<&PendingRegister> {
         self.pending.get(&k)
     }
-    pub fn all_keys(&self) -> RegDirty {
-        RegDirty {
+    pub fn all_keys(&self) -> RegKeys {
+        RegKeys {
             aors: self.aors.keys().copied().collect(),
             contacts: self.contacts.keys().copied().collect(),
             pending: self.pending.keys().copied().collect(),

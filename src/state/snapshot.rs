@@ -93,7 +93,7 @@ impl Tracker {
         self.delta_of(regs, legs)
     }
 
-    fn delta_of(&self, regs: super::registration::RegDirty, legs: super::fingerprint::FpSet) -> Delta {
+    fn delta_of(&self, regs: super::registration::RegKeys, legs: super::fingerprint::FpSet) -> Delta {
         let r = &self.registrations;
         let mut changes = Vec::with_capacity(regs.aors.len() + regs.contacts.len() + regs.pending.len() + legs.len());
         let mut sorted = |table: Table, keys: super::fingerprint::FpSet, value: &dyn Fn(u64) -> Option<Vec<u8>>| {
@@ -119,6 +119,13 @@ impl Tracker {
             Table::Legs => self.calls.restore_leg(key, postcard::from_bytes(bytes).map_err(err)?),
         }
         Ok(())
+    }
+
+    /// Whether changes are tracked for the state store (off where nothing is saved: a replay
+    /// without a state directory).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.registrations.set_tracking(on);
+        self.calls.set_tracking(on);
     }
 
     /// After the last record: indexes are rebuilt and nothing restored counts as changed.

@@ -99,8 +99,10 @@ pub fn open_pipeline(cfg: &crate::config::Config, state: Option<&Path>) -> Resul
     let store = StateStore::open(&dir, cfg.limits.store_cache_mib << 20)?;
     let users = store.users(cfg.limits.known_users_cache);
     let mut pipeline = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
+    // nothing of the derivation state is saved without a state directory: do not track changes
+    pipeline.tracker().set_tracking(state.is_some());
     if state.is_some() {
-        store.load(&mut pipeline.tracker).with_context(|| {
+        store.load(pipeline.tracker()).with_context(|| {
             format!(
                 "cannot read the saved state in {}; if it is damaged, move it aside (siptap then starts with an empty state)",
                 store.path().display()
