@@ -12,6 +12,9 @@ pub struct CaptureStats {
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     pub if_dropped: AtomicU64,
+    /// On a loopback interface the kernel counts every packet twice (once leaving, once
+    /// arriving; libpcap keeps only the arriving copy), so its drop counters are halved.
+    pub loopback: std::sync::atomic::AtomicBool,
 }
 
 /// The BPF filter: SIP and HEP ports over UDP and TCP, plus every non-first IP fragment (which
@@ -29,63 +32,195 @@ pub fn bpf_filter(cfg: &Config) -> String {
     )
 }
 
-/// Opens every configured interface; each gets a thread that sends frames until `stop`.
+/// Frames captured on one interface, handed to the core together: one allocation and one
+/// channel send per batch, not per packet (the buffers come back through a pool).
+#[derive(Default)]
+pub struct FrameBatch {
+    pub linktype: u32,
+    pub data: Vec<u8>,
+    /// (time, offset in `data`, length) per frame.
+    pub frames: Vec<(crate::capture::Micros, u32, u32)>,
+}
+
+impl FrameBatch {
+    pub fn iter(&self) -> impl Iterator<Item = crate::capture::Frame<'_>> {
+        self.frames.iter().map(|&(ts, off, len)| crate::capture::Frame {
+            ts,
+            linktype: self.linktype,
+            data: &self.data[off as usize..(off + len) as usize],
+        })
+    }
+    fn clear(&mut self) {
+        self.data.clear();
+        self.frames.clear();
+    }
+}
+
+/// Empty batches for the capture threads to fill (the core gives them back).
+#[derive(Default)]
+pub struct BatchPool(std::sync::Mutex<Vec<FrameBatch>>);
+
+impl BatchPool {
+    fn take(&self) -> FrameBatch {
+        self.0.lock().expect("not poisoned").pop().unwrap_or_default()
+    }
+    /// Returns a batch; a few are kept (as many as are in flight in a burst), the rest freed.
+    pub fn give(&self, mut b: FrameBatch) {
+        b.clear();
+        let mut v = self.0.lock().expect("not poisoned");
+        if v.len() < 16 && b.data.capacity() <= 2 * BATCH_BYTES {
+            v.push(b);
+        }
+    }
+}
+
+/// A batch goes to the core when it holds this many frames or bytes...
+const BATCH_FRAMES: usize = 512;
+const BATCH_BYTES: usize = 512 << 10;
+/// ...or when its first frame has waited this long.
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// libpcap's read timeout: without immediate mode, Linux captures through TPACKET_V3, where the
+/// kernel fills whole blocks of the ring and hands one over when it is full or this old: one
+/// wake-up per block instead of one per packet, and packets packed tightly (immediate mode
+/// falls back to fixed 64 KiB slots, so a 32 MiB buffer held only 512 packets).
+const READ_TIMEOUT_MS: i32 = 50;
+
+/// The running captures: each interface's counters, and the threads to join on shutdown.
+pub struct Captures {
+    pub stats: Vec<(String, Arc<CaptureStats>)>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Opens every configured interface; each gets a thread that sends batches of frames until
+/// `stop`.
 pub fn start(
     cfg: &Config,
     tx: SyncSender<Input>,
     budget: Arc<InputBudget>,
+    pool: Arc<BatchPool>,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<(String, Arc<CaptureStats>)>> {
+) -> Result<Captures> {
     let filter = bpf_filter(cfg);
     let mut all = Vec::new();
+    let mut threads = Vec::new();
+    let devices = pcap::Device::list().unwrap_or_default();
     for name in &cfg.run.interfaces {
-        let mut cap = pcap::Capture::from_device(name.as_str())
+        let device = devices.iter().find(|d| &d.name == name);
+        if device.is_none() && name != "any" {
+            let known: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+            anyhow::bail!(
+                "run.interfaces: there is no capture device {name:?} on this host (known: {})",
+                known.join(", ")
+            );
+        }
+        let cap = pcap::Capture::from_device(name.as_str())
             .with_context(|| format!("capture device {name}"))?
-            .immediate_mode(true)
+            .immediate_mode(false)
             .snaplen(65_535)
             .buffer_size((cfg.run.buffer_mib as i32).saturating_mul(1 << 20))
-            .timeout(250)
+            .timeout(READ_TIMEOUT_MS)
             .open()
             .with_context(|| format!("cannot capture on {name} (needs CAP_NET_RAW)"))?;
+        // non-blocking: when the ring has nothing ready, the batch in hand goes to the core
+        // before waiting (a lone REGISTER is not held back until more traffic comes)
+        let mut cap = cap.setnonblock().with_context(|| format!("non-blocking capture on {name}"))?;
         cap.filter(&filter, true).with_context(|| format!("BPF filter on {name}"))?;
         let linktype = cap.get_datalink().0 as u32;
         let stats = Arc::new(CaptureStats::default());
+        stats.loopback.store(device.is_some_and(|d| d.flags.is_loopback()), Ordering::Relaxed);
         all.push((name.clone(), stats.clone()));
-        let (tx, stop, name, budget) = (tx.clone(), stop.clone(), name.clone(), budget.clone());
-        std::thread::Builder::new().name(format!("capture-{name}")).spawn(move || {
+        let (tx, stop, name, budget, pool) = (tx.clone(), stop.clone(), name.clone(), budget.clone(), pool.clone());
+        let t = std::thread::Builder::new().name(format!("capture-{name}")).spawn(move || {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
             let mut last_publish = std::time::Instant::now();
+            let mut drops = DropLog::default();
+            let mut batch = pool.take();
+            let mut first_at = std::time::Instant::now();
+            let send = |batch: &mut FrameBatch| -> bool {
+                let full = std::mem::replace(batch, pool.take());
+                tx.send(Input::Frames(full)).is_ok()
+            };
             while !stop.load(Ordering::Relaxed) {
                 match cap.next_packet() {
                     Ok(p) => {
                         let ts = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
-                        if budget.admit(p.data.len())
-                            && tx.send(Input::Frame { ts, linktype, data: p.data.to_vec() }).is_err()
+                        stats.received.fetch_add(1, Ordering::Relaxed);
+                        if budget.admit(p.data.len()) {
+                            if batch.frames.is_empty() {
+                                batch.linktype = linktype;
+                                first_at = std::time::Instant::now();
+                            }
+                            let off = batch.data.len() as u32;
+                            batch.data.extend_from_slice(p.data);
+                            batch.frames.push((ts, off, p.data.len() as u32));
+                        }
+                        if (batch.frames.len() >= BATCH_FRAMES
+                            || batch.data.len() >= BATCH_BYTES
+                            || !batch.frames.is_empty() && first_at.elapsed() >= BATCH_WAIT)
+                            && !send(&mut batch)
                         {
                             return;
                         }
-                        stats.received.fetch_add(1, Ordering::Relaxed);
-                        if last_publish.elapsed() >= std::time::Duration::from_secs(1) {
-                            publish(&mut cap, &stats);
-                            last_publish = std::time::Instant::now();
-                        }
                     }
-                    Err(pcap::Error::TimeoutExpired) => publish(&mut cap, &stats),
+                    Err(pcap::Error::TimeoutExpired) => {
+                        // nothing ready: hand over what we have, then sleep until the kernel
+                        // retires a block (or a quarter second passes, to notice a stop)
+                        if !batch.frames.is_empty() && !send(&mut batch) {
+                            return;
+                        }
+                        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one valid pollfd, for the duration of the call
+                        unsafe { libc::poll(&mut pfd, 1, 250) };
+                    }
                     Err(e) => {
                         tracing::error!(interface = %name, error = %e, "capture failed");
                         return;
                     }
                 }
+                if last_publish.elapsed() >= std::time::Duration::from_secs(1) {
+                    publish(&mut cap, &stats);
+                    drops.check(&name, &stats);
+                    last_publish = std::time::Instant::now();
+                }
+            }
+            if !batch.frames.is_empty() {
+                send(&mut batch);
             }
             publish(&mut cap, &stats);
         })?;
+        threads.push(t);
     }
-    Ok(all)
+    Ok(Captures { stats: all, threads })
 }
 
 /// The kernel's drop counters (the packets received are counted as they arrive).
 fn publish(cap: &mut pcap::Capture<pcap::Active>, stats: &CaptureStats) {
     if let Ok(s) = cap.stats() {
-        stats.dropped.store(u64::from(s.dropped), Ordering::Relaxed);
-        stats.if_dropped.store(u64::from(s.if_dropped), Ordering::Relaxed);
+        let copies = if stats.loopback.load(Ordering::Relaxed) { 2 } else { 1 };
+        stats.dropped.store(u64::from(s.dropped) / copies, Ordering::Relaxed);
+        stats.if_dropped.store(u64::from(s.if_dropped) / copies, Ordering::Relaxed);
+    }
+}
+
+/// Logs kernel drops when they grow, at most once a minute per interface, with what to do.
+#[derive(Default)]
+struct DropLog {
+    logged: u64,
+    at: Option<std::time::Instant>,
+}
+
+impl DropLog {
+    fn check(&mut self, name: &str, stats: &CaptureStats) {
+        let now = stats.dropped.load(Ordering::Relaxed) + stats.if_dropped.load(Ordering::Relaxed);
+        if now > self.logged && self.at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            tracing::warn!(
+                interface = %name,
+                dropped = now - self.logged,
+                dropped_total = now,
+                "the kernel dropped packets before siptap read them: events may be missing; raise run.buffer_mib (restart needed) or check the CPU siptap gets"
+            );
+            self.logged = now;
+            self.at = Some(std::time::Instant::now());
+        }
     }
 }

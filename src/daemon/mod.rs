@@ -7,7 +7,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 
-use crate::capture::{Frame, Micros};
+use crate::capture::Micros;
 use crate::clock::now_micros;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Routed};
@@ -28,8 +28,13 @@ use std::time::{Duration, Instant};
 
 /// What the core thread receives.
 pub enum Input {
-    Frame { ts: Micros, linktype: u32, data: Vec<u8> },
-    Hep { ts: Micros, sender: IpAddr, data: Vec<u8> },
+    /// Frames from a capture thread.
+    Frames(live::FrameBatch),
+    Hep {
+        ts: Micros,
+        sender: IpAddr,
+        data: Vec<u8>,
+    },
     Tick,
     Reload,
     Stop,
@@ -97,6 +102,20 @@ pub struct Shared {
     pub last_tick: AtomicI64,
     pub input: Arc<InputBudget>,
     pub hep: Arc<hep_listener::HepListenerStats>,
+    /// Which instance this is (several may run on one host): shown by /health and /metrics.
+    pub config_path: String,
+    pub started_unix: i64,
+    pub reload: ReloadStats,
+}
+
+/// The outcome of SIGHUP reloads, for the metrics and `siptap status`.
+#[derive(Default)]
+pub struct ReloadStats {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// 1 when the last reload (or the start) applied the file, 0 when it was refused.
+    pub last_ok: std::sync::atomic::AtomicBool,
+    pub last_unix_micros: AtomicI64,
 }
 
 impl Shared {
@@ -154,10 +173,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
     let budget = Arc::new(InputBudget::new(cfg.run.queue_mib << 20));
     let stop = Arc::new(AtomicBool::new(false));
-    let captures = if cfg.run.interfaces.is_empty() {
-        Vec::new()
+    let pool = Arc::new(live::BatchPool::default());
+    let live::Captures { stats: captures, threads: mut capture_threads } = if cfg.run.interfaces.is_empty() {
+        live::Captures { stats: Vec::new(), threads: Vec::new() }
     } else {
-        live::start(&cfg, tx.clone(), budget.clone(), stop.clone())?
+        live::start(&cfg, tx.clone(), budget.clone(), pool.clone(), stop.clone())?
     };
     let hep_tcp = match cfg.hep.listen {
         Some(addr) => {
@@ -176,7 +196,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
         last_tick: AtomicI64::new(now_micros()),
         input: budget.clone(),
         hep: hep_stats.clone(),
+        config_path: std::path::absolute(&opts.config).unwrap_or(opts.config.clone()).display().to_string(),
+        started_unix: now_micros() / 1_000_000,
+        reload: ReloadStats {
+            last_ok: true.into(),
+            last_unix_micros: AtomicI64::new(now_micros()),
+            ..Default::default()
+        },
     });
+    // /metrics serves every metric from the start, not only after the first tick
+    publish(&shared, &pipeline, &store, &budget, &BTreeMap::new());
 
     // the listeners (metrics and health, HEP over TCP) on a runtime of their own, so that they
     // answer whatever delivery or the core is doing
@@ -251,26 +280,39 @@ pub fn run(opts: RunOptions) -> Result<()> {
         "siptap running"
     );
 
-    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // every tenant and kind from the start, at zero: rates and alerts need the series to exist
+    let mut counts: BTreeMap<(String, String), u64> = cfg
+        .tenants
+        .iter()
+        .flat_map(|t| crate::event::Kind::ALL.map(|k| ((t.id.to_string(), k.canonical().to_string()), 0)))
+        .collect();
     let mut queued: Vec<QueuedEvent> = Vec::new();
     let mut last_watchdog = Instant::now();
     let mut unsaved = None;
     let watchdog = notify::watchdog_interval();
+    // on a stop, capture stops first and what it captured until then is still derived
+    let mut final_pass = false;
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(2)) {
-            Ok(i) => i,
-            Err(RecvTimeoutError::Timeout) => Input::Tick,
-            Err(RecvTimeoutError::Disconnected) => Input::Stop,
-        };
-        // take what else is waiting, so that one outbox commit covers a burst
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        if final_pass {
+            while let Ok(i) = rx.try_recv() {
+                batch.push(i);
+            }
+        } else {
+            batch.push(match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok(i) => i,
+                Err(RecvTimeoutError::Timeout) => Input::Tick,
+                Err(RecvTimeoutError::Disconnected) => Input::Stop,
+            });
+            // take what else is waiting, so that one outbox commit covers a burst
+            while batch.len() < 64 {
+                match rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
             }
         }
-        let mut stopping = false;
+        let mut stopping = final_pass;
         let mut tick = false;
         let mut reload = false;
         {
@@ -285,9 +327,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
             };
             for input in batch {
                 match input {
-                    Input::Frame { ts, linktype, data } => {
-                        pipeline.frame(Frame { ts, linktype, data: &data }, &mut emit);
-                        budget.release(data.len());
+                    Input::Frames(b) => {
+                        for f in b.iter() {
+                            pipeline.frame(f, &mut emit);
+                        }
+                        budget.release(b.data.len());
+                        pool.give(b);
                     }
                     Input::Hep { ts, sender, data } => {
                         pipeline.hep(ts, sender, &data, &mut emit);
@@ -309,25 +354,22 @@ pub fn run(opts: RunOptions) -> Result<()> {
             queued.clear();
         }
         let _ = jsonl_out.flush();
+        if stopping && !final_pass {
+            // stop capturing (each capture thread hands over its last batch), then one last pass
+            stop.store(true, Ordering::Relaxed);
+            for t in capture_threads.drain(..) {
+                let _ = t.join();
+            }
+            final_pass = true;
+            continue;
+        }
         if tick || stopping {
             // group commit: the state changes of the last second in one transaction
             save_state(&store, &mut pipeline, &mut unsaved);
         }
         if tick {
             shared.last_tick.store(now_micros(), Ordering::Relaxed);
-            let mut snap = shared.snapshot.lock().expect("not poisoned");
-            snap.counters = pipeline
-                .counters()
-                .into_iter()
-                .chain(store.stats.counters())
-                .chain(shared.hep.counters())
-                .chain([
-                    ("input_dropped", budget.dropped.load(Ordering::Relaxed)),
-                    ("input_queue_bytes", budget.bytes() as u64),
-                ])
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            snap.events = counts.clone();
+            publish(&shared, &pipeline, &store, &budget, &counts);
             if watchdog.is_some_and(|w| last_watchdog.elapsed() >= w) {
                 notify::notify("WATCHDOG=1");
                 last_watchdog = Instant::now();
@@ -353,9 +395,16 @@ pub fn run(opts: RunOptions) -> Result<()> {
                         "configuration reloaded (tables kept; bounds, interfaces and listeners need a restart)"
                     );
                     cfg = new;
+                    shared.reload.ok.fetch_add(1, Ordering::Relaxed);
+                    shared.reload.last_ok.store(true, Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: the running configuration stays");
+                    shared.reload.failed.fetch_add(1, Ordering::Relaxed);
+                    shared.reload.last_ok.store(false, Ordering::Relaxed);
+                }
             }
+            shared.reload.last_unix_micros.store(now_micros(), Ordering::Relaxed);
             notify::notify("READY=1");
         }
         if stopping {
@@ -369,6 +418,30 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let _ = async_side.join();
     tracing::info!(left_in_outbox = outbox.len(), "siptap stopped");
     Ok(())
+}
+
+/// Hands the core's counters to the metrics endpoint.
+fn publish(
+    shared: &Shared,
+    pipeline: &Pipeline,
+    store: &crate::store::StateStore,
+    budget: &InputBudget,
+    events: &BTreeMap<(String, String), u64>,
+) {
+    let counters = pipeline
+        .counters()
+        .into_iter()
+        .chain(store.stats.counters())
+        .chain(shared.hep.counters())
+        .chain([
+            ("input_dropped", budget.dropped.load(Ordering::Relaxed)),
+            ("input_queue_bytes", budget.bytes() as u64),
+        ])
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let mut snap = shared.snapshot.lock().expect("not poisoned");
+    snap.counters = counters;
+    snap.events = events.clone();
 }
 
 /// Writes what the state machines changed (and the users that signed up) to the store; what a

@@ -59,6 +59,8 @@ struct Flow {
     last_ts: Micros,
     /// The flow's current place in the LRU order.
     stamp: u64,
+    /// Used since it took that place (it gets a second chance when it reaches the front).
+    touched: bool,
     /// Bytes it holds (buffered and held behind a gap), as last counted.
     bytes: usize,
 }
@@ -76,9 +78,12 @@ impl Flow {
 
 pub struct TcpReassembly {
     flows: HashMap<FlowKey, Flow>,
-    /// Flows from least to most recently used: (stamp, key), current when the flow's stamp
-    /// matches (older entries are skipped, and compacted away now and then). Eviction and idle
-    /// expiry take from the front: O(1) per flow.
+    /// Flows in the order they were queued (the second-chance "clock" approximation of least
+    /// recently used): (stamp, key), current when the flow's stamp matches (entries of removed
+    /// flows are skipped, and compacted away now and then). A segment only marks its flow
+    /// touched; a touched flow reaching the front is queued again instead of being evicted or
+    /// expired. So the queue holds about one entry per flow, and eviction and idle expiry cost
+    /// O(1) per flow, amortised.
     lru: VecDeque<(u64, FlowKey)>,
     stamp: u64,
     /// Flows waiting for missing bytes (for the periodic give-up).
@@ -137,15 +142,18 @@ impl TcpReassembly {
         self.held
     }
 
-    fn touch(&mut self, key: FlowKey) {
+    /// Queues a flow at the back (a new one, or one given a second chance).
+    fn enqueue(&mut self, key: FlowKey) {
         self.stamp += 1;
         if let Some(f) = self.flows.get_mut(&key) {
             f.stamp = self.stamp;
+            f.touched = false;
             self.lru.push_back((self.stamp, key));
         }
         if self.lru.len() > 2 * self.flows.len() + 1024 {
             let flows = &self.flows;
             self.lru.retain(|(s, k)| flows.get(k).is_some_and(|f| f.stamp == *s));
+            self.lru.shrink_to(2 * self.lru.len() + 1024);
         }
     }
 
@@ -170,22 +178,25 @@ impl TcpReassembly {
         }
     }
 
-    /// Forgets the least recently used flow.
+    /// Forgets the least recently used flow (the first in the queue not used since queued).
     fn evict_one(&mut self) -> bool {
         while let Some((s, k)) = self.lru.pop_front() {
-            if self.flows.get(&k).is_some_and(|f| f.stamp == s) {
-                self.remove(&k);
-                self.stats.evicted += 1;
-                if !self.full_logged {
-                    self.full_logged = true;
-                    tracing::warn!(
-                        max_streams = self.max_flows,
-                        max_bytes = self.max_total_bytes,
-                        "TCP stream table full: forgetting the least recently used streams (limits.max_tcp_streams, limits.max_tcp_total_bytes)"
-                    );
-                }
-                return true;
+            let Some(f) = self.flows.get(&k).filter(|f| f.stamp == s) else { continue };
+            if f.touched {
+                self.enqueue(k);
+                continue;
             }
+            self.remove(&k);
+            self.stats.evicted += 1;
+            if !self.full_logged {
+                self.full_logged = true;
+                tracing::warn!(
+                    max_streams = self.max_flows,
+                    max_bytes = self.max_total_bytes,
+                    "TCP stream table full: forgetting the least recently used streams (limits.max_tcp_streams, limits.max_tcp_total_bytes)"
+                );
+            }
+            return true;
         }
         false
     }
@@ -215,7 +226,8 @@ impl TcpReassembly {
             self.syns.remove(&key);
             return;
         }
-        if !self.flows.contains_key(&key) {
+        let known = self.flows.contains_key(&key);
+        if !known {
             // a stream costs nothing until it carries data that looks like SIP: a SYN flood or
             // a stream of junk to port 5060 leaves no flow
             if seg.payload.is_empty() {
@@ -252,16 +264,18 @@ impl TcpReassembly {
                     mode: Mode::Sip,
                     last_ts: ts,
                     stamp: 0,
+                    touched: false,
                     bytes: 0,
                 },
             );
+            self.enqueue(key);
         }
-        self.touch(key);
         let max_buffer = self.max_buffer;
         let max_ahead = self.max_ahead;
         let stats = &mut self.stats;
         let flow = self.flows.get_mut(&key).expect("inserted above");
         flow.last_ts = ts;
+        flow.touched |= known;
         let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
         if !seg.payload.is_empty() {
             let mut give_up = false;
@@ -330,6 +344,12 @@ impl TcpReassembly {
             match self.flows.get(&k) {
                 Some(f) if f.stamp == s => {
                     if now - f.last_ts <= self.idle_timeout {
+                        if f.touched {
+                            // used since queued: to the back (everything behind was queued later)
+                            self.lru.pop_front();
+                            self.enqueue(k);
+                            continue;
+                        }
                         break;
                     }
                     self.lru.pop_front();
@@ -488,6 +508,12 @@ fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut d
         stats.skipped_bytes += flow.buf.len() as u64;
         flow.buf.clear();
         flow.synced = false;
+    }
+    // an idle connection (one per registered TCP phone) holds no buffer between messages
+    if flow.buf.is_empty() {
+        flow.buf = Vec::new();
+    } else if flow.buf.capacity() > 4 * flow.buf.len().max(1024) {
+        flow.buf.shrink_to_fit();
     }
 }
 

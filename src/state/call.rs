@@ -605,6 +605,23 @@ impl Calls {
         if d < l.scheduled {
             l.scheduled = d;
             self.deadlines.push(Reverse((d, id)));
+            self.compact_deadlines();
+        }
+    }
+
+    /// Drops the stale entries of the timer heap once they outnumber the legs: an answered call
+    /// that ends leaves its four-hour deadline behind, and at a steady call rate those would pile
+    /// up for hours (memory that grows under constant load). Rebuilding is linear and happens
+    /// once per as many reschedules: O(1) amortised.
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() > 2 * self.legs.len() + 1024 {
+            let live: Vec<Reverse<(Micros, u64)>> = self
+                .legs
+                .iter()
+                .filter(|(_, l)| l.scheduled != UNSCHEDULED)
+                .map(|(id, l)| Reverse((l.scheduled, *id)))
+                .collect();
+            self.deadlines = BinaryHeap::from(live);
         }
     }
 

@@ -26,6 +26,23 @@ impl Fingerprinter {
         self.of_bytes(s.as_bytes())
     }
 
+    /// A transport address (IP and port), for tables that only ask "the same source?".
+    pub fn of_addr(&self, a: &std::net::SocketAddr) -> Fp {
+        let mut buf = [0u8; 18];
+        let n = match a.ip() {
+            std::net::IpAddr::V4(ip) => {
+                buf[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            std::net::IpAddr::V6(ip) => {
+                buf[..16].copy_from_slice(&ip.octets());
+                16
+            }
+        };
+        buf[n..n + 2].copy_from_slice(&a.port().to_be_bytes());
+        self.of_bytes(&buf[..n + 2])
+    }
+
     pub fn of_bytes(&self, b: &[u8]) -> Fp {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(b);

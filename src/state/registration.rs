@@ -57,12 +57,12 @@ pub struct App {
     pub boot_start: Micros,
     pub app_instance: Option<Box<str>>,
     /// The contacts it registered.
-    pub contacts: Vec<Fp>,
+    pub contacts: Box<[Fp]>,
     /// The binding is active until then; `Micros::MIN` once removed.
     pub expires_at: Micros,
     pub last_seen: Micros,
-    /// The source of its last accepted REGISTER.
-    pub reg_from: SocketAddr,
+    /// The source (fingerprint of address and port) of its last accepted REGISTER.
+    pub reg_from: Fp,
     /// A push proxy's REGISTER kept the binding alive since the app's own last one (the app is in
     /// the background; its next own REGISTER is a `login`).
     pub push_kept: bool,
@@ -95,14 +95,16 @@ impl AorState {
         std::mem::size_of::<AorState>()
             + self.aor.len()
             + MAP_ENTRY
+            + ALLOC
+            + self.apps.capacity() * std::mem::size_of::<App>()
             + self
                 .apps
                 .iter()
                 .map(|a| {
-                    std::mem::size_of::<App>()
-                        + a.device.len()
-                        + a.app_instance.as_ref().map_or(0, |i| i.len())
-                        + a.contacts.capacity() * 8
+                    a.device.len()
+                        + a.app_instance.as_ref().map_or(0, |i| i.len() + ALLOC)
+                        + a.contacts.len() * 8
+                        + 3 * ALLOC
                 })
                 .sum::<usize>()
     }
@@ -122,6 +124,8 @@ impl PendingRegister {
 
 /// What a hash-map entry costs beside its key and value (control byte, load factor, key).
 const MAP_ENTRY: usize = 24;
+/// What the allocator keeps beside each heap block (glibc: a 16-byte header and rounding).
+const ALLOC: usize = 16;
 /// A contact's bytes: its map entry.
 const CONTACT_COST: usize = std::mem::size_of::<ContactEntry>() + MAP_ENTRY;
 
@@ -316,7 +320,9 @@ impl Registrations {
     /// Whether `aor` has an active binding registered from `src` (a device the server trusts by
     /// address, or an authenticated one, sends its INVITEs from where it registered).
     pub fn registered_from(&self, aor: &str, src: SocketAddr, now: Micros) -> bool {
-        self.aors.get(&self.fp.of(aor)).is_some_and(|s| s.apps.iter().any(|a| a.active(now) && a.reg_from == src))
+        self.aors
+            .get(&self.fp.of(aor))
+            .is_some_and(|s| s.apps.iter().any(|a| a.active(now) && a.reg_from == self.fp.of_addr(&src)))
     }
 
     fn pending_key(&self, call_id: &str, cseq: u32) -> Fp {
@@ -374,6 +380,13 @@ impl Registrations {
         let cost = p.cost();
         if self.remove_pending(key).is_none() {
             self.pending_order.push_back((ts, key));
+            // answered REGISTERs leave their place in the queue behind: drop those now and then,
+            // so that the queue follows the table, not the REGISTER rate
+            if self.pending_order.len() > 2 * self.pending.len() + 1024 {
+                let pending = &self.pending;
+                self.pending_order.retain(|(t, k)| pending.get(k).is_some_and(|p| p.ts == *t));
+                self.pending_order.shrink_to(2 * self.pending_order.len() + 1024);
+            }
         }
         while self.pending.len() >= self.limits.max_pending || self.pending_bytes + cost > self.limits.max_pending_bytes
         {
@@ -515,7 +528,7 @@ impl Registrations {
             if let Some(i) = found {
                 let s = self.aors.get_mut(&aor_fp).expect("found");
                 let a = &mut s.apps[i];
-                a.contacts.retain(|c| !bindings.iter().any(|(k, _)| k == c));
+                a.contacts = a.contacts.iter().copied().filter(|c| !bindings.iter().any(|(k, _)| k == c)).collect();
                 if a.contacts.is_empty() || p.bindings.is_empty() {
                     a.expires_at = REMOVED;
                 }
@@ -557,7 +570,7 @@ impl Registrations {
             _ => p.device.clone(),
         };
         let app_instance = p.app_instance.clone().or_else(|| prev.and_then(|a| a.app_instance.clone()));
-        let mut contacts: Vec<Fp> = prev.map(|a| a.contacts.clone()).unwrap_or_default();
+        let mut contacts: Vec<Fp> = prev.map(|a| a.contacts.to_vec()).unwrap_or_default();
         contacts.retain(|c| !bindings.iter().any(|(k, e)| k == c && *e == 0));
         for (k, _) in &kept {
             if !contacts.contains(k) {
@@ -592,10 +605,10 @@ impl Registrations {
             boot_call_id: cid,
             boot_start,
             app_instance,
-            contacts,
+            contacts: contacts.into_boxed_slice(),
             expires_at,
             last_seen: ts,
-            reg_from: p.src,
+            reg_from: self.fp.of_addr(&p.src),
             push_kept: false,
         };
         match found {
@@ -605,11 +618,14 @@ impl Registrations {
                     self.evict_apps(ts);
                 }
                 self.apps += 1;
-                self.aors
+                let apps = &mut self
+                    .aors
                     .entry(aor_fp)
                     .or_insert_with(|| AorState { aor: p.aor.clone(), apps: Vec::new(), size: 0 })
-                    .apps
-                    .push(app);
+                    .apps;
+                // one app per address is the rule: no spare room (a Vec would reserve four)
+                apps.reserve_exact(1);
+                apps.push(app);
             }
         }
         self.touched(aor_fp);

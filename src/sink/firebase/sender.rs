@@ -24,7 +24,6 @@ use tokio::task::JoinSet;
 /// How far ahead of this host's clock GA4 takes an event.
 const FUTURE_SLACK: i64 = 15 * 60 * 1_000_000;
 
-#[derive(Debug, Default)]
 pub struct SenderStats {
     pub requests_ok: AtomicU64,
     pub events_sent: AtomicU64,
@@ -41,6 +40,117 @@ pub struct SenderStats {
     pub latencies_us: Mutex<Vec<u64>>,
     pub latency_sum_us: AtomicU64,
     pub latency_count: AtomicU64,
+    /// Seconds from send to 2xx, and events per delivered request, for Prometheus.
+    pub latency: Histogram,
+    pub batch_events: Histogram,
+    /// The same outcomes per tenant.
+    pub tenants: Mutex<std::collections::BTreeMap<String, TenantDelivery>>,
+}
+
+impl Default for SenderStats {
+    fn default() -> Self {
+        SenderStats {
+            requests_ok: AtomicU64::new(0),
+            events_sent: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            transport_errors: AtomicU64::new(0),
+            http_5xx_429: AtomicU64::new(0),
+            http_4xx: AtomicU64::new(0),
+            invalid_local: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            latencies_us: Mutex::new(Vec::new()),
+            latency_sum_us: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            latency: Histogram::new(&[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            batch_events: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0]),
+            tenants: Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl SenderStats {
+    /// Counts one request's outcome for its tenant.
+    fn tenant(&self, tenant: &str, result: DeliveryResult, events: u64) {
+        let mut m = self.tenants.lock().expect("not poisoned");
+        let t = m.entry(tenant.to_string()).or_default();
+        t.requests[result as usize] += 1;
+        if result == DeliveryResult::Ok {
+            t.events_sent += events;
+        }
+    }
+}
+
+/// How a Measurement Protocol request ended, as the `result` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Ok,
+    TransportError,
+    Transient5xx429,
+    Refused4xx,
+    InvalidNotSent,
+}
+
+impl DeliveryResult {
+    pub const ALL: [DeliveryResult; 5] = [
+        DeliveryResult::Ok,
+        DeliveryResult::TransportError,
+        DeliveryResult::Transient5xx429,
+        DeliveryResult::Refused4xx,
+        DeliveryResult::InvalidNotSent,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            DeliveryResult::Ok => "ok",
+            DeliveryResult::TransportError => "transport_error",
+            DeliveryResult::Transient5xx429 => "5xx_429",
+            DeliveryResult::Refused4xx => "4xx",
+            DeliveryResult::InvalidNotSent => "invalid_not_sent",
+        }
+    }
+}
+
+/// One tenant's delivery counters.
+#[derive(Default, Clone)]
+pub struct TenantDelivery {
+    pub events_sent: u64,
+    pub requests: [u64; 5],
+}
+
+/// A Prometheus histogram with fixed upper bounds, updated without a lock.
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; the last is +Inf).
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+    pub fn observe(&self, v: f64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+    }
+    /// Cumulative counts per bound (the last is +Inf, the total), and the sum.
+    pub fn read(&self) -> (Vec<u64>, f64) {
+        let mut acc = 0;
+        let cum = self
+            .counts
+            .iter()
+            .map(|c| {
+                acc += c.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (cum, self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
+    }
 }
 
 pub struct SenderConfig {
@@ -336,6 +446,7 @@ impl Tenant {
                 // the endpoint would drop it silently: keep it for inspection instead
                 tracing::error!(tenant = %self.t.tenant, problems = ?problems, "invalid request not sent; kept in the rejected table");
                 self.stats.invalid_local.fetch_add(1, Ordering::Relaxed);
+                self.stats.tenant(&self.t.tenant, DeliveryResult::InvalidNotSent, 0);
                 let _ = self.outbox.reject(&self.t.tenant, &keys, RejectKind::Invalid, 0, &problems.join("; "));
                 continue;
             }
@@ -361,6 +472,9 @@ impl Tenant {
                 let us = took.as_micros() as u64;
                 s.latency_sum_us.fetch_add(us, Ordering::Relaxed);
                 s.latency_count.fetch_add(1, Ordering::Relaxed);
+                s.latency.observe(took.as_secs_f64());
+                s.batch_events.observe(keys.len() as f64);
+                s.tenant(&tenant, DeliveryResult::Ok, keys.len() as u64);
                 let mut l = s.latencies_us.lock().expect("not poisoned");
                 if l.len() >= 10_000 {
                     l.drain(..5_000);
@@ -373,6 +487,7 @@ impl Tenant {
             Outcome::Final { status, answer } => {
                 tracing::error!(%tenant, status, answer = %answer.chars().take(300).collect::<String>(), "request refused; kept in the outbox's rejected table, not retried (siptap outbox)");
                 self.stats.http_4xx.fetch_add(1, Ordering::Relaxed);
+                self.stats.tenant(&tenant, DeliveryResult::Refused4xx, 0);
                 let _ = self.outbox.reject(&tenant, &keys, RejectKind::Refused, status, &answer);
             }
             Outcome::Transient { status, why, retry_after } => {
@@ -380,6 +495,9 @@ impl Tenant {
                     Some(_) => self.stats.http_5xx_429.fetch_add(1, Ordering::Relaxed),
                     None => self.stats.transport_errors.fetch_add(1, Ordering::Relaxed),
                 };
+                let result =
+                    if status.is_some() { DeliveryResult::Transient5xx429 } else { DeliveryResult::TransportError };
+                self.stats.tenant(&tenant, result, 0);
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 let max = self.cfg.max_backoff;
                 match &mut self.outage {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Live capture cost: a generated capture replayed with tcpreplay onto a veth pair in a network
+# namespace of its own, at fixed rates, while `siptap run` captures the other end (default
+# buffer, default config). For each rate: packets sent, received, dropped by the kernel, CPU
+# microseconds per packet; against `siptap replay --threads 1` of the same file (in this run);
+# and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
+#   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N to change)
+# Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
+set -euo pipefail
+if [ -z "${CAP_IN_NS:-}" ]; then
+	exec unshare -n env CAP_IN_NS=1 "$0" "$@"
+fi
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${SIPTAP:-$root/target/release/siptap}
+rates=${RATES:-10000 25000 50000}
+packets=${PACKETS:-300000}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
+ip link set lo up
+ip link add v0 type veth peer name v1
+ip link set v0 up
+ip link set v1 up
+
+cap=$work/live.pcap
+if [ -n "${CAPTURE:-}" ]; then
+	cap=$CAPTURE
+else
+	# registrations, calls of every outcome and a scanner, over UDP (tcpreplay sends frames as
+	# they are: TCP streams replay fine, but a veth pair has no reason to reorder them)
+	(cd "$root" && cargo run -q --release --example gencap -- --users 4000 --calls 24000 --scanners 4000 \
+		--duration 900 --tcp 0 "$work/full.pcap")
+	tcpdump -r "$work/full.pcap" -c "$packets" -w "$cap" 2>/dev/null
+fi
+n=$(tcpdump -r "$cap" -nn 2>/dev/null | wc -l)
+
+hz=$(getconf CLK_TCK)
+cpu_of() { awk -v hz="$hz" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+rss_of() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+metric() { curl -sf http://127.0.0.1:19091/metrics | awk -v m="$1" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
+
+# the same packets through replay, in this run: the baseline
+/usr/bin/time -f "%U %S" -o "$work/replay.time" "${REPLAY_BIN:-$bin}" replay --threads 1 --config "$root/config.toml.example" "$cap" >/dev/null
+replay_us=$(awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/replay.time")
+echo "capture: $n packets; siptap replay --threads 1: $replay_us us of CPU per packet"
+
+cat >"$work/siptap.toml" <<EOF
+sip_servers = ["127.0.0.10:5060"]
+[run]
+interfaces = ["v1"]
+${BUFFER_MIB:+buffer_mib = $BUFFER_MIB}
+state_dir = "$work/state"
+metrics_listen = "127.0.0.1:19091"
+jsonl_path = "$work/events.jsonl"
+[tenants.lab]
+domains = ["lab.example"]
+EOF
+
+one_run() { # one_run RATE LABEL
+	rm -rf "$work/state" "$work/events.jsonl"
+	"$bin" run --allow-root --config "$work/siptap.toml" 2>"$work/siptap.log" &
+	local pid=$!
+	for _ in $(seq 50); do curl -sf http://127.0.0.1:19091/health >/dev/null && break; sleep 0.2; done
+	sleep 2
+	local idle_rss cpu0 cpu1 got drops
+	idle_rss=$(rss_of $pid)
+	cpu0=$(cpu_of $pid)
+	tcpreplay -q -i v0 --pps="$1" "$cap" >"$work/tcpreplay.out" 2>&1
+	sleep 3
+	cpu1=$(cpu_of $pid)
+	got=$(metric siptap_capture_packets_total)
+	drops=$(metric 'siptap_capture_kernel_drops_total')
+	local rss
+	rss=$(rss_of $pid)
+	kill -TERM $pid
+	wait $pid || true
+	awk -v r="$1" -v l="$2" -v n="$n" -v got="$got" -v d="$drops" -v c0="$cpu0" -v c1="$cpu1" -v base="$replay_us" \
+		-v idle="$idle_rss" -v rss="$rss" 'BEGIN {
+		us = (c1 - c0) / (got > 0 ? got : 1) * 1e6
+		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay)  idle RSS %.1f MiB, after %.1f MiB\n",
+			l, r, n, got, d, us, us / base, idle / 1024, rss / 1024
+	}'
+}
+for r in $rates; do one_run "$r" quiet; done
+if [ -n "${BUSY:-}" ]; then
+	for _ in $(seq "$(nproc)"); do (while :; do :; done) & done
+	for r in $rates; do one_run "$r" busy; done
+fi
