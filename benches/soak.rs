@@ -5,7 +5,7 @@
 //! limit of an answered call, the longest timer) against the heap at hour 1.
 //! Packet time, not wall time: the core never looks at a clock, so hours of load take seconds,
 //! and the same run on any machine gives the same figures. (The live daemon soak, which also
-//! covers capture and delivery, is `bench/soak-live.sh`.)
+//! covers capture and delivery, is `benches/live/soak.sh`.)
 use siptap::capture::Frame;
 use siptap::config::Config;
 use siptap::store::open_pipeline;

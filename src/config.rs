@@ -311,6 +311,21 @@ const RESERVED_NAMES: &[&str] = &[
     "user_engagement",
 ];
 
+/// An IP address; `localhost` is 127.0.0.1 (siptap resolves no other names: a configuration
+/// must not depend on DNS at start).
+fn ip_addr(v: &str) -> Option<IpAddr> {
+    if v.eq_ignore_ascii_case("localhost") { Some(IpAddr::from([127, 0, 0, 1])) } else { v.parse().ok() }
+}
+
+/// `IP:port`, `[IPv6]:port` or `localhost:port`.
+fn socket_addr(v: &str) -> Option<SocketAddr> {
+    if let Ok(a) = v.parse() {
+        return Some(a);
+    }
+    let (host, port) = v.rsplit_once(':')?;
+    Some(SocketAddr::new(ip_addr(host).filter(|_| host.eq_ignore_ascii_case("localhost"))?, port.parse().ok()?))
+}
+
 /// A configuration error, rendered as `file:line: key: message`.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -327,6 +342,38 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
         Config::parse(&text, path)
+    }
+
+    /// Every error in the file, not only the first: after an error the line it names is set
+    /// aside (commented out) and the file checked again, up to 50 times. An error that only
+    /// says a key is missing after lines were set aside may come from them, so it ends the list.
+    pub fn check_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigError(format!("{}: cannot read config: {e}", path.display()))])?;
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let prefix = format!("{}:", path.display());
+        for _ in 0..50 {
+            let attempt = lines.join("\n");
+            match Config::parse(&attempt, path) {
+                Ok(cfg) if errors.is_empty() => return Ok(cfg),
+                Ok(_) => break,
+                Err(e) => {
+                    let line: Option<usize> =
+                        e.0.strip_prefix(&prefix).and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
+                    let consequence = !errors.is_empty() && e.0.contains("missing");
+                    if consequence || errors.iter().any(|x| x.0 == e.0) {
+                        break;
+                    }
+                    errors.push(e);
+                    match line.and_then(|n| lines.get_mut(n.wrapping_sub(1))) {
+                        Some(l) if !l.trim_start().starts_with('#') && !l.trim().is_empty() => *l = format!("# {l}"),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Err(errors)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -350,13 +397,19 @@ impl Config {
         let mut servers = Vec::new();
         for s in raw.sip_servers.get_ref() {
             let v = s.get_ref().trim();
-            let parsed = if let Ok(sa) = v.parse::<SocketAddr>() {
+            let parsed = if let Some(sa) = socket_addr(v) {
                 Some((sa.ip(), Some(sa.port())))
             } else {
-                v.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| (ip, None))
+                ip_addr(v.trim_start_matches('[').trim_end_matches(']')).map(|ip| (ip, None))
             };
             match parsed {
-                Some(p) => servers.push(p),
+                Some(p @ (ip, port)) => {
+                    servers.push(p);
+                    // `localhost` is both loopback addresses
+                    if ip == IpAddr::from([127, 0, 0, 1]) && v.to_ascii_lowercase().starts_with("localhost") {
+                        servers.push((IpAddr::from(std::net::Ipv6Addr::LOCALHOST), port));
+                    }
+                }
                 None => {
                     return Err(at(
                         s.span(),
@@ -463,9 +516,8 @@ impl Config {
             let h = &raw.hep;
             let listen = match &h.listen {
                 Some(l) => Some(
-                    l.get_ref()
-                        .parse::<SocketAddr>()
-                        .map_err(|_| at(l.span(), "hep.listen", format!("`{}` is not IP:port", l.get_ref())))?,
+                    socket_addr(l.get_ref())
+                        .ok_or_else(|| at(l.span(), "hep.listen", format!("`{}` is not IP:port", l.get_ref())))?,
                 ),
                 None => None,
             };
@@ -474,7 +526,7 @@ impl Config {
                 let sp = src.span();
                 let src = src.get_ref();
                 let address = match &src.address {
-                    Some(a) => Some(a.get_ref().parse::<IpAddr>().map_err(|_| {
+                    Some(a) => Some(ip_addr(a.get_ref()).ok_or_else(|| {
                         at(a.span(), "hep.sources.address", format!("`{}` is not an IP address", a.get_ref()))
                     })?),
                     None => None,
@@ -572,7 +624,7 @@ impl Config {
             let metrics_listen =
                 match &r.metrics_listen {
                     Some(m) if m.get_ref().is_empty() => None,
-                    Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    Some(m) => Some(socket_addr(m.get_ref()).ok_or_else(|| {
                         at(m.span(), "run.metrics_listen", format!("`{}` is not IP:port", m.get_ref()))
                     })?),
                     None => Some(SocketAddr::from(([127, 0, 0, 1], 9109))),
@@ -661,7 +713,7 @@ impl Config {
                 max_call_legs_bytes: l.max_call_legs_bytes.unwrap_or(96 << 20).max(1 << 16),
                 max_sctp_bytes: l.max_sctp_bytes.unwrap_or(4 << 20).max(1 << 16),
                 known_users_cache: l.known_users_cache.unwrap_or(100_000).max(16),
-                store_cache_mib: l.store_cache_mib.unwrap_or(16).max(1),
+                store_cache_mib: l.store_cache_mib.unwrap_or(4).max(1),
             },
             tenants,
         })

@@ -2,7 +2,7 @@
 mod cli;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use siptap::config::Config;
 use std::path::PathBuf;
 
@@ -44,12 +44,16 @@ enum Cmd {
     },
     /// Deliver what is left in the outbox of a state directory.
     Flush {
-        #[arg(long)]
+        /// The TOML configuration (the tenants' Firebase settings).
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
         config: PathBuf,
+        /// The state directory whose outbox to deliver.
         #[arg(long)]
         state: PathBuf,
+        /// Seconds to keep trying before leaving the rest in the outbox.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Print the delivery counters (requests, events, errors, latency) on stderr at the end.
         #[arg(long)]
         stats: bool,
     },
@@ -57,15 +61,20 @@ enum Cmd {
     /// each kind per tenant) and check them locally; with --remote also against each tenant's
     /// /debug/mp/collect, printing its validation messages.
     Validate {
-        #[arg(long)]
+        /// The TOML configuration.
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
         config: PathBuf,
+        /// Also send each request to the tenant's /debug/mp/collect (needs the network; sends
+        /// nothing that counts).
         #[arg(long)]
         remote: bool,
+        /// Capture files whose events to check; none: one sample event of each kind per tenant.
         captures: Vec<PathBuf>,
     },
     /// Run as a daemon: live capture (libpcap) and/or HEP input, events to the Firebase outbox or
     /// JSON lines, Prometheus metrics on localhost. SIGHUP reloads the configuration, SIGTERM stops.
     Run {
+        /// The TOML configuration.
         #[arg(long, default_value = "/etc/siptap/config.toml")]
         config: PathBuf,
         /// Overrides run.state_dir.
@@ -77,12 +86,37 @@ enum Cmd {
     },
     /// One-screen summary from a running siptap's metrics endpoint.
     Status {
+        /// The running siptap's metrics endpoint (run.metrics_listen).
         #[arg(long, default_value = "http://127.0.0.1:9109")]
         metrics: String,
     },
-    /// Check a configuration file and exit.
-    CheckConfig {
+    /// Check a configuration and, when it is good, tell the running siptap (SIGHUP) to load it;
+    /// exit status 1 and every error when it is not (systemd's ExecReload: `systemctl reload`
+    /// then fails instead of reporting success while the old configuration keeps running).
+    Reload {
+        /// The TOML configuration the daemon runs with.
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
+        config: PathBuf,
+        /// The daemon's process id ($MAINPID under systemd).
         #[arg(long)]
+        pid: u32,
+    },
+    /// Write the manual pages (siptap.1 and one per command), generated from this command line.
+    Man {
+        /// Directory to write them to.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Check a configuration file and exit: every error in it (file:line: key: message), then
+    /// the warnings. Exit status 0 when it would run, 1 when not.
+    CheckConfig {
+        /// The TOML configuration to check.
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
         config: PathBuf,
     },
     /// What the outbox holds per tenant and state (queued, refused, invalid, too old, dropped),
@@ -100,8 +134,10 @@ enum Cmd {
     /// Add existing users (one address of record `user@domain` per line; `-` for stdin) to the
     /// known-users store, so that they do not `signup` when siptap is first deployed.
     SeedUsers {
+        /// The state directory (its known-users store).
         #[arg(long)]
         state: PathBuf,
+        /// One `user@domain` per line; `-` reads stdin.
         file: PathBuf,
     },
 }
@@ -126,15 +162,19 @@ enum OutboxAction {
     },
     /// Drop events for good (asks for --yes).
     Drop {
+        /// Only this tenant's.
         #[arg(long)]
         tenant: Option<String>,
         /// Events still queued.
         #[arg(long)]
         queued: bool,
+        /// Refused by the endpoint (4xx) or invalid.
         #[arg(long)]
         rejected: bool,
+        /// Older than 72 hours when sent.
         #[arg(long)]
         too_old: bool,
+        /// Pushed out of a full outbox.
         #[arg(long)]
         dropped: bool,
         /// Everything above.
@@ -184,9 +224,40 @@ fn run(cli: Cli) -> Result<()> {
             siptap::daemon::run(siptap::daemon::RunOptions { config, allow_root, state_dir: state })
         }
         Cmd::Status { metrics } => cli::status::status(&metrics),
+        Cmd::Reload { config, pid } => {
+            if let Err(errors) = Config::check_all(&config) {
+                for e in &errors {
+                    eprintln!("siptap: error: {e}");
+                }
+                anyhow::bail!("{}: not reloaded: the running configuration stays", config.display());
+            }
+            // SAFETY: kill(2) with a plain signal number has no memory effects
+            if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+                anyhow::bail!("cannot signal siptap (pid {pid}): {}", std::io::Error::last_os_error());
+            }
+            println!("{}: ok; siptap (pid {pid}) told to reload", config.display());
+            Ok(())
+        }
+        Cmd::Man { dir } => cli::man::write(Cli::command(), &dir),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "siptap", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::Validate { config, remote, captures } => cli::validate::validate(config, remote, captures),
         Cmd::CheckConfig { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = match Config::check_all(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("siptap: error: {e}");
+                    }
+                    anyhow::bail!(
+                        "{}: {} error(s); the configuration was not accepted",
+                        config.display(),
+                        errors.len()
+                    );
+                }
+            };
             for w in &cfg.warnings {
                 println!("warning: {w}");
             }
@@ -208,5 +279,36 @@ fn run(cli: Cli) -> Result<()> {
                 cli::outbox::drop(&state, tenant.as_deref(), queued, rejected, too_old, dropped, all, yes)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option and argument of every command says what it is for.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_about().is_none() {
+                    missing.push(format!("{path} {}", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "siptap", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+        Cli::command().debug_assert();
     }
 }

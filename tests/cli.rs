@@ -324,3 +324,53 @@ fn rust_log_filters_the_logs() {
     // not a terminal: no colour codes
     assert!(!run(Some("debug")).contains('\u{1b}'));
 }
+
+#[test]
+fn check_config_reports_every_error_in_the_file() {
+    let e = config_error(
+        "sip_servers = [\"127.0.0.10\"]\n[run]\nbuffer_mib = \"big\"\n[tenants.a]\ndomains = [\"a.example\"]\ncolour = \"blue\"\n[tenants.b]\ndomains = [\"a.example\"]\n",
+    );
+    assert!(e.contains(":3: run.buffer_mib: invalid type"), "{e}");
+    assert!(e.contains(":6: tenants.a.colour: unknown field"), "{e}");
+    assert!(e.contains(":8: tenants.b.domains: domain `a.example` is already claimed by tenant `a`"), "{e}");
+    assert!(e.contains("3 error(s)"), "{e}");
+    // without --config: the daemon's default path, named in the error
+    let out = siptap(&["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !std::path::Path::new("/etc/siptap/config.toml").exists() {
+        assert!(!out.status.success() && err.contains("/etc/siptap/config.toml: cannot read config"), "{err}");
+    }
+}
+
+#[test]
+fn addresses_accept_localhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        "sip_servers = [\"localhost:5060\"]\n[run]\nmetrics_listen = \"localhost:9109\"\n[hep]\nlisten = \"localhost:9060\"\n[[hep.sources]]\naddress = \"localhost\"\ncapture_id = 2001\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+    );
+    let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `localhost` as a SIP server is both loopback addresses
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 server address(es)"));
+    // other names are not resolved (a config must not depend on DNS at start)
+    let e = config_error("sip_servers = [\"sip.example.com:5060\"]\n");
+    assert!(e.contains("is not an address"), "{e}");
+}
+
+#[test]
+fn a_capture_device_that_does_not_exist_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        &format!(
+            "sip_servers = [\"127.0.0.10\"]\n[run]\ninterfaces = [\"nosuch9\"]\nmetrics_listen = \"\"\nstate_dir = \"{}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let out = siptap(&["run", "--allow-root", "--config", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("there is no capture device \"nosuch9\" on this host (known: "), "{err}");
+    assert!(!err.contains("CAP_NET_RAW"), "{err}");
+}

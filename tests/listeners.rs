@@ -131,8 +131,8 @@ fn hep_connections_are_capped_idle_ones_closed_and_health_answers_throughout() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(conns.iter().filter(|c| !closed(c)).count(), 0);
     std::thread::sleep(Duration::from_millis(1200)); // one tick publishes the counters
-    assert!(metric(metrics, "hep_tcp_connections_refused") >= 92);
-    assert_eq!(metric(metrics, "hep_tcp_connections_idle_closed"), 8);
+    assert!(metric(metrics, "hep_tcp_connections_refused_total") >= 92);
+    assert_eq!(metric(metrics, "hep_tcp_connections_idle_closed_total"), 8);
     assert!(get(metrics, "/health", Duration::from_secs(2)).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
 }
 

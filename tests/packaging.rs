@@ -11,7 +11,7 @@ fn unit() -> String {
 #[test]
 fn the_unit_file_verifies() {
     let Ok(o) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("SKIPPED: systemd-analyze is not installed here");
+        skipped("systemd-analyze is not installed here (.ci/run installs systemd)");
         return;
     };
     assert!(o.status.success());
@@ -37,7 +37,7 @@ fn the_unit_grants_only_cap_net_raw_and_confines_the_rest() {
         "ProtectSystem=strict",
         "SystemCallFilter=@system-service",
         "MemoryMax=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/siptap reload --config /etc/siptap/config.toml --pid $MAINPID",
     ] {
         assert!(u.contains(line), "unit lacks {line}");
     }
@@ -45,8 +45,29 @@ fn the_unit_grants_only_cap_net_raw_and_confines_the_rest() {
 }
 
 #[test]
-fn the_man_page_covers_every_command() {
-    let man = std::fs::read_to_string(root().join("doc/siptap.1")).unwrap();
+fn the_man_pages_and_completions_in_the_repo_are_generated_from_the_cli() {
+    // `siptap man` and `siptap completions` write them from the clap definition; the copies
+    // the package ships (doc/) must be what they write today
+    let dir = tempfile::tempdir().unwrap();
+    let out = siptap(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut pages: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    pages.sort();
+    let mut shipped: Vec<String> = std::fs::read_dir(root().join("doc/man"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    shipped.sort();
+    assert_eq!(pages, shipped, "regenerate with: siptap man --dir doc/man");
+    for p in &pages {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(p)).unwrap(),
+            std::fs::read_to_string(root().join("doc/man").join(p)).unwrap(),
+            "doc/man/{p} is stale: regenerate with `siptap man --dir doc/man`"
+        );
+    }
+    // one page per command, and the main page lists them and says what --help cannot
     let help = String::from_utf8(siptap(&["--help"]).stdout).unwrap();
     let commands: Vec<&str> = help
         .lines()
@@ -56,9 +77,23 @@ fn the_man_page_covers_every_command() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
-    assert!(commands.len() >= 7, "{commands:?}");
-    for c in commands {
-        assert!(man.contains(&format!(".B {}", c.replace('-', "\\-"))), "man page lacks {c}");
+    assert!(commands.len() >= 10, "{commands:?}");
+    let main = std::fs::read_to_string(dir.path().join("siptap.1")).unwrap();
+    for c in &commands {
+        assert!(pages.contains(&format!("siptap-{c}.1")), "no page for {c}");
+        assert!(main.contains(&format!("siptap\\-{}(1)", c.replace('-', "\\-"))), "siptap.1 does not list {c}");
+    }
+    for section in [".SH FILES", ".SH SIGNALS", ".SH EXIT STATUS"] {
+        assert!(main.contains(section), "siptap.1 lacks {section}");
+    }
+    for (shell, file) in [("bash", "siptap.bash"), ("zsh", "_siptap"), ("fish", "siptap.fish")] {
+        let out = siptap(&["completions", shell]);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            std::fs::read_to_string(root().join("doc/completions").join(file)).unwrap(),
+            "doc/completions/{file} is stale: regenerate with `siptap completions {shell}`"
+        );
     }
 }
 
@@ -69,7 +104,7 @@ fn run_refuses_root_without_the_flag() {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
     if !uid0 {
-        eprintln!("SKIPPED: not running as root, nothing to refuse");
+        skipped("not running as root, nothing to refuse");
         return;
     }
     let out = siptap(&["run", "--config", "config.toml.example"]);

@@ -3,7 +3,8 @@
 # hour (200 users refreshing every 10 minutes, 6 calls a second of 1-20 s, every call through a
 # 407 challenge), delivering to a fake Measurement Protocol server; siptap's RSS and CPU sampled
 # every minute. Memory must be flat after warm-up.
-#   sudo benches/live/soak.sh            (DURATION=3600 RATE=6 USERS=200 to change the load)
+#   sudo benches/live/soak.sh            (DURATION=3600 RATE=6 USERS=200 to change the load,
+#                                          STORE_CACHE_MIB=4 the state and outbox caches)
 # Needs root (capture, network namespace), kamailio, sip-tester (sipp), python3, curl, and a
 # release build (cargo build --release). Runs in its own network namespace.
 set -euo pipefail
@@ -51,6 +52,8 @@ sip_servers = ["127.0.0.10:5060"]
 interfaces = ["lo"]
 state_dir = "$work/state"
 metrics_listen = "127.0.0.1:19090"
+[limits]
+store_cache_mib = ${STORE_CACHE_MIB:-4}
 [tenants.lab]
 domains = ["lab.example"]
 [tenants.lab.firebase]

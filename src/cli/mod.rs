@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand, each a thin shell around the library.
 pub mod deliver;
+pub mod man;
 pub mod outbox;
 pub mod replay;
 pub mod status;

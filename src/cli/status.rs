@@ -18,9 +18,40 @@ pub fn status(url: &str) -> Result<()> {
             v.push((k.to_string(), x));
         }
     }
-    let get =
-        |k: &str| v.iter().filter(|(n, _)| n == k || n.starts_with(&format!("{k}{{"))).map(|(_, x)| x).sum::<f64>();
-    println!("siptap at {url}");
+    // the sum of a metric's samples whose labels contain every `filter` (e.g. `result="ok"`)
+    let sum = |k: &str, filter: &[&str]| {
+        v.iter()
+            .filter(|(n, _)| {
+                let (name, labels) = n.split_once('{').unwrap_or((n, ""));
+                name == k && filter.iter().all(|f| labels.contains(f))
+            })
+            .map(|(_, x)| x)
+            .sum::<f64>()
+    };
+    let get = |k: &str| sum(k, &[]);
+    let label = |k: &str, l: &str| {
+        v.iter().find_map(|(n, _)| {
+            let rest = n.strip_prefix(k)?.strip_prefix('{')?;
+            let at = rest.find(&format!("{l}=\""))? + l.len() + 2;
+            rest[at..].split('"').next().map(str::to_string)
+        })
+    };
+    println!(
+        "siptap {} at {url} (pid {}, config {})",
+        label("siptap_build_info", "version").unwrap_or_default(),
+        label("siptap_build_info", "pid").unwrap_or_default(),
+        label("siptap_build_info", "config").unwrap_or_default()
+    );
+    println!(
+        "  config       last reload {}; {} applied, {} refused",
+        if get("siptap_config_last_reload_successful") == 1.0 {
+            "applied"
+        } else {
+            "REFUSED (the previous configuration runs; see the log)"
+        },
+        sum("siptap_config_reloads_total", &["result=\"ok\""]),
+        sum("siptap_config_reloads_total", &["result=\"refused\""])
+    );
     println!(
         "  capture      {:>12} packets   {:>8} dropped by the kernel",
         get("siptap_capture_packets_total"),
@@ -28,9 +59,9 @@ pub fn status(url: &str) -> Result<()> {
     );
     println!(
         "  SIP          {:>12} messages  {:>8} malformed   {:>8} duplicate frames",
-        get("siptap_sip_messages"),
-        get("siptap_sip_malformed"),
-        get("siptap_frames_duplicate")
+        get("siptap_sip_messages_total"),
+        get("siptap_sip_malformed_total"),
+        get("siptap_frames_duplicate_total")
     );
     println!(
         "  state        {:>12} active registrations   {:>8} open call legs",
@@ -44,18 +75,20 @@ pub fn status(url: &str) -> Result<()> {
     let lat_n = get("siptap_delivery_latency_seconds_count");
     let lat = if lat_n > 0.0 { get("siptap_delivery_latency_seconds_sum") / lat_n * 1000.0 } else { 0.0 };
     println!(
-        "  outbox       {:>12} queued    {:>8} dropped (full)  {:>8} dropped (>72 h)",
-        get("siptap_outbox_depth"),
+        "  outbox       {:>12} queued    {:>8} dropped (full)  {:>8} dropped (>72 h)  {:>8} rejected (kept)",
+        get("siptap_outbox_events"),
         get("siptap_outbox_dropped_full_total"),
-        get("siptap_outbox_dropped_too_old_total")
+        get("siptap_outbox_dropped_too_old_total"),
+        get("siptap_outbox_rejected_events")
     );
+    let req = |r: &str| sum("siptap_delivery_requests_total", &[&format!("result=\"{r}\"")]);
     println!(
         "  delivery     {:>12} events sent in {} requests; {} transport errors, {} 5xx/429, {} 4xx; mean latency {lat:.1} ms",
         get("siptap_delivery_events_total"),
-        get("siptap_delivery_requests_total{result=\"ok\"}"),
-        get("siptap_delivery_requests_total{result=\"transport_error\"}"),
-        get("siptap_delivery_requests_total{result=\"5xx_429\"}"),
-        get("siptap_delivery_requests_total{result=\"4xx\"}")
+        req("ok"),
+        req("transport_error"),
+        req("5xx_429"),
+        req("4xx")
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod hep_listener;
 pub mod live;
 pub mod metrics;
+pub mod metrics_text;
 pub mod notify;
 
 use crate::capture::Micros;
@@ -187,6 +188,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         None => None,
     };
     let sender_stats = Arc::new(SenderStats::default());
+    // every tenant's delivery series exist from the start, at zero
+    sender_stats
+        .tenants
+        .lock()
+        .expect("not poisoned")
+        .extend(cfg.tenants.iter().map(|t| (t.id.clone(), Default::default())));
     let hep_stats = Arc::new(hep_listener::HepListenerStats::default());
     let shared = Arc::new(Shared {
         snapshot: Mutex::default(),
@@ -204,8 +211,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
             ..Default::default()
         },
     });
+    // every tenant and kind from the start, at zero: rates and alerts need the series to exist
+    let mut counts: BTreeMap<(String, String), u64> = cfg
+        .tenants
+        .iter()
+        .flat_map(|t| crate::event::Kind::ALL.map(|k| ((t.id.to_string(), k.canonical().to_string()), 0)))
+        .collect();
     // /metrics serves every metric from the start, not only after the first tick
-    publish(&shared, &pipeline, &store, &budget, &BTreeMap::new());
+    publish(&shared, &pipeline, &store, &budget, &counts);
 
     // the listeners (metrics and health, HEP over TCP) on a runtime of their own, so that they
     // answer whatever delivery or the core is doing
@@ -280,12 +293,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
         "siptap running"
     );
 
-    // every tenant and kind from the start, at zero: rates and alerts need the series to exist
-    let mut counts: BTreeMap<(String, String), u64> = cfg
-        .tenants
-        .iter()
-        .flat_map(|t| crate::event::Kind::ALL.map(|k| ((t.id.to_string(), k.canonical().to_string()), 0)))
-        .collect();
     let mut queued: Vec<QueuedEvent> = Vec::new();
     let mut last_watchdog = Instant::now();
     let mut unsaved = None;
@@ -382,14 +389,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     pipeline.reload(&new);
                     delivery = Delivery::new(&new, &key);
                     let _ = cmd_tx.send(SenderCmd::Restart(delivery.targets()));
-                    if new.run.jsonl_path != cfg.run.jsonl_path {
-                        match open_jsonl(&new.run.jsonl_path) {
-                            Ok(w) => jsonl_out = w,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot open the new jsonl_path; keeping the old one")
-                            }
-                        }
-                    }
                     tracing::info!(
                         tenants = new.tenants.len(),
                         "configuration reloaded (tables kept; bounds, interfaces and listeners need a restart)"
@@ -405,6 +404,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             shared.reload.last_unix_micros.store(now_micros(), Ordering::Relaxed);
+            // the events file is reopened on every SIGHUP, even when the reload was refused:
+            // logrotate has moved the old one away
+            let _ = jsonl_out.flush();
+            match open_jsonl(&cfg.run.jsonl_path) {
+                Ok(w) => jsonl_out = w,
+                Err(e) => tracing::error!(error = %e, "cannot open jsonl_path; writing on to the file open before"),
+            }
             notify::notify("READY=1");
         }
         if stopping {
@@ -476,12 +482,15 @@ fn monotonic_usec() -> u128 {
 }
 
 fn open_jsonl(path: &str) -> Result<Box<dyn Write + Send>> {
+    use std::os::unix::fs::OpenOptionsExt;
     if path == "-" {
         return Ok(Box::new(std::io::stdout()));
     }
+    // private: events name users
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(Path::new(path))
         .with_context(|| format!("cannot open {path} for events"))?;
     Ok(Box::new(std::io::BufWriter::new(f)))

@@ -225,6 +225,11 @@ impl Outbox {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// The bound (delivery.max_outbox_events).
+    pub fn max_events(&self) -> u64 {
+        self.max_events
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,0 +1,369 @@
+//! What an operator's monitoring sees: `/metrics` as `promtool check metrics` wants it, `/health`
+//! naming the instance, reload results as metrics, the alert rules under `promtool test rules`,
+//! and every panel of the Grafana dashboard returning data from a real Prometheus that scrapes a
+//! running siptap (capturing on its own `lo`, fed SIP from a lab capture over HEP, delivering to
+//! a fake Measurement Protocol server).
+mod common;
+use common::live::{Reaped, private_network};
+use common::mp_server::FakeMp;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn have(b: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET a path; the body of a 200, else `None`.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let out = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some(unchunk(body));
+    }
+    Some(body.to_string())
+}
+
+fn unchunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn config(dir: &Path, metrics: u16, hep: u16, mp: &FakeMp, interfaces: &str) -> std::path::PathBuf {
+    let p = dir.join("siptap.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "sip_servers = [\"127.0.0.10:5060\"]\n[hep]\nlisten = \"127.0.0.1:{hep}\"\n[[hep.sources]]\naddress = \"127.0.0.1\"\n\
+             [run]\ninterfaces = {interfaces}\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
+             [tenants.lab]\ndomains = [\"lab.example\"]\n[tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\n\
+             api_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{}\"\nallow_insecure_endpoint = true\n",
+            dir.join("state").display(),
+            mp.url()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn start(cfg: &Path) -> Reaped {
+    Reaped::new(
+        Command::new(env!("CARGO_BIN_EXE_siptap"))
+            .args(["run", "--allow-root", "--config", cfg.to_str().unwrap()])
+            .env("SIPTAP_TEST_API_SECRET", "ops-test-secret")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Sends the UDP SIP messages of a lab capture to siptap's HEP listener, in the capture's order
+/// and spacing of timestamps, stamped from now (so that the events are fresh enough to deliver).
+fn send_as_hep(capture: &Path, hep: u16) -> usize {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let frames = flood::read(capture);
+    let base = frames.first().map_or(0, |f| f.ts);
+    // stamped from now on (the daemon's clock ticks with the wall clock: a past stamp would let
+    // the transaction timers fire between messages), after whatever was sent before
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let now = wall.max(LAST.load(std::sync::atomic::Ordering::Relaxed) + 1_000);
+    let mut n = 0;
+    for f in &frames {
+        let d = &f.data;
+        // Ethernet, IPv4, UDP (what tcpdump wrote on the lab's loopback)
+        if d.len() < 42 || d[12..14] != [8, 0] || d[23] != 17 {
+            continue;
+        }
+        let ihl = usize::from(d[14] & 15) * 4;
+        let udp = 14 + ihl;
+        let ip = |o: usize| [d[o], d[o + 1], d[o + 2], d[o + 3]];
+        let port = |o: usize| u16::from_be_bytes([d[o], d[o + 1]]);
+        let sip = String::from_utf8_lossy(&d[udp + 8..]);
+        let pkt = attacks::hep3((ip(26), port(udp)), (ip(30), port(udp + 2)), now + (f.ts - base), &sip);
+        LAST.fetch_max(now + (f.ts - base), std::sync::atomic::Ordering::Relaxed);
+        sock.send_to(&pkt, ("127.0.0.1", hep)).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
+}
+
+#[test]
+fn metrics_pass_promtool_health_names_the_instance_and_reloads_are_visible() {
+    if !have("promtool") {
+        skipped("promtool (Debian package prometheus) is not installed; .ci/run installs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mp = FakeMp::start();
+    let (metrics, hep) = (free_port(), free_port());
+    let cfg = config(dir.path(), metrics, hep, &mp, "[]");
+    let _siptap = start(&cfg);
+    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+
+    // right after start every family is there (not only after the first tick)
+    let text = get(metrics, "/metrics").unwrap();
+    for m in ["siptap_sip_messages_total 0", "siptap_active_devices 0", "siptap_build_info{", "process_open_fds "] {
+        assert!(text.contains(m), "{m} missing:\n{text}");
+    }
+    assert!(text.contains("siptap_events_total{tenant=\"lab\",kind=\"outgoing_call\"} 0"), "{text}");
+    assert!(text.contains("siptap_delivery_requests_total{tenant=\"lab\",result=\"ok\"} 0"), "{text}");
+
+    send_as_hep(&root().join("fixtures/lab/captures/register.pcap"), hep);
+    wait_until("events delivered", Duration::from_secs(20), || !mp.accepted_events().is_empty());
+    wait_until("a tick", Duration::from_secs(5), || {
+        get(metrics, "/metrics").is_some_and(|t| !t.contains("siptap_sip_messages_total 0\n"))
+    });
+    let text = get(metrics, "/metrics").unwrap();
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n---\n{text}");
+    // a counter that goes up, a histogram with observations
+    assert!(text.contains("siptap_delivery_latency_seconds_bucket{le=\"+Inf\"} "), "{text}");
+    assert!(!text.contains("siptap_delivery_latency_seconds_count 0\n"), "{text}");
+
+    // /health says which instance answered
+    let health = get(metrics, "/health").unwrap();
+    let pid = _siptap.id().to_string();
+    assert!(health.starts_with("ok\n"), "{health}");
+    assert!(health.contains(&format!("pid {pid}\n")), "{health}");
+    assert!(health.contains(&format!("config {}\n", cfg.display())), "{health}");
+    assert!(health.contains(&format!("version {}\n", env!("CARGO_PKG_VERSION"))), "{health}");
+
+    // a refused reload is visible; a good one clears it
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("[tenants.lab]", "[tenants.lab]\nnot_a_key = 1")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    wait_until("the refused reload", Duration::from_secs(10), || {
+        get(metrics, "/metrics").is_some_and(|t| t.contains("siptap_config_reloads_total{result=\"refused\"} 1"))
+    });
+    let t = get(metrics, "/metrics").unwrap();
+    assert!(t.contains("siptap_config_last_reload_successful 0\n"), "{t}");
+    let st = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["status", "--metrics", &format!("http://127.0.0.1:{metrics}")])
+        .output()
+        .unwrap();
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("last reload REFUSED") && st.contains(&format!("pid {pid}")), "{st}");
+    std::fs::write(&cfg, good).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    wait_until("the applied reload", Duration::from_secs(10), || {
+        get(metrics, "/metrics").is_some_and(|t| {
+            t.contains("siptap_config_reloads_total{result=\"ok\"} 1")
+                && t.contains("siptap_config_last_reload_successful 1\n")
+        })
+    });
+}
+
+#[test]
+fn alert_rules_pass_promtool_test_rules() {
+    if !have("promtool") {
+        skipped("promtool (Debian package prometheus) is not installed; .ci/run installs it");
+        return;
+    }
+    let dir = root().join("ops/prometheus");
+    for args in [vec!["check", "rules", "siptap.rules.yml"], vec!["test", "rules", "siptap.rules.test.yml"]] {
+        let out = Command::new("promtool").args(&args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every expression of the dashboard, with Grafana's variables as an operator's "All" sets them.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("ops/grafana/siptap-dashboard.json")).unwrap())
+            .unwrap();
+    let mut v = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().unwrap();
+            let e = e.replace("$__rate_interval", "30s").replace("$instance", ".*").replace("$tenant", ".*");
+            v.push((p["title"].as_str().unwrap().to_string(), e));
+        }
+    }
+    v
+}
+
+#[test]
+fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
+    if !(is_root() && have("prometheus") && have("ip")) {
+        skipped("needs root (capture on a private lo), prometheus and ip; .ci/run installs them");
+        return;
+    }
+    assert!(private_network(), "cannot make a network namespace for the test (unshare -n)");
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "{queries:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mp = FakeMp::start();
+    let (metrics, hep, prom) = (free_port(), free_port(), free_port());
+    let cfg = config(dir.path(), metrics, hep, &mp, "[\"lo\"]");
+    let _siptap = start(&cfg);
+    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+    let pcfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &pcfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: siptap\n    static_configs:\n      - targets: ['127.0.0.1:{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Reaped::new(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", pcfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| -> serde_json::Value {
+        get(prom, &format!("/api/v1/query?query={}", percent_encode(q)))
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    wait_until("prometheus scraping siptap", Duration::from_secs(60), || {
+        query("up{job=\"siptap\"}")["data"]["result"][0]["value"][1] == "1"
+    });
+    // traffic while Prometheus watches: a registration and a call, delivered
+    send_as_hep(&root().join("fixtures/lab/captures/register.pcap"), hep);
+    send_as_hep(&root().join("fixtures/lab/captures/call_caller_bye.pcap"), hep);
+    // the registration's events and the call's (with bob's registration), as fixtures/lab/expected
+    // has them (checked by hand against the SIP flows)
+    let lines =
+        |n: &str| std::fs::read_to_string(root().join("fixtures/lab/expected").join(n)).unwrap().lines().count();
+    let want = (lines("register.jsonl") + lines("call_caller_bye.jsonl")) as f64;
+    wait_until("events delivered", Duration::from_secs(20), || mp.accepted_events().len() as f64 >= want);
+    // a few more scrapes, so that rates over 30 s see the delivery
+    std::thread::sleep(Duration::from_secs(5));
+    let mut empty = Vec::new();
+    for (title, q) in &queries {
+        let r = query(q);
+        assert_eq!(r["status"], "success", "{title}: {q}: {r}");
+        let result = r["data"]["result"].as_array().cloned().unwrap_or_default();
+        if result.is_empty() {
+            empty.push(format!("{title}: {q}"));
+        }
+    }
+    assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+    // and the numbers are the traffic's: SIP was seen, events derived and delivered
+    let v = |q: &str| query(q)["data"]["result"][0]["value"][1].as_str().unwrap_or("0").parse::<f64>().unwrap();
+    assert!(v("sum(siptap_sip_messages_total)") > 0.0);
+    let q = "sum(siptap_delivery_events_total{tenant=\"lab\"})";
+    let t = Instant::now();
+    while v(q) < want && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(v(q), want, "{q}: {:?}", mp.accepted_events().iter().map(|e| e.0.clone()).collect::<Vec<_>>());
+    assert!(v("sum(siptap_capture_packets_total{interface=\"lo\"})") >= 0.0);
+}
+
+#[test]
+fn the_events_file_is_reopened_on_sighup_after_logrotate_moved_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mp = FakeMp::start();
+    let (metrics, hep) = (free_port(), free_port());
+    let cfg = config(dir.path(), metrics, hep, &mp, "[]");
+    let events = dir.path().join("events.jsonl");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // a tenant without Firebase: its events go to the JSON-lines file
+    let text = text.split("[tenants.lab.firebase]").next().unwrap();
+    std::fs::write(&cfg, text.replace("[run]\n", &format!("[run]\njsonl_path = \"{}\"\n", events.display()))).unwrap();
+    let siptap = start(&cfg);
+    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+    let lines = |p: &Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    send_as_hep(&root().join("fixtures/lab/captures/register.pcap"), hep);
+    // the lab registration's events (fixtures/lab/expected, checked by hand against the flow)
+    let want = lines(&root().join("fixtures/lab/expected/register.jsonl"));
+    wait_until("the registration's events", Duration::from_secs(10), || lines(&events) >= want);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&events).unwrap().permissions().mode() & 0o777, 0o600, "events name users");
+    // logrotate: move, then SIGHUP
+    let rotated = dir.path().join("events.jsonl.1");
+    std::fs::rename(&events, &rotated).unwrap();
+    Command::new("kill").args(["-HUP", &siptap.id().to_string()]).status().unwrap();
+    wait_until("the reopened file", Duration::from_secs(10), || events.exists());
+    send_as_hep(&root().join("fixtures/lab/captures/call_caller_bye.pcap"), hep);
+    let want_call = lines(&root().join("fixtures/lab/expected/call_caller_bye.jsonl"));
+    let t = Instant::now();
+    while lines(&events) < want_call && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = std::fs::read_to_string(&events).unwrap();
+    assert_eq!(
+        lines(&events),
+        want_call,
+        "{new}\n{}",
+        get(metrics, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(lines(&rotated), want, "nothing more written to the moved file");
+    assert!(new.contains("\"callout\"") && new.contains("\"callend\""), "{new}");
+}
