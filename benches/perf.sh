@@ -86,7 +86,7 @@ per() { # per LABEL SMALL LARGE UNITS: bytes per unit between the two
 per "per registration (UDP, 20k -> 200k users)" u20k u200k 180000
 per "per registration (20% on TCP, 20k -> 200k)" t20k t200k 180000
 per "per open call leg (20k -> 200k open legs)" o10k o100k 180000
-echo "  (the known-users store's cache, 16 MiB at most, fills in both runs of a pair: part of each"
+echo "  (the state store's cache, limits.store_cache_mib = 4 MiB, fills in both runs of a pair: part of each"
 echo "   difference is that fixed cost)"
 
 if [ "${LIVE:-0}" = 1 ]; then

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod decode;
 pub mod event;

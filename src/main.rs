@@ -1,7 +1,7 @@
 //! The `siptap` command: thin shells (files, stdout, the state store) around the sans-IO core.
 mod cli;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use siptap::config::Config;
 use std::path::PathBuf;
@@ -38,6 +38,10 @@ enum Cmd {
         /// has two cores or more.
         #[arg(long)]
         threads: Option<usize>,
+        /// Also write a self-contained HTML page of what was derived (per tenant: events over
+        /// time, registrations, call outcomes; the counters that explain what was not an event).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
         /// Capture files, read in the order given.
         #[arg(required = true)]
         captures: Vec<PathBuf>,
@@ -100,6 +104,16 @@ enum Cmd {
         /// The daemon's process id ($MAINPID under systemd).
         #[arg(long)]
         pid: u32,
+    },
+    /// Write the HTML page of what a `siptap run` derived (the counts it keeps in its state
+    /// directory, saved once a minute): the same page as `replay --report`.
+    Report {
+        /// The daemon's state directory.
+        #[arg(long, default_value = "/var/lib/siptap")]
+        state: PathBuf,
+        /// The page to write.
+        #[arg(long, value_name = "FILE.html")]
+        output: PathBuf,
     },
     /// Write the manual pages (siptap.1 and one per command), generated from this command line.
     Man {
@@ -214,10 +228,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { config, state, stats, send, send_timeout, threads, captures } => {
+        Cmd::Replay { config, state, stats, send, send_timeout, threads, report, captures } => {
             let threads =
                 threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1));
-            cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, captures)
+            cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, report, captures)
         }
         Cmd::Flush { config, state, timeout, stats } => cli::deliver::flush(config, state, timeout, stats),
         Cmd::Run { config, state, allow_root } => {
@@ -236,6 +250,17 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("cannot signal siptap (pid {pid}): {}", std::io::Error::last_os_error());
             }
             println!("{}: ok; siptap (pid {pid}) told to reload", config.display());
+            Ok(())
+        }
+        Cmd::Report { state, output } => {
+            let Some(report) = siptap::sink::report::Report::load(&state)? else {
+                anyhow::bail!(
+                    "{}: no report yet (siptap run saves one a minute after it starts, and at stop)",
+                    state.join(siptap::sink::report::FILE).display()
+                );
+            };
+            std::fs::write(&output, report.html()).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("{}: written", output.display());
             Ok(())
         }
         Cmd::Man { dir } => cli::man::write(Cli::command(), &dir),

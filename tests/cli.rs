@@ -374,3 +374,50 @@ fn a_capture_device_that_does_not_exist_says_so() {
     assert!(err.contains("there is no capture device \"nosuch9\" on this host (known: "), "{err}");
     assert!(!err.contains("CAP_NET_RAW"), "{err}");
 }
+
+/// `replay --threads 2` (decode and parse on one thread, state and output on the other) writes
+/// the same bytes as `--threads 1`, events and `--stats` counters alike.
+#[test]
+fn two_threads_give_the_same_output_as_one() {
+    use siptap::testkit::capgen::{GenSpec, generate};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GenSpec {
+        seed: 7,
+        users: 1000,
+        calls: 3000,
+        duration_secs: 1200,
+        refresh_secs: 120,
+        scanner_attempts: 500,
+        ..GenSpec::default()
+    };
+    let mut frames = Vec::new();
+    generate(&spec, |ts, f| frames.push(common::flood::Frame { ts, data: f.to_vec() }));
+    let generated = dir.path().join("generated.pcap");
+    common::flood::write(&generated, frames);
+    let mut labs: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/lab/captures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    labs.sort();
+    let cfg = root().join("config.toml.example");
+    let run = |threads: &str, caps: &[PathBuf]| {
+        let mut args = vec!["replay", "--stats", "--threads", threads, "--config", cfg.to_str().unwrap()];
+        args.extend(caps.iter().map(|p| p.to_str().unwrap()));
+        let out = siptap(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stats: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.contains("peak_rss") && !l.contains("seconds"))
+            .map(str::to_string)
+            .collect();
+        (out.stdout, stats)
+    };
+    for caps in [labs.clone(), vec![generated.clone()]] {
+        let (one, one_stats) = run("1", &caps);
+        let (two, two_stats) = run("2", &caps);
+        assert!(one.len() > 1000, "too few events to compare: {} bytes", one.len());
+        assert!(one == two, "events differ between 1 and 2 threads on {caps:?}");
+        assert_eq!(one_stats, two_stats, "counters differ on {caps:?}");
+    }
+}

@@ -138,7 +138,7 @@ fn send_as_hep(capture: &Path, hep: u16) -> usize {
 }
 
 #[test]
-fn metrics_pass_promtool_health_names_the_instance_and_reloads_are_visible() {
+fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_report_is_kept() {
     if !have("promtool") {
         skipped("promtool (Debian package prometheus) is not installed; .ci/run installs it");
         return;
@@ -210,6 +210,26 @@ fn metrics_pass_promtool_health_names_the_instance_and_reloads_are_visible() {
                 && t.contains("siptap_config_last_reload_successful 1\n")
         })
     });
+
+    // stopped, it leaves its report in the state directory: `siptap report` renders what it derived
+    let mut child = _siptap.take();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let state = dir.path().join("state");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("report.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let page = dir.path().join("report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["report", "--state", state.to_str().unwrap(), "--output", page.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let row = html.split("<tr><td>lab</td>").nth(1).expect("the lab tenant's row").split("</tr>").next().unwrap();
+    let shown: u64 =
+        row.split("<td class=\"n\">").skip(1).map(|c| c.split('<').next().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(shown as usize, mp.accepted_events().len(), "{row}");
 }
 
 #[test]

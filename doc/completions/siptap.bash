@@ -40,6 +40,9 @@ _siptap() {
             siptap,replay)
                 cmd="siptap__subcmd__replay"
                 ;;
+            siptap,report)
+                cmd="siptap__subcmd__report"
+                ;;
             siptap,run)
                 cmd="siptap__subcmd__run"
                 ;;
@@ -75,6 +78,9 @@ _siptap() {
                 ;;
             siptap__subcmd__help,replay)
                 cmd="siptap__subcmd__help__subcmd__replay"
+                ;;
+            siptap__subcmd__help,report)
+                cmd="siptap__subcmd__help__subcmd__report"
                 ;;
             siptap__subcmd__help,run)
                 cmd="siptap__subcmd__help__subcmd__run"
@@ -119,7 +125,7 @@ _siptap() {
 
     case "${cmd}" in
         siptap)
-            opts="-h -V --help --version replay flush validate run status reload man completions check-config outbox seed-users help"
+            opts="-h -V --help --version replay flush validate run status reload report man completions check-config outbox seed-users help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -191,7 +197,7 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__help)
-            opts="replay flush validate run status reload man completions check-config outbox seed-users help"
+            opts="replay flush validate run status reload report man completions check-config outbox seed-users help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -331,6 +337,20 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__help__subcmd__replay)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        siptap__subcmd__help__subcmd__report)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -559,7 +579,7 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__replay)
-            opts="-h --config --state --stats --send --send-timeout --threads --help"
+            opts="-h --config --state --stats --send --send-timeout --threads --report --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -578,6 +598,32 @@ _siptap() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        siptap__subcmd__report)
+            opts="-h --state --output --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -18,6 +18,7 @@ pub fn replay(
     stats: bool,
     send_timeout: Option<u64>,
     threads: usize,
+    report_path: Option<PathBuf>,
     captures: Vec<PathBuf>,
 ) -> Result<()> {
     let cfg = Config::load(&config)?;
@@ -45,8 +46,12 @@ pub fn replay(
     let mut out = BufWriter::new(stdout.lock());
     let mut write_err: Option<std::io::Error> = None;
     let mut lines: Vec<u8> = Vec::with_capacity(1 << 17);
+    let mut report = report_path.as_ref().map(|_| siptap::sink::report::Report::default());
     let mut emit = |r: Routed| {
         jsonl::append(&mut lines, &r);
+        if let Some(rep) = &mut report {
+            rep.add(&r);
+        }
         if lines.len() >= 1 << 16 {
             if write_err.is_none()
                 && let Err(e) = out.write_all(&lines)
@@ -104,6 +109,12 @@ pub fn replay(
     }
     if let Some(e) = save_err {
         return Err(e);
+    }
+    if let (Some(mut rep), Some(path)) = (report, &report_path) {
+        rep.counters = pipeline.counters().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let names: Vec<String> = captures.iter().map(|c| c.display().to_string()).collect();
+        rep.source = format!("siptap replay of {}", names.join(", "));
+        std::fs::write(path, rep.html()).with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     // the state as it stands at the end of the input: the next replay (or `run`) goes on from it
     if persistent {

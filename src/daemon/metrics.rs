@@ -1,6 +1,7 @@
 //! A localhost HTTP endpoint: Prometheus `/metrics` and `/health`.
 use super::Shared;
-use super::metrics_text::{self, Writer};
+use super::metrics_text::Writer;
+use crate::counters;
 use crate::sink::firebase::sender::DeliveryResult;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -128,8 +129,8 @@ async fn render(s: &Arc<Shared>) -> String {
     let mut tenants: Vec<String> = snap.events.keys().map(|(t, _)| t.clone()).collect();
     tenants.dedup();
     for (k, v) in &snap.counters {
-        let Some(m) = metrics_text::meta(k) else { continue };
-        let kind = if m.kind == metrics_text::Kind::Counter { "counter" } else { "gauge" };
+        let Some(m) = counters::meta(k) else { continue };
+        let kind = if m.kind == counters::Kind::Counter { "counter" } else { "gauge" };
         w.single(m.name, kind, m.help, *v as f64 * m.scale);
     }
     w.family("events", "counter", "Events derived, by tenant and kind (before delivery).");

@@ -295,6 +295,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
     let mut queued: Vec<QueuedEvent> = Vec::new();
     let mut last_watchdog = Instant::now();
+    // counts for `siptap report --state` (no personal data), saved once a minute and at stop
+    let mut report = match crate::sink::report::Report::load(&state) {
+        Ok(r) => r.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the saved report is unreadable; starting a new one");
+            Default::default()
+        }
+    };
+    let mut report_saved = Instant::now();
     let mut unsaved = None;
     let watchdog = notify::watchdog_interval();
     // on a stop, capture stops first and what it captured until then is still derived
@@ -325,6 +334,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         {
             let mut emit = |r: Routed| {
                 *counts.entry((r.tenant.to_string(), r.event.kind.canonical().to_string())).or_default() += 1;
+                report.add(&r);
                 match delivery.queue(&r, Some(&outbox)) {
                     Some(q) => queued.push(q),
                     None => {
@@ -377,6 +387,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
         if tick {
             shared.last_tick.store(now_micros(), Ordering::Relaxed);
             publish(&shared, &pipeline, &store, &budget, &counts);
+            if stopping || report_saved.elapsed() >= Duration::from_secs(60) {
+                report_saved = Instant::now();
+                save_report(&mut report, &shared, &state);
+            }
             if watchdog.is_some_and(|w| last_watchdog.elapsed() >= w) {
                 notify::notify("WATCHDOG=1");
                 last_watchdog = Instant::now();
@@ -422,8 +436,22 @@ pub fn run(opts: RunOptions) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = cmd_tx.send(SenderCmd::Drain(Duration::from_secs(cfg.run.stop_timeout_secs)));
     let _ = async_side.join();
+    save_report(&mut report, &shared, &state);
     tracing::info!(left_in_outbox = outbox.len(), "siptap stopped");
     Ok(())
+}
+
+/// Saves the report's counts with the counters as they stand (a failure is logged, not fatal:
+/// the report is a convenience).
+fn save_report(report: &mut crate::sink::report::Report, shared: &Shared, state: &Path) {
+    report.counters = shared.snapshot.lock().expect("not poisoned").counters.clone();
+    report.source = format!(
+        "siptap run with {}: events of the last two weeks at most; counters since its last start",
+        shared.config_path
+    );
+    if let Err(e) = report.save(state) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot save the report");
+    }
 }
 
 /// Hands the core's counters to the metrics endpoint.

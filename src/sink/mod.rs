@@ -1,3 +1,4 @@
 //! Where routed events go.
 pub mod firebase;
 pub mod jsonl;
+pub mod report;
