@@ -30,9 +30,16 @@ fn free_port() -> u16 {
 
 /// GET a path; the body of a 200, else `None`.
 fn get(port: u16, path: &str) -> Option<String> {
+    get_accepting(port, path, "*/*")
+}
+
+fn get_accepting(port: u16, path: &str, accept: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).ok()?;
     let out = String::from_utf8_lossy(&out).to_string();
@@ -175,6 +182,10 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     let out = p.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n---\n{text}");
+    // what Prometheus asks for: OpenMetrics, the same samples
+    let om = get_accepting(metrics, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
+    assert!(om.ends_with("# EOF\n"), "not OpenMetrics: {}", &om[om.len().saturating_sub(200)..]);
+    assert!(om.contains("# TYPE siptap_sip_messages counter\nsiptap_sip_messages_total "), "{om}");
     // a counter that goes up, a histogram with observations
     assert!(text.contains("siptap_delivery_latency_seconds_bucket{le=\"+Inf\"} "), "{text}");
     assert!(!text.contains("siptap_delivery_latency_seconds_count 0\n"), "{text}");

@@ -5,7 +5,6 @@
 pub mod hep_listener;
 pub mod live;
 pub mod metrics;
-pub mod metrics_text;
 pub mod notify;
 
 use crate::capture::Micros;
