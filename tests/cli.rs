@@ -394,12 +394,7 @@ fn two_threads_give_the_same_output_as_one() {
     generate(&spec, |ts, f| frames.push(common::flood::Frame { ts, data: f.to_vec() }));
     let generated = dir.path().join("generated.pcap");
     common::flood::write(&generated, frames);
-    let mut labs: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/lab/captures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
-        .collect();
-    labs.sort();
+    let labs = lab_captures();
     let cfg = root().join("config.toml.example");
     let run = |threads: &str, caps: &[PathBuf]| {
         let mut args = vec!["replay", "--stats", "--threads", threads, "--config", cfg.to_str().unwrap()];

@@ -7,6 +7,7 @@ mod common;
 use common::live::{Reaped, private_network};
 use common::mp_server::FakeMp;
 use common::*;
+use siptap::sink::firebase::sender::percent_encode;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -64,15 +65,6 @@ fn unchunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn have(b: &str) -> bool {
@@ -23,16 +23,6 @@ fn rendered_text(page: &Path) -> String {
     let out = Command::new("pdftotext").args(["-layout"]).arg(&pdf).arg("-").output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn lab_captures() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/lab/captures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -13,6 +13,17 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Every lab capture (fixtures/lab/captures/*.pcap), in name order.
+pub fn lab_captures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/lab/captures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn siptap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_siptap")).args(args).current_dir(root()).output().expect("siptap runs")
 }

@@ -163,10 +163,16 @@ pub struct SenderConfig {
 /// The collect URL with its query; the secret is in it, so this string is never logged.
 fn collect_url(base: &str, debug: bool, app_id: &str, secret: &Secret) -> String {
     let path = if debug { "/debug/mp/collect" } else { "/mp/collect" };
-    format!("{}{path}?firebase_app_id={}&api_secret={}", base.trim_end_matches('/'), enc(app_id), enc(secret.expose()))
+    format!(
+        "{}{path}?firebase_app_id={}&api_secret={}",
+        base.trim_end_matches('/'),
+        percent_encode(app_id),
+        percent_encode(secret.expose())
+    )
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encoding of a query value (RFC 3986 unreserved characters kept).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
