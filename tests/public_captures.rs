@@ -11,7 +11,7 @@ fn shared() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        skipped(&format!("{} does not exist here; the public-capture checks did not run", dir.display()));
+        skipped_outside(&format!("{} does not exist here; the public-capture checks did not run", dir.display()));
         None
     }
 }
