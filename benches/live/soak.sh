@@ -120,5 +120,5 @@ printf '%s\n' "${samples[@]}" | awk -v cpu="$total_cpu" '
 		slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
 		printf "after warm-up (minute %d on): RSS %d -> %d kB, trend %+.1f kB/min; CPU %s%% of a core\n", m[a], r[a], r[NR], slope, cpu
 	}'
-echo "sipp errors: $(wc -l <"$work/sipp-errors.log" 2>/dev/null || echo 0) lines; siptap log tail:"
+echo "sipp errors: $(cat "$work/sipp-errors.log" 2>/dev/null | wc -l) lines; siptap log tail:"
 tail -3 "$work/siptap.log"
