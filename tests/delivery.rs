@@ -244,7 +244,7 @@ fn a_4xx_is_kept_not_retried() {
 }
 
 #[test]
-fn events_past_the_72_hour_window_are_dropped_and_counted() {
+fn events_past_the_72_hour_window_are_kept_as_too_old_not_sent() {
     let mp = FakeMp::start();
     let dir = tempfile::tempdir().unwrap();
     let capture = recent_capture(dir.path(), Duration::from_secs(4 * 24 * 3600));
