@@ -64,16 +64,20 @@ impl BatchPool {
     fn take(&self) -> FrameBatch {
         self.0.lock().expect("not poisoned").pop().unwrap_or_default()
     }
-    /// Returns a batch; a few are kept (as many as are in flight in a burst), the rest freed.
+    /// Returns a batch; a few are kept for reuse (at most `POOL_BATCHES` of at most twice
+    /// `BATCH_BYTES`: 4 MiB), the rest freed. The bytes of batches in flight are bounded by the
+    /// input budget (`run.queue_mib`).
     pub fn give(&self, mut b: FrameBatch) {
         b.clear();
         let mut v = self.0.lock().expect("not poisoned");
-        if v.len() < 16 && b.data.capacity() <= 2 * BATCH_BYTES {
+        if v.len() < POOL_BATCHES && b.data.capacity() <= 2 * BATCH_BYTES {
             v.push(b);
         }
     }
 }
 
+/// Batches kept for reuse.
+const POOL_BATCHES: usize = 4;
 /// A batch goes to the core when it holds this many frames or bytes...
 const BATCH_FRAMES: usize = 512;
 const BATCH_BYTES: usize = 512 << 10;
