@@ -73,17 +73,9 @@ impl Report {
         }
     }
 
-    /// Writes it atomically (a temporary file renamed over the old one), private like the rest
-    /// of the state directory.
+    /// Writes it atomically, private like the rest of the state directory.
     pub fn save(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        Ok(())
+        crate::store::write_private(&dir.join(FILE), &serde_json::to_vec(self)?)
     }
 
     pub fn add(&mut self, r: &Routed) {

@@ -52,6 +52,26 @@ pub fn private_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes a private (0600) file atomically: a temporary file beside it, synced, renamed over it,
+/// so a crash leaves the old file or the new one, never half of one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
 /// Warns when a file holding a secret (or a config naming one) can be read by other users.
 pub fn warn_if_readable_by_others(path: &Path, what: &str) -> bool {
     match std::fs::metadata(path) {

@@ -14,7 +14,6 @@ use identity::Identity;
 use mp::QueuedEvent;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::io::Write;
 
 /// A secret (API secret, identity key): its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -235,14 +234,7 @@ pub fn identity_key(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("{}: identity key too short", p.display());
     }
     let k = random_bytes(32)?;
-    let tmp = dir.join("identity.key.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&k)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &p)?;
+    crate::store::write_private(&p, &k)?;
     Ok(k)
 }
 

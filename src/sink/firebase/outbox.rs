@@ -161,6 +161,26 @@ fn add_rejected(
 }
 
 /// Counts rejected events taken out of the table (requeued or dropped).
+/// The rejected records of `tenant` (all tenants when `None`) whose kind is in `kinds`.
+fn matching_rejected(
+    r: &redb::Table<u64, &[u8]>,
+    tenant: Option<&str>,
+    kinds: &[RejectKind],
+) -> Result<Vec<(u64, Rejected)>> {
+    use redb::ReadableTable;
+    let mut v = Vec::new();
+    for row in r.iter()? {
+        let (k, b) = row?;
+        if let Ok(rec) = serde_json::from_slice::<Rejected>(b.value())
+            && tenant.is_none_or(|t| t == rec.tenant)
+            && kinds.contains(&rec.kind)
+        {
+            v.push((k.value(), rec));
+        }
+    }
+    Ok(v)
+}
+
 fn less_rejected(tx: &redb::WriteTransaction, n: u64) -> Result<()> {
     let mut meta = tx.open_table(META)?;
     let total = meta.get("rejected_events")?.map(|v| v.value()).unwrap_or(0);
@@ -471,17 +491,7 @@ impl Outbox {
             let mut r = tx.open_table(REJECTED)?;
             let mut q = tx.open_table(QUEUE)?;
             let mut meta = tx.open_table(META)?;
-            let mut keys = Vec::new();
-            for row in r.iter()? {
-                let (k, b) = row?;
-                if let Ok(rec) = serde_json::from_slice::<Rejected>(b.value())
-                    && tenant.is_none_or(|t| t == rec.tenant)
-                    && kinds.contains(&rec.kind)
-                {
-                    keys.push((k.value(), rec));
-                }
-            }
-            for (k, rec) in keys {
+            for (k, rec) in matching_rejected(&r, tenant, kinds)? {
                 for e in rec.events {
                     let seq = next(&mut meta, "next_seq")?;
                     q.insert((e.tenant.as_str(), seq), serde_json::to_vec(&e)?.as_slice())?;
@@ -519,16 +529,10 @@ impl Outbox {
                 self.len.store(q.len()?, Ordering::Relaxed);
             }
             let mut r = tx.open_table(REJECTED)?;
-            let mut keys = Vec::new();
-            for row in r.iter()? {
-                let (k, b) = row?;
-                if let Ok(rec) = serde_json::from_slice::<Rejected>(b.value())
-                    && tenant.is_none_or(|t| t == rec.tenant)
-                    && kinds.contains(&rec.kind)
-                {
-                    keys.push((k.value(), rec.events.len() as u64));
-                }
-            }
+            let keys: Vec<(u64, u64)> = matching_rejected(&r, tenant, kinds)?
+                .into_iter()
+                .map(|(k, rec)| (k, rec.events.len() as u64))
+                .collect();
             let mut gone = 0;
             for (k, c) in keys {
                 r.remove(k)?;
