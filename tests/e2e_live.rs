@@ -19,14 +19,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "e2e-secret-value";
 
 fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    let have = |b: &str| {
-        Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success())
-    };
-    let ok = root && have("kamailio") && have("sipp") && have("tcpdump") && have("ip");
+    let ok = is_root() && have("kamailio") && have("sipp") && have("tcpdump") && have("ip");
     if !ok {
         skipped("the live end-to-end test needs root, kamailio, sipp, tcpdump and ip (.ci/run installs them)");
         return false;

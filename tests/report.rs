@@ -6,10 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-fn have(b: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success())
-}
-
 /// What a browser shows of the page: Chromium prints it to PDF, pdftotext reads the text.
 fn rendered_text(page: &Path) -> String {
     let pdf = page.with_extension("pdf");

@@ -24,6 +24,19 @@ pub fn lab_captures() -> Vec<PathBuf> {
     v
 }
 
+/// Whether a command is on the PATH.
+pub fn have(bin: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether the tests run as root (capture, network namespaces, dpkg).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
 pub fn siptap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_siptap")).args(args).current_dir(root()).output().expect("siptap runs")
 }
