@@ -31,6 +31,8 @@ struct RawConfig {
     #[serde(default)]
     run: RawRun,
     #[serde(default)]
+    cluster: Option<Spanned<RawCluster>>,
+    #[serde(default)]
     tenants: BTreeMap<String, Spanned<RawTenant>>,
 }
 
@@ -66,6 +68,26 @@ struct RawRun {
     state_dir: Option<String>,
     stop_timeout_secs: Option<u64>,
     queue_mib: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: Option<Spanned<Vec<Spanned<String>>>>,
+    sensor: Option<Spanned<String>>,
+    replicas: Option<Spanned<usize>>,
+    prefix: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    duplicate_window_secs: Option<Spanned<u64>>,
+    deliver: Option<bool>,
+    max_stream_mib: Option<u64>,
+    max_bucket_mib: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_unacked: Option<usize>,
+    device_cache_entries: Option<usize>,
+    device_cache_mib: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,8 +256,76 @@ pub struct Config {
     pub hep: HepCfg,
     pub run: RunCfg,
     pub tenants: Vec<Tenant>,
+    /// Cluster mode (several sensors sharing registration facts and one event stream on NATS
+    /// JetStream); `None`: the single-box embedded default.
+    pub cluster: Option<ClusterCfg>,
     /// What is allowed but unsafe or unusual (`check-config` prints them, `run` logs them).
     pub warnings: Vec<String>,
+}
+
+/// How a sensor authenticates to NATS (never logged).
+#[derive(Clone)]
+pub enum NatsAuth {
+    None,
+    /// A NATS credentials file (JWT and NKey seed).
+    CredentialsFile(PathBuf),
+    Token(Secret),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => write!(f, "none"),
+            NatsAuth::CredentialsFile(p) => write!(f, "credentials file {}", p.display()),
+            NatsAuth::Token(_) => write!(f, "token (hidden)"),
+        }
+    }
+}
+
+/// `[cluster]`: NATS JetStream servers and the names of what siptap keeps there.
+#[derive(Debug, Clone)]
+pub struct ClusterCfg {
+    pub nats: Vec<String>,
+    pub auth: NatsAuth,
+    /// This sensor's name (metrics, logs, the events' `sensor` header).
+    pub sensor: String,
+    /// Replicas of the stream and buckets siptap creates (1: one server; 3: a cluster).
+    pub replicas: usize,
+    /// Prefix of the bucket, stream, subject and consumer names.
+    pub prefix: String,
+    /// JetStream's duplicate window on the event stream: longer than the skew between
+    /// redundant sensors (and than a NATS outage a sensor buffers through).
+    pub duplicate_window_secs: u64,
+    /// Whether `siptap run` also delivers from the stream to Firebase.
+    pub deliver: bool,
+    /// Bytes the event stream may hold, and each bucket.
+    pub max_stream_mib: u64,
+    pub max_bucket_mib: u64,
+    /// How long a decision may wait for NATS before it is made locally.
+    pub request_timeout_ms: u64,
+    /// Events a delivery worker holds unacknowledged.
+    pub max_unacked: usize,
+    /// Device records this sensor wrote last, kept with their revisions (entries and MiB).
+    pub device_cache_entries: usize,
+    pub device_cache_mib: usize,
+}
+
+impl ClusterCfg {
+    pub fn bucket(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix)
+    }
+    pub fn stream(&self) -> String {
+        format!("{}_events", self.prefix)
+    }
+    pub fn consumer(&self) -> String {
+        format!("{}_deliver", self.prefix)
+    }
+    /// The subject of a tenant's events (characters NATS subjects do not take become `_`).
+    pub fn subject(&self, tenant: &str) -> String {
+        let t: String =
+            tenant.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        format!("{}.events.{t}", self.prefix)
+    }
 }
 
 /// HEP input: ports recognised in captures, the live listener, accepted sources.
@@ -686,7 +776,12 @@ impl Config {
                 }
             }
         }
+        let cluster = match &raw.cluster {
+            Some(c) => Some(cluster_cfg(c, path, &at, &mut warnings)?),
+            None => None,
+        };
         Ok(Config {
+            cluster,
             warnings,
             hep,
             run,
@@ -751,6 +846,176 @@ impl Config {
         tc.identity_names = names;
         tc
     }
+}
+
+fn cluster_cfg(
+    c: &Spanned<RawCluster>,
+    path: &Path,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+    warnings: &mut Vec<String>,
+) -> Result<ClusterCfg, ConfigError> {
+    let span = c.span();
+    let c = c.get_ref();
+    let Some(nats) = &c.nats else {
+        return Err(at(
+            span,
+            "cluster.nats",
+            "[cluster] needs the NATS servers, e.g. nats = [\"nats://127.0.0.1:4222\"]".into(),
+        ));
+    };
+    if nats.get_ref().is_empty() {
+        return Err(at(nats.span(), "cluster.nats", "must name at least one NATS server".into()));
+    }
+    let mut servers = Vec::new();
+    for s in nats.get_ref() {
+        let v = s.get_ref().trim();
+        let rest = v.strip_prefix("nats://").or_else(|| v.strip_prefix("tls://")).unwrap_or(v);
+        let port_ok =
+            rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if rest.contains('@') {
+            // (the value is not repeated: it holds a password)
+            return Err(at(
+                s.span(),
+                "cluster.nats",
+                "a server address carries credentials (user:password@): put them in credentials_file or token_file"
+                    .into(),
+            ));
+        }
+        if !port_ok || rest.contains('/') {
+            return Err(at(
+                s.span(),
+                "cluster.nats",
+                format!(
+                    "`{v}` is not a NATS server address (nats://host:port; credentials go in credentials_file or token_file)"
+                ),
+            ));
+        }
+        servers.push(v.to_string());
+    }
+    let sensor = match &c.sensor {
+        Some(s) => {
+            let v = s.get_ref().trim();
+            if v.is_empty() || v.len() > 64 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                return Err(at(
+                    s.span(),
+                    "cluster.sensor",
+                    format!("`{v}` is not a sensor name (letters, digits, - _ ., at most 64)"),
+                ));
+            }
+            v.to_string()
+        }
+        None => {
+            return Err(at(
+                span,
+                "cluster.sensor",
+                "[cluster] needs this sensor's name, e.g. sensor = \"node-a\"".into(),
+            ));
+        }
+    };
+    let replicas = match &c.replicas {
+        Some(r) if !(1..=5).contains(r.get_ref()) => {
+            return Err(at(r.span(), "cluster.replicas", "must be 1 to 5 (JetStream's limit)".into()));
+        }
+        Some(r) => *r.get_ref(),
+        None => 1,
+    };
+    let prefix = match &c.prefix {
+        Some(p) => {
+            let v = p.get_ref();
+            if v.is_empty() || v.len() > 32 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+            {
+                return Err(at(
+                    p.span(),
+                    "cluster.prefix",
+                    format!("`{v}` is not a name prefix (letters, digits, - _)"),
+                ));
+            }
+            v.clone()
+        }
+        None => "siptap".into(),
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let auth = match (&c.credentials_file, &c.token_file, &c.token_env) {
+        (Some(f), None, None) => {
+            let p = base.join(f.get_ref());
+            if let Err(e) = std::fs::metadata(&p) {
+                return Err(at(f.span(), "cluster.credentials_file", format!("cannot read {}: {e}", p.display())));
+            }
+            if readable_by_others(&p) {
+                warnings.push(
+                    at(
+                        f.span(),
+                        "cluster.credentials_file",
+                        format!("{} is readable by every local user", p.display()),
+                    )
+                    .0,
+                );
+            }
+            NatsAuth::CredentialsFile(p)
+        }
+        (None, Some(f), None) => {
+            let p = base.join(f.get_ref());
+            let v = std::fs::read_to_string(&p)
+                .map_err(|e| at(f.span(), "cluster.token_file", format!("cannot read {}: {e}", p.display())))?;
+            if v.trim().is_empty() {
+                return Err(at(f.span(), "cluster.token_file", format!("{} is empty", p.display())));
+            }
+            if readable_by_others(&p) {
+                warnings.push(
+                    at(f.span(), "cluster.token_file", format!("{} is readable by every local user", p.display())).0,
+                );
+            }
+            NatsAuth::Token(Secret::new(v.trim().to_string()))
+        }
+        (None, None, Some(e)) => match std::env::var(e.get_ref()) {
+            Ok(v) if !v.trim().is_empty() => NatsAuth::Token(Secret::new(v.trim().to_string())),
+            _ => {
+                return Err(at(
+                    e.span(),
+                    "cluster.token_env",
+                    format!("environment variable `{}` is not set", e.get_ref()),
+                ));
+            }
+        },
+        (None, None, None) => NatsAuth::None,
+        _ => {
+            return Err(at(span, "cluster", "give one of credentials_file, token_file, token_env".into()));
+        }
+    };
+    let window = match &c.duplicate_window_secs {
+        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 7 * 86_400 => {
+            return Err(at(w.span(), "cluster.duplicate_window_secs", "must be 1 to 604800 seconds".into()));
+        }
+        Some(w) => *w.get_ref(),
+        None => 900,
+    };
+    if matches!(auth, NatsAuth::None)
+        && servers.iter().any(|s| !(s.contains("127.0.0.1") || s.contains("localhost") || s.contains("[::1]")))
+    {
+        warnings.push(
+            at(
+                span,
+                "cluster",
+                "NATS beyond this host without credentials: anyone who reaches it can read and forge events".into(),
+            )
+            .0,
+        );
+    }
+    Ok(ClusterCfg {
+        nats: servers,
+        auth,
+        sensor,
+        replicas,
+        prefix,
+        duplicate_window_secs: window,
+        deliver: c.deliver.unwrap_or(true),
+        max_stream_mib: c.max_stream_mib.unwrap_or(1024).max(1),
+        max_bucket_mib: c.max_bucket_mib.unwrap_or(1024).max(1),
+        request_timeout_ms: c.request_timeout_ms.unwrap_or(2000).clamp(10, 60_000),
+        max_unacked: c.max_unacked.unwrap_or(1000).clamp(1, 100_000),
+        device_cache_entries: c.device_cache_entries.unwrap_or(100_000).max(16),
+        device_cache_mib: c.device_cache_mib.unwrap_or(32).max(1),
+    })
 }
 
 /// Whether other local users can read a file (a secret should be 0600 or 0640).

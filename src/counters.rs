@@ -139,6 +139,48 @@ pub const META: &[Meta] = &[
     c("hep_tcp_connections_idle_closed", "HEP-over-TCP connections closed after hep.idle_timeout_secs."),
     c("hep_tcp_connections_out_of_sync", "HEP-over-TCP connections closed because their framing was lost."),
     c("hep_tcp_accept_errors", "Errors accepting HEP-over-TCP connections."),
+    c(
+        "register_shared_decisions",
+        "Cluster mode: REGISTERs decided through the shared device records (compare-and-set won).",
+    ),
+    c("register_shared_late", "Cluster mode: REGISTERs another sensor had already gone past (nothing new to decide)."),
+    c("register_shared_local", "Cluster mode: REGISTERs decided locally because NATS did not answer in time."),
+    g("cluster_connected", "Cluster mode: 1 while connected to NATS."),
+    c("cluster_reconnects", "Cluster mode: connections to NATS made (the first and every reconnection)."),
+    c("cluster_kv_won", "Cluster mode: compare-and-set writes of device records that won."),
+    c("cluster_kv_conflicts", "Cluster mode: compare-and-set writes lost to another sensor's write (decided again)."),
+    c("cluster_signups_won", "Cluster mode: signups decided here (the user's key created by this sensor)."),
+    c("cluster_signups_lost", "Cluster mode: first sightings of a user another sensor had already created."),
+    c(
+        "cluster_decisions_local",
+        "Cluster mode: decisions made locally because NATS could not answer (a partition can duplicate a signup or app_start).",
+    ),
+    c("cluster_kv_errors", "Cluster mode: key-value requests that failed or timed out."),
+    c("cluster_background_writes_skipped", "Cluster mode: contact writes skipped because too many were waiting."),
+    c(
+        "cluster_contact_lookups",
+        "Cluster mode: contacts asked of the shared map (a callee registered through another node).",
+    ),
+    c("cluster_contacts_found", "Cluster mode: contacts the shared map knew."),
+    c("cluster_published", "Cluster mode: events published to the event stream (acknowledged)."),
+    c(
+        "cluster_duplicates",
+        "Cluster mode: published events the stream already had (another sensor's copy): stored once.",
+    ),
+    c("cluster_publish_errors", "Cluster mode: publishes that failed (the events stay queued)."),
+    g(
+        "cluster_consumer_pending",
+        "Cluster mode: events in the stream not yet taken by a delivery worker (consumer lag).",
+    ),
+    g("cluster_consumer_ack_pending", "Cluster mode: events taken by delivery workers, not yet acknowledged."),
+    c(
+        "cluster_consumer_redelivered",
+        "Cluster mode: events this worker got again (another worker died or a request failed).",
+    ),
+    c(
+        "cluster_device_cache_resets",
+        "Cluster mode: times the cache of device records written here was full and emptied (cluster.device_cache_entries, cluster.device_cache_mib).",
+    ),
     c("input_dropped", "Packets dropped because the input queue (run.queue_mib) was full."),
     g("input_queue_bytes", "Bytes waiting in the input queue."),
 ];
@@ -166,6 +208,7 @@ mod tests {
             .into_iter()
             .chain(store.counters())
             .chain(hep.counters())
+            .chain(crate::store::cluster::ClusterStats::new().counters())
             .map(|(k, _)| k)
             .chain(["input_dropped", "input_queue_bytes"])
             .collect();

@@ -61,6 +61,23 @@ enum Cmd {
         #[arg(long)]
         stats: bool,
     },
+    /// Cluster mode: a delivery worker only. Takes events from the cluster's stream (shared with
+    /// every other worker) and sends them to Firebase, acknowledging each after its 2xx; runs
+    /// until SIGTERM or Ctrl-C, or until the stream has been idle for --until-idle seconds.
+    Deliver {
+        /// The TOML configuration (its [cluster] and the tenants' Firebase settings).
+        #[arg(long, default_value = "/etc/siptap/config.toml")]
+        config: PathBuf,
+        /// Where the cluster's keys are cached (default: run.state_dir).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Stop once the stream has had nothing to deliver for this many seconds.
+        #[arg(long)]
+        until_idle: Option<u64>,
+        /// Print the delivery and cluster counters on stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Build the Measurement Protocol requests for a capture's events (or one sample event of
     /// each kind per tenant) and check them locally; with --remote also against each tenant's
     /// /debug/mp/collect, printing its validation messages.
@@ -206,7 +223,7 @@ fn main() {
     // colour only on a terminal; RUST_LOG filters (default: info)
     let json = matches!(&cli.cmd, Cmd::Run { config, .. } if Config::load(config).is_ok_and(|c| c.run.log_json));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -234,6 +251,9 @@ fn run(cli: Cli) -> Result<()> {
             cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, report, captures)
         }
         Cmd::Flush { config, state, timeout, stats } => cli::deliver::flush(config, state, timeout, stats),
+        Cmd::Deliver { config, state, until_idle, stats } => {
+            cli::deliver::cluster_deliver(config, state, until_idle, stats)
+        }
         Cmd::Run { config, state, allow_root } => {
             siptap::daemon::run(siptap::daemon::RunOptions { config, allow_root, state_dir: state })
         }

@@ -59,6 +59,45 @@ fn config_errors_name_key_file_and_line() {
 }
 
 #[test]
+fn cluster_config_errors_name_key_file_and_line_and_never_show_the_token() {
+    let c = |body: &str| config_error(&format!("{LAB}[cluster]\n{body}"));
+    let e = c("sensor = \"a\"\n");
+    assert!(e.contains(":4: cluster.nats:"), "{e}");
+    let e = c("nats = []\nsensor = \"a\"\n");
+    assert!(e.contains(":5: cluster.nats:") && e.contains("at least one"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\", \"nats://user:pw@host:4222\"]\nsensor = \"a\"\n");
+    assert!(e.contains(":5: cluster.nats:") && e.contains("credentials_file") && !e.contains("pw@"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1\"]\nsensor = \"a\"\n");
+    assert!(e.contains(":5: cluster.nats:"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\n");
+    assert!(e.contains("cluster.sensor") && e.contains("node-a"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a b\"\n");
+    assert!(e.contains(":6: cluster.sensor:"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\nreplicas = 0\n");
+    assert!(e.contains(":7: cluster.replicas:"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\ntoken_env = \"SIPTAP_NO_SUCH_VAR\"\n");
+    assert!(e.contains(":7: cluster.token_env:") && e.contains("SIPTAP_NO_SUCH_VAR"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\ncredentials_file = \"nope.creds\"\n");
+    assert!(e.contains(":7: cluster.credentials_file:") && e.contains("nope.creds"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\nsenser = 1\n");
+    assert!(e.contains(":7: cluster.senser:") && e.contains("unknown field"), "{e}");
+    let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\nduplicate_window_secs = 0\n");
+    assert!(e.contains(":7: cluster.duplicate_window_secs:"), "{e}");
+    // a token file is read, never shown: not by check-config, not in an error
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nats.token"), "s3cr3t-nats-token\n").unwrap();
+    let p = write_config(
+        dir.path(),
+        &format!(
+            "{LAB}[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nsensor = \"a\"\ntoken_file = \"nats.token\"\nreplicas = 9\n"
+        ),
+    );
+    let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && all.contains("cluster.replicas") && !all.contains("s3cr3t"), "{all}");
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let out = siptap(&["check-config", "--config", "config.toml.example"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

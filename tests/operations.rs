@@ -4,65 +4,15 @@
 //! running siptap (capturing on its own `lo`, fed SIP from a lab capture over HEP, delivering to
 //! a fake Measurement Protocol server).
 mod common;
+use common::hep::send_as_hep;
 use common::live::{Reaped, private_network};
 use common::mp_server::FakeMp;
 use common::*;
 use siptap::sink::firebase::sender::percent_encode;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// GET a path; the body of a 200, else `None`.
-fn get(port: u16, path: &str) -> Option<String> {
-    get_accepting(port, path, "*/*")
-}
-
-fn get_accepting(port: u16, path: &str, accept: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let out = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Some(unchunk(body));
-    }
-    Some(body.to_string())
-}
-
-fn unchunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < within, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn config(dir: &Path, metrics: u16, hep: u16, mp: &FakeMp, interfaces: &str) -> std::path::PathBuf {
     let p = dir.join("siptap.toml");
@@ -93,38 +43,6 @@ fn start(cfg: &Path) -> Reaped {
     )
 }
 
-/// Sends the UDP SIP messages of a lab capture to siptap's HEP listener, in the capture's order
-/// and spacing of timestamps, stamped from now (so that the events are fresh enough to deliver).
-fn send_as_hep(capture: &Path, hep: u16) -> usize {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let frames = flood::read(capture);
-    let base = frames.first().map_or(0, |f| f.ts);
-    // stamped from now on (the daemon's clock ticks with the wall clock: a past stamp would let
-    // the transaction timers fire between messages), after whatever was sent before
-    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
-    let now = wall.max(LAST.load(std::sync::atomic::Ordering::Relaxed) + 1_000);
-    let mut n = 0;
-    for f in &frames {
-        let d = &f.data;
-        // Ethernet, IPv4, UDP (what tcpdump wrote on the lab's loopback)
-        if d.len() < 42 || d[12..14] != [8, 0] || d[23] != 17 {
-            continue;
-        }
-        let ihl = usize::from(d[14] & 15) * 4;
-        let udp = 14 + ihl;
-        let ip = |o: usize| [d[o], d[o + 1], d[o + 2], d[o + 3]];
-        let port = |o: usize| u16::from_be_bytes([d[o], d[o + 1]]);
-        let sip = String::from_utf8_lossy(&d[udp + 8..]);
-        let pkt = attacks::hep3((ip(26), port(udp)), (ip(30), port(udp + 2)), now + (f.ts - base), &sip);
-        LAST.fetch_max(now + (f.ts - base), std::sync::atomic::Ordering::Relaxed);
-        sock.send_to(&pkt, ("127.0.0.1", hep)).unwrap();
-        n += 1;
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    n
-}
-
 #[test]
 fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_report_is_kept() {
     if !have("promtool") {
@@ -136,10 +54,10 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     let (metrics, hep) = (free_port(), free_port());
     let cfg = config(dir.path(), metrics, hep, &mp, "[]");
     let _siptap = start(&cfg);
-    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+    wait_until("/health", Duration::from_secs(20), || http_get(metrics, "/health").is_some());
 
     // right after start every family is there (not only after the first tick)
-    let text = get(metrics, "/metrics").unwrap();
+    let text = http_get(metrics, "/metrics").unwrap();
     for m in ["siptap_sip_messages_total 0", "siptap_active_devices 0", "siptap_build_info{", "process_open_fds "] {
         assert!(text.contains(m), "{m} missing:\n{text}");
     }
@@ -149,9 +67,9 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     send_as_hep(&root().join("fixtures/lab/captures/register.pcap"), hep);
     wait_until("events delivered", Duration::from_secs(20), || !mp.accepted_events().is_empty());
     wait_until("a tick", Duration::from_secs(5), || {
-        get(metrics, "/metrics").is_some_and(|t| !t.contains("siptap_sip_messages_total 0\n"))
+        http_get(metrics, "/metrics").is_some_and(|t| !t.contains("siptap_sip_messages_total 0\n"))
     });
-    let text = get(metrics, "/metrics").unwrap();
+    let text = http_get(metrics, "/metrics").unwrap();
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -164,7 +82,8 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n---\n{text}");
     // what Prometheus asks for: OpenMetrics, the same samples
-    let om = get_accepting(metrics, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
+    let om =
+        http_get_accepting(metrics, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
     assert!(om.ends_with("# EOF\n"), "not OpenMetrics: {}", &om[om.len().saturating_sub(200)..]);
     assert!(om.contains("# TYPE siptap_sip_messages counter\nsiptap_sip_messages_total "), "{om}");
     // a counter that goes up, a histogram with observations
@@ -172,7 +91,7 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     assert!(!text.contains("siptap_delivery_latency_seconds_count 0\n"), "{text}");
 
     // /health says which instance answered
-    let health = get(metrics, "/health").unwrap();
+    let health = http_get(metrics, "/health").unwrap();
     let pid = _siptap.id().to_string();
     assert!(health.starts_with("ok\n"), "{health}");
     assert!(health.contains(&format!("pid {pid}\n")), "{health}");
@@ -184,9 +103,9 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     std::fs::write(&cfg, good.replace("[tenants.lab]", "[tenants.lab]\nnot_a_key = 1")).unwrap();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     wait_until("the refused reload", Duration::from_secs(10), || {
-        get(metrics, "/metrics").is_some_and(|t| t.contains("siptap_config_reloads_total{result=\"refused\"} 1"))
+        http_get(metrics, "/metrics").is_some_and(|t| t.contains("siptap_config_reloads_total{result=\"refused\"} 1"))
     });
-    let t = get(metrics, "/metrics").unwrap();
+    let t = http_get(metrics, "/metrics").unwrap();
     assert!(t.contains("siptap_config_last_reload_successful 0\n"), "{t}");
     let st = Command::new(env!("CARGO_BIN_EXE_siptap"))
         .args(["status", "--metrics", &format!("http://127.0.0.1:{metrics}")])
@@ -197,7 +116,7 @@ fn metrics_pass_promtool_health_names_the_instance_reloads_are_visible_and_a_rep
     std::fs::write(&cfg, good).unwrap();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     wait_until("the applied reload", Duration::from_secs(10), || {
-        get(metrics, "/metrics").is_some_and(|t| {
+        http_get(metrics, "/metrics").is_some_and(|t| {
             t.contains("siptap_config_reloads_total{result=\"ok\"} 1")
                 && t.contains("siptap_config_last_reload_successful 1\n")
         })
@@ -273,7 +192,7 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let (metrics, hep, prom) = (free_port(), free_port(), free_port());
     let cfg = config(dir.path(), metrics, hep, &mp, "[\"lo\"]");
     let _siptap = start(&cfg);
-    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+    wait_until("/health", Duration::from_secs(20), || http_get(metrics, "/health").is_some());
     let pcfg = dir.path().join("prometheus.yml");
     std::fs::write(
         &pcfg,
@@ -293,7 +212,7 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .unwrap(),
     );
     let query = |q: &str| -> serde_json::Value {
-        get(prom, &format!("/api/v1/query?query={}", percent_encode(q)))
+        http_get(prom, &format!("/api/v1/query?query={}", percent_encode(q)))
             .and_then(|b| serde_json::from_str(&b).ok())
             .unwrap_or(serde_json::Value::Null)
     };
@@ -345,7 +264,7 @@ fn the_events_file_is_reopened_on_sighup_after_logrotate_moved_it() {
     let text = text.split("[tenants.lab.firebase]").next().unwrap();
     std::fs::write(&cfg, text.replace("[run]\n", &format!("[run]\njsonl_path = \"{}\"\n", events.display()))).unwrap();
     let siptap = start(&cfg);
-    wait_until("/health", Duration::from_secs(20), || get(metrics, "/health").is_some());
+    wait_until("/health", Duration::from_secs(20), || http_get(metrics, "/health").is_some());
     let lines = |p: &Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
     send_as_hep(&root().join("fixtures/lab/captures/register.pcap"), hep);
     // the lab registration's events (fixtures/lab/expected, checked by hand against the flow)
@@ -369,7 +288,7 @@ fn the_events_file_is_reopened_on_sighup_after_logrotate_moved_it() {
         lines(&events),
         want_call,
         "{new}\n{}",
-        get(metrics, "/metrics")
+        http_get(metrics, "/metrics")
             .unwrap_or_default()
             .lines()
             .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))

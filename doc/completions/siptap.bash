@@ -22,6 +22,9 @@ _siptap() {
             siptap,completions)
                 cmd="siptap__subcmd__completions"
                 ;;
+            siptap,deliver)
+                cmd="siptap__subcmd__deliver"
+                ;;
             siptap,flush)
                 cmd="siptap__subcmd__flush"
                 ;;
@@ -60,6 +63,9 @@ _siptap() {
                 ;;
             siptap__subcmd__help,completions)
                 cmd="siptap__subcmd__help__subcmd__completions"
+                ;;
+            siptap__subcmd__help,deliver)
+                cmd="siptap__subcmd__help__subcmd__deliver"
                 ;;
             siptap__subcmd__help,flush)
                 cmd="siptap__subcmd__help__subcmd__flush"
@@ -125,7 +131,7 @@ _siptap() {
 
     case "${cmd}" in
         siptap)
-            opts="-h -V --help --version replay flush validate run status reload report man completions check-config outbox seed-users help"
+            opts="-h -V --help --version replay flush deliver validate run status reload report man completions check-config outbox seed-users help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -170,6 +176,32 @@ _siptap() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        siptap__subcmd__deliver)
+            opts="-h --config --state --until-idle --stats --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until-idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         siptap__subcmd__flush)
             opts="-h --config --state --timeout --stats --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -197,7 +229,7 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__help)
-            opts="replay flush validate run status reload report man completions check-config outbox seed-users help"
+            opts="replay flush deliver validate run status reload report man completions check-config outbox seed-users help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -225,6 +257,20 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        siptap__subcmd__help__subcmd__deliver)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -105,3 +105,59 @@ pub fn sender_counters(s: &SenderStats) -> Vec<(&'static str, u64)> {
         ("delivery_cancelled_at_deadline", s.cancelled.load(Relaxed)),
     ]
 }
+
+/// `siptap deliver`: a cluster delivery worker, until SIGTERM/Ctrl-C or the stream is idle.
+pub fn cluster_deliver(config: PathBuf, state: Option<PathBuf>, until_idle: Option<u64>, stats: bool) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let Some(ccfg) = &cfg.cluster else {
+        bail!(
+            "{}: no [cluster] section: `siptap deliver` is a cluster delivery worker (single box: `siptap flush`)",
+            config.display()
+        );
+    };
+    let state = state.unwrap_or_else(|| cfg.run.state_dir.clone());
+    let cluster = siptap::store::cluster::Cluster::connect(ccfg, &state)?;
+    let d = Delivery::new(&cfg, &cluster.identity_key);
+    if d.is_empty() {
+        bail!("{}: no tenant delivers to Firebase: nothing for a delivery worker to do", config.display());
+    }
+    let sender_stats = Arc::new(SenderStats::default());
+    let scfg = SenderConfig {
+        max_in_flight: cfg.delivery.max_in_flight,
+        request_timeout: Duration::from_secs(cfg.delivery.request_timeout_secs),
+        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_secs),
+        poll: Duration::from_millis(100),
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let worker = cluster.handle().spawn(siptap::sink::firebase::consumer::run(
+        cluster.clone(),
+        d.targets(),
+        scfg,
+        sender_stats.clone(),
+        until_idle.map(Duration::from_secs),
+        stop,
+    ));
+    let c2 = cluster.clone();
+    cluster.block_for(Duration::from_secs(u64::MAX / 4), async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        let mut worker = worker;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = &mut worker => return,
+        }
+        let _ = stop_tx.send(true);
+        let _ = worker.await;
+        drop(c2);
+    });
+    if stats {
+        let mut err = std::io::stderr().lock();
+        for (k, v) in sender_counters(&sender_stats).into_iter().chain(cluster.stats.counters()) {
+            writeln!(err, "{k:32} {v}")?;
+        }
+    }
+    Ok(())
+}

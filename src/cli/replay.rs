@@ -27,8 +27,14 @@ pub fn replay(
             bail!("cannot read capture {}: no such file", c.display());
         }
     }
-    let siptap::store::Opened { pipeline, store, persistent, scratch: _scratch } =
+    let siptap::store::Opened { pipeline, store, persistent, scratch: _scratch, cluster } =
         siptap::store::open_pipeline(&cfg, state.as_deref())?;
+    if cluster.is_some() && send_timeout.is_some() {
+        bail!("--send: in cluster mode a replay publishes its events to the cluster, whose delivery workers send them");
+    }
+    // cluster mode: every event goes to the cluster's stream; only those new to the cluster are
+    // printed (two sensors replaying the same traffic print each event once between them)
+    let mut to_cluster = cluster.as_ref().map(|c| ClusterOut::new(c.clone(), Delivery::new(&cfg, &c.identity_key)));
     // with --send, events of delivering tenants are committed to the outbox in batches; each
     // event has a deterministic id and is queued once, so a replay killed before a commit and run
     // again queues what it lost and nothing twice
@@ -42,13 +48,17 @@ pub fn replay(
     let mut pending: Vec<QueuedEvent> = Vec::new();
     let mut queue_err: Option<anyhow::Error> = None;
     let mut not_queued = 0u64;
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    // (not locked for the whole run: in cluster mode the publishing thread writes the lines)
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout());
     let mut write_err: Option<std::io::Error> = None;
     let mut lines: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut report = report_path.as_ref().map(|_| siptap::sink::report::Report::default());
     let mut emit = |r: Routed| {
-        jsonl::append(&mut lines, &r);
+        if let Some(co) = &mut to_cluster {
+            co.add(&r);
+        } else {
+            jsonl::append(&mut lines, &r);
+        }
         if let Some(rep) = &mut report {
             rep.add(&r);
         }
@@ -61,6 +71,7 @@ pub fn replay(
             lines.clear();
         }
         if let Some((d, outbox)) = &mut delivery
+            && to_cluster.is_none()
             && let Some(q) = d.queue(&r, Some(outbox))
         {
             pending.push(q);
@@ -92,6 +103,12 @@ pub fn replay(
     let (fed, file_stats) = feed(pipeline, &captures, threads.max(1), &mut emit, &mut after_batch)?;
     let mut pipeline = fed;
     pipeline.finish(&mut emit);
+    if let Some(co) = to_cluster.take()
+        && let Err(e) = co.finish()
+        && queue_err.is_none()
+    {
+        queue_err = Some(e);
+    }
     if write_err.is_none()
         && let Err(e) = out.write_all(&lines)
     {
@@ -105,7 +122,18 @@ pub fn replay(
     }
     let _ = out.flush();
     if let Some(e) = queue_err {
+        if cluster.is_some() {
+            return Err(e).context("cannot publish events to the cluster (replaying again is safe: events have ids)");
+        }
         return Err(e).context("cannot queue events in the outbox");
+    }
+    if let Some(c) = &cluster
+        && stats
+    {
+        let mut err = std::io::stderr().lock();
+        for (k, v) in c.stats.counters() {
+            writeln!(err, "{k:32} {v}")?;
+        }
     }
     if let Some(e) = save_err {
         return Err(e);
@@ -147,6 +175,134 @@ pub fn replay(
         super::deliver::deliver(&cfg, &d, outbox, timeout, stats, not_queued)?;
     }
     Ok(())
+}
+
+/// A batch for the publishing thread: each event's JSON line and its stream message.
+type PublishBatch = Vec<(Vec<u8>, siptap::sink::stream::Outgoing)>;
+
+/// Cluster mode's output: events are published in batches by a thread of their own (so that
+/// deriving goes on while NATS acknowledges), which prints, in order, the lines of the events
+/// that were new to the cluster.
+struct ClusterOut {
+    cluster: Arc<siptap::store::cluster::Cluster>,
+    delivery: Delivery,
+    pending: PublishBatch,
+    tx: Option<std::sync::mpsc::SyncSender<PublishBatch>>,
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
+    /// Publishing failed: the replay ends with that error, nothing more is tried.
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Events per published batch, and batches queued for the publishing thread.
+const CLUSTER_BATCH: usize = 512;
+const CLUSTER_QUEUE: usize = 4;
+
+impl ClusterOut {
+    fn new(cluster: Arc<siptap::store::cluster::Cluster>, delivery: Delivery) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PublishBatch>(CLUSTER_QUEUE);
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, f) = (cluster.clone(), failed.clone());
+        let worker = std::thread::Builder::new()
+            .name("publish".into())
+            .spawn(move || {
+                let mut out = BufWriter::new(std::io::stdout().lock());
+                for batch in rx {
+                    let new = match publish_with_retry(&c, &batch) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            f.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    };
+                    for ((line, _), n) in batch.iter().zip(new) {
+                        if n && let Err(e) = out.write_all(line) {
+                            // a closed pipe (`| head`) is not worth a complaint
+                            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                                return Ok(());
+                            }
+                            return Err(e).context("cannot write events");
+                        }
+                    }
+                    let _ = out.flush();
+                }
+                let _ = out.flush();
+                Ok(())
+            })
+            .expect("a thread");
+        ClusterOut { cluster, delivery, pending: Vec::new(), tx: Some(tx), worker: Some(worker), failed }
+    }
+
+    fn add(&mut self, r: &Routed) {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut line = Vec::with_capacity(320);
+        let id = r.event.id(&r.tenant);
+        jsonl::append_with_id(&mut line, r, &id);
+        let o = match self.delivery.queue(r, None) {
+            Some(q) => siptap::sink::stream::outgoing(&self.cluster, &q),
+            None => siptap::sink::stream::Outgoing {
+                subject: self.cluster.cfg.subject(&r.tenant),
+                id,
+                payload: line.clone().into(),
+            },
+        };
+        self.pending.push((line, o));
+        if self.pending.len() >= CLUSTER_BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        if let Some(tx) = &self.tx
+            && !batch.is_empty()
+        {
+            // (fails only when the thread has ended on an error, which `finish` reports)
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Publishes what is left, waits for the thread, and says how it ended.
+    fn finish(mut self) -> Result<()> {
+        self.send();
+        drop(self.tx.take());
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("the publishing thread failed"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Publishes a batch (retrying for up to a minute while NATS is away); per event, whether it was
+/// new to the cluster.
+fn publish_with_retry(
+    cluster: &Arc<siptap::store::cluster::Cluster>,
+    batch: &[(Vec<u8>, siptap::sink::stream::Outgoing)],
+) -> Result<Vec<bool>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let items: Vec<siptap::sink::stream::Outgoing> = batch
+            .iter()
+            .map(|(_, o)| siptap::sink::stream::Outgoing {
+                subject: o.subject.clone(),
+                id: o.id.clone(),
+                payload: o.payload.clone(),
+            })
+            .collect();
+        let c = cluster.clone();
+        let r = cluster
+            .block_for(std::time::Duration::from_secs(30), async move {
+                siptap::sink::stream::publish_batch(&c, items).await
+            })
+            .unwrap_or_else(|| Err("timed out".into()));
+        match r {
+            Ok(new) => return Ok(new),
+            Err(e) if std::time::Instant::now() >= deadline => bail!("{e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
 }
 
 /// Messages per batch between the halves (and bytes: whichever comes first).

@@ -413,6 +413,14 @@ impl Collector for SiptapCollector {
         )?;
         histogram(e, "delivery_latency_seconds", "Time from sending a request to its 2xx.", &d.latency)?;
         histogram(e, "delivery_batch_events", "Events per delivered request.", &d.batch_events)?;
+        if let Some(c) = &self.s.cluster {
+            histogram(
+                e,
+                "cluster_publish_latency_seconds",
+                "Cluster mode: time from publishing a batch of events to the stream's last acknowledgement.",
+                &c.publish_latency,
+            )?;
+        }
         Ok(())
     }
 }

@@ -106,6 +106,8 @@ pub struct Shared {
     pub config_path: String,
     pub started_unix: i64,
     pub reload: ReloadStats,
+    /// Cluster mode: the connection's counters.
+    pub cluster: Option<Arc<crate::store::cluster::ClusterStats>>,
 }
 
 /// The outcome of SIGHUP reloads, for the metrics and `siptap status`.
@@ -158,9 +160,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
         tracing::warn!("{w}");
     }
     let state = opts.state_dir.clone().unwrap_or_else(|| cfg.run.state_dir.clone());
-    let crate::store::Opened { mut pipeline, store, .. } = crate::store::open_pipeline(&cfg, Some(&state))?;
+    let crate::store::Opened { mut pipeline, store, cluster, .. } = crate::store::open_pipeline(&cfg, Some(&state))?;
     // (a state directory: no scratch one to keep)
-    let key = crate::sink::firebase::identity_key(&state)?;
+    // pseudonyms must be the same on every sensor of a cluster: the cluster's key then
+    let key = match &cluster {
+        Some(c) => c.identity_key.clone(),
+        None => crate::sink::firebase::identity_key(&state)?,
+    };
     let outbox = Arc::new(Outbox::open(
         &state,
         cfg.delivery.max_outbox_events,
@@ -169,6 +175,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     )?);
     let mut delivery = Delivery::new(&cfg, &key);
     let mut jsonl_out = open_jsonl(&cfg.run.jsonl_path)?;
+    // cluster mode: each line carries the event's id, the same on every sensor
+    let with_ids = cluster.is_some();
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(65_536);
     let budget = Arc::new(InputBudget::new(cfg.run.queue_mib << 20));
@@ -209,6 +217,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             last_unix_micros: AtomicI64::new(now_micros()),
             ..Default::default()
         },
+        cluster: cluster.as_ref().map(|c| c.stats.clone()),
     });
     // every tenant and kind from the start, at zero: rates and alerts need the series to exist
     let mut counts: BTreeMap<(String, String), u64> = cfg
@@ -261,13 +270,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // the tokio side: delivery and signals
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel::<SenderCmd>();
     let async_side = {
-        let (outbox, shared, tx, cfg) = (outbox.clone(), shared.clone(), tx.clone(), cfg.clone());
+        let (outbox, shared, tx, cfg, cluster) =
+            (outbox.clone(), shared.clone(), tx.clone(), cfg.clone(), cluster.clone());
         let targets = delivery.targets();
         let rt =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
         std::thread::Builder::new()
             .name("delivery".into())
-            .spawn(move || rt.block_on(async_main(outbox, targets, cfg, shared, tx, cmd_rx)))
+            .spawn(move || rt.block_on(async_main(outbox, targets, cfg, shared, tx, cmd_rx, cluster)))
             .context("cannot start the delivery thread")?
     };
     // the clock: timeouts fire when traffic is quiet, and the watchdog is fed from the core loop
@@ -336,6 +346,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 report.add(&r);
                 match delivery.queue(&r, Some(&outbox)) {
                     Some(q) => queued.push(q),
+                    None if with_ids => {
+                        let _ = jsonl::write_with_id(&mut jsonl_out, &r);
+                    }
                     None => {
                         let _ = jsonl::write(&mut jsonl_out, &r);
                     }
@@ -466,6 +479,7 @@ fn publish(
         .into_iter()
         .chain(store.stats.counters())
         .chain(shared.hep.counters())
+        .chain(shared.cluster.as_ref().map(|c| c.counters()).unwrap_or_default())
         .chain([
             ("input_dropped", budget.dropped.load(Ordering::Relaxed)),
             ("input_queue_bytes", budget.bytes() as u64),
@@ -523,6 +537,46 @@ fn open_jsonl(path: &str) -> Result<Box<dyn Write + Send>> {
     Ok(Box::new(std::io::BufWriter::new(f)))
 }
 
+/// Cluster mode's delivery side: the outbox drains into the cluster's stream, and (unless
+/// `cluster.deliver = false`) a delivery worker takes from the stream to Firebase. At a stop
+/// (`until_empty`), only the outbox is drained, until it is empty or the deadline passes.
+#[allow(clippy::too_many_arguments)]
+async fn cluster_side(
+    cluster: Arc<crate::store::cluster::Cluster>,
+    outbox: Arc<Outbox>,
+    targets: Vec<Target>,
+    scfg: SenderConfig,
+    stats: Arc<SenderStats>,
+    until_empty: bool,
+    deadline: Option<Instant>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let tenants: Vec<String> = targets.iter().map(|t| t.tenant.clone()).collect();
+    let rt = cluster.handle();
+    let (inner_tx, inner_rx) = tokio::sync::watch::channel(false);
+    let drain = rt.spawn(crate::sink::stream::drain_outbox(
+        cluster.clone(),
+        outbox.clone(),
+        tenants.clone(),
+        until_empty,
+        inner_rx.clone(),
+    ));
+    let worker = (!until_empty && cluster.cfg.deliver)
+        .then(|| rt.spawn(crate::sink::firebase::consumer::run(cluster.clone(), targets, scfg, stats, None, inner_rx)));
+    let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+    let mut drain = drain;
+    tokio::select! {
+        _ = stop.changed() => {}
+        _ = tokio::time::sleep_until(until.into()) => {}
+        _ = &mut drain, if until_empty => {}
+    }
+    let _ = inner_tx.send(true);
+    let _ = drain.await;
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+}
+
 async fn async_main(
     outbox: Arc<Outbox>,
     targets: Vec<Target>,
@@ -530,6 +584,7 @@ async fn async_main(
     shared: Arc<Shared>,
     core: SyncSender<Input>,
     mut cmds: tokio::sync::mpsc::UnboundedReceiver<SenderCmd>,
+    cluster: Option<Arc<crate::store::cluster::Cluster>>,
 ) {
     // signals go to the core loop as inputs
     {
@@ -561,15 +616,27 @@ async fn async_main(
     };
     let spawn = |targets: Vec<Target>, until_empty: bool, deadline: Option<Instant>| {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let h = tokio::spawn(sender::run(
-            outbox.clone(),
-            targets,
-            scfg(&cfg),
-            shared.sender.clone(),
-            until_empty,
-            deadline,
-            stop,
-        ));
+        let h = match &cluster {
+            None => tokio::spawn(sender::run(
+                outbox.clone(),
+                targets,
+                scfg(&cfg),
+                shared.sender.clone(),
+                until_empty,
+                deadline,
+                stop,
+            )),
+            Some(c) => tokio::spawn(cluster_side(
+                c.clone(),
+                outbox.clone(),
+                targets,
+                scfg(&cfg),
+                shared.sender.clone(),
+                until_empty,
+                deadline,
+                stop,
+            )),
+        };
         (h, stop_tx)
     };
     let mut current = spawn(targets.clone(), false, None);

@@ -136,9 +136,25 @@ fn itoa(n: u64) -> String {
 
 /// Appends one event's line (with its newline) to `out`.
 pub fn append(out: &mut Vec<u8>, r: &Routed) {
+    append_line(out, r, None);
+}
+
+/// A line with the event's deterministic id after its time (cluster mode: the id by which the
+/// cluster's stream keeps one copy of it, the same on every sensor).
+pub fn append_with_id(out: &mut Vec<u8>, r: &Routed, id: &str) {
+    append_line(out, r, Some(id));
+}
+
+fn append_line(out: &mut Vec<u8>, r: &Routed, id: Option<&str>) {
     out.extend_from_slice(b"{\"time\":\"");
     crate::timefmt::write_rfc3339_micros(out, r.event.ts);
-    out.extend_from_slice(b"\",\"tenant\":");
+    if let Some(id) = id {
+        out.extend_from_slice(b"\",\"id\":");
+        string(out, id);
+        out.extend_from_slice(b",\"tenant\":");
+    } else {
+        out.extend_from_slice(b"\",\"tenant\":");
+    }
     string(out, &r.tenant);
     out.extend_from_slice(b",\"event\":");
     string(out, &r.name);
@@ -154,6 +170,13 @@ pub fn append(out: &mut Vec<u8>, r: &Routed) {
 pub fn write(w: &mut impl Write, r: &Routed) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(256);
     append(&mut buf, r);
+    w.write_all(&buf)
+}
+
+/// [`write`] with the event's id (cluster mode).
+pub fn write_with_id(w: &mut impl Write, r: &Routed) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(300);
+    append_with_id(&mut buf, r, &r.event.id(&r.tenant));
     w.write_all(&buf)
 }
 

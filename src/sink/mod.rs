@@ -2,3 +2,4 @@
 pub mod firebase;
 pub mod jsonl;
 pub mod report;
+pub mod stream;

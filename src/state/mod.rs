@@ -3,6 +3,7 @@
 pub mod call;
 pub mod fingerprint;
 pub mod registration;
+pub mod shared;
 pub mod snapshot;
 pub mod tracker;
 pub mod users;

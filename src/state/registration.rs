@@ -7,6 +7,7 @@
 //! contact (for naming callees and for expiry). An app is found again by its boot cycle's Call-ID,
 //! else by its `+sip.instance`, else by a contact it registered before.
 use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet};
+use super::shared::{Decision, Prev, SharedContact, SharedDevice, SharedRegistry, decide, device_key};
 use super::users::KnownUsers;
 use crate::capture::Micros;
 use crate::event::{Event, Kind, Origin, Params};
@@ -155,6 +156,12 @@ pub struct RegistrationStats {
     pub contacts_evicted: u64,
     /// Contacts beyond `max_contacts_per_register` in one REGISTER or 2xx, ignored.
     pub contacts_dropped: u64,
+    /// Cluster mode: decisions won through the shared registry, REGISTERs another sensor had
+    /// already gone past (nothing decided), decisions made locally because the registry could not
+    /// be asked.
+    pub shared_decisions: u64,
+    pub shared_late: u64,
+    pub shared_local: u64,
 }
 
 /// Bounds of the registration tables.
@@ -203,6 +210,10 @@ pub struct Registrations {
     /// Contact parameters or headers by which apps name their own instance.
     identity_names: Vec<String>,
     known: Box<dyn KnownUsers>,
+    /// Cluster mode: the facts shared with other sensors.
+    shared: Option<Box<dyn SharedRegistry>>,
+    /// The last contact asked of the shared registry (a call asks twice: its user, its app).
+    remote_memo: std::sync::Mutex<Option<(Fp, Micros, Option<SharedContact>)>>,
     limits: RegLimits,
     dirty: RegDirty,
     pub stats: RegistrationStats,
@@ -223,6 +234,8 @@ impl Registrations {
             last_sweep: Micros::MIN / 2,
             identity_names,
             known,
+            shared: None,
+            remote_memo: std::sync::Mutex::new(None),
             limits: RegLimits {
                 max_devices: limits.max_devices.max(1),
                 max_pending: limits.max_pending.max(1),
@@ -282,6 +295,11 @@ impl Registrations {
         &mut *self.known
     }
 
+    /// Cluster mode: decide through the facts shared with other sensors.
+    pub fn set_shared(&mut self, shared: Box<dyn SharedRegistry>) {
+        self.shared = Some(shared);
+    }
+
     pub fn set_identity_names(&mut self, names: Vec<String>) {
         self.identity_names = names;
     }
@@ -292,17 +310,35 @@ impl Registrations {
         self.contacts.get(&self.fp.of(contact_key)).filter(|c| now - c.expires_at <= CONTACT_GRACE)
     }
 
+    /// A contact another sensor registered (cluster mode), unless it lapsed longer ago than the
+    /// grace; asked once per contact and packet time.
+    fn remote_contact(&self, key: Fp, now: Micros) -> Option<SharedContact> {
+        let sh = self.shared.as_ref()?;
+        let mut memo = self.remote_memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, t, c)) = &*memo
+            && *k == key
+            && *t == now
+        {
+            return c.clone();
+        }
+        let c = sh.contact(key).filter(|c| now - c.expires_at <= CONTACT_GRACE);
+        *memo = Some((key, now, c.clone()));
+        c
+    }
+
     /// The address of record whose registered contact this is, if any.
-    pub fn aor_for_contact(&self, contact_key: &str, now: Micros) -> Option<&str> {
-        let c = self.contact(contact_key, now)?;
-        self.aors.get(&c.aor).map(|a| &*a.aor)
+    pub fn aor_for_contact(&self, contact_key: &str, now: Micros) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(c) = self.contact(contact_key, now) {
+            return self.aors.get(&c.aor).map(|a| std::borrow::Cow::Borrowed(&*a.aor));
+        }
+        self.remote_contact(self.fp.of(contact_key), now).map(|c| std::borrow::Cow::Owned(c.aor))
     }
 
     /// The app behind a contact, when that contact is registered for `aor`.
     pub fn origin_for_contact(&self, aor: &str, contact_key: &str, now: Micros) -> Origin {
         let aor_fp = self.fp.of(aor);
         let Some(c) = self.contact(contact_key, now).filter(|c| c.aor == aor_fp) else {
-            return Origin::default();
+            return self.remote_origin(aor, aor_fp, contact_key, now);
         };
         let Some(dev) = c.device else { return Origin::default() };
         let app =
@@ -314,6 +350,20 @@ impl Registrations {
                 app_instance: a.app_instance.as_deref().map(str::to_string),
             },
             None => Origin::default(),
+        }
+    }
+
+    /// The app behind a contact another sensor registered (cluster mode).
+    fn remote_origin(&self, aor: &str, aor_fp: Fp, contact_key: &str, now: Micros) -> Origin {
+        let (Some(sh), Some(c)) = (&self.shared, self.remote_contact(self.fp.of(contact_key), now)) else {
+            return Origin::default();
+        };
+        let (true, Some(dev)) = (c.aor == aor, c.device) else { return Origin::default() };
+        match sh.device(device_key(aor_fp, dev)) {
+            Some(d) if d.expires_at != REMOVED || now - d.last_seen <= DEVICE_MEMORY => {
+                Origin { device: Some(d.device), session_start: Some(d.boot_start), app_instance: d.app_instance }
+            }
+            _ => Origin::default(),
         }
     }
 
@@ -505,6 +555,10 @@ impl Registrations {
                     a.expires_at = REMOVED;
                     a.last_seen = ts;
                 }
+                let devices: Vec<Fp> = s.apps.iter().map(|a| self.fp.of(&a.device)).collect();
+                for d in devices {
+                    self.shared_touch(aor_fp, d, ts, |r| r.expires_at = REMOVED);
+                }
                 self.touched(aor_fp);
             }
             let gone: Vec<Fp> = self.contacts.iter().filter(|(_, c)| c.aor == aor_fp).map(|(k, _)| *k).collect();
@@ -519,6 +573,9 @@ impl Registrations {
         let bindings: Vec<(Fp, u32)> = p.bindings.iter().map(|b| (b.0, expires_of(b))).collect();
         for (k, _) in bindings.iter().filter(|(_, e)| *e == 0) {
             self.remove_contact(*k);
+            if let Some(sh) = &self.shared {
+                sh.put_contact(*k, &SharedContact { aor: p.aor.to_string(), device: None, expires_at: REMOVED / 2 });
+            }
         }
         let kept: Vec<(Fp, u32)> = bindings.iter().copied().filter(|(_, e)| *e > 0).collect();
         let cid = self.fp.of(call_id);
@@ -529,17 +586,29 @@ impl Registrations {
                 let s = self.aors.get_mut(&aor_fp).expect("found");
                 let a = &mut s.apps[i];
                 a.contacts = a.contacts.iter().copied().filter(|c| !bindings.iter().any(|(k, _)| k == c)).collect();
-                if a.contacts.is_empty() || p.bindings.is_empty() {
+                let removed = a.contacts.is_empty() || p.bindings.is_empty();
+                if removed {
                     a.expires_at = REMOVED;
                 }
                 a.last_seen = ts;
+                let dev = self.fp.of(&a.device);
+                if removed {
+                    self.shared_touch(aor_fp, dev, ts, |r| r.expires_at = REMOVED);
+                }
                 self.touched(aor_fp);
             }
             return;
         }
         let device_fp = self.fp.of(&p.device);
         for (k, e) in &kept {
-            self.learn_contact(ts, *k, aor_fp, Some(device_fp), ts + i64::from(*e) * 1_000_000);
+            let until = ts + i64::from(*e) * 1_000_000;
+            self.learn_contact(ts, *k, aor_fp, Some(device_fp), until);
+            if let Some(sh) = &self.shared {
+                sh.put_contact(
+                    *k,
+                    &SharedContact { aor: p.aor.to_string(), device: Some(device_fp), expires_at: until },
+                );
+            }
         }
         let expires_at = ts + i64::from(kept.iter().map(|(_, e)| *e).max().unwrap_or(0)) * 1_000_000;
         if p.push_proxy {
@@ -553,23 +622,31 @@ impl Registrations {
                     a.expires_at = a.expires_at.max(expires_at);
                     a.last_seen = ts;
                 }
+                let devices: Vec<Fp> = s.apps.iter().map(|a| self.fp.of(&a.device)).collect();
+                for d in devices {
+                    self.shared_touch(aor_fp, d, ts, |r| {
+                        r.push_kept = true;
+                        r.expires_at = r.expires_at.max(expires_at);
+                    });
+                }
                 self.touched(aor_fp);
             }
             return;
         }
         // the app's own REGISTER
         let prev = found.and_then(|i| self.aors.get(&aor_fp).map(|s| &s.apps[i]));
-        let app_start = prev.is_none_or(|a| a.boot_call_id != cid);
-        let login = app_start || prev.is_some_and(|a| !a.active(ts) || a.push_kept);
-        let boot_start = match prev {
-            Some(a) if !app_start => a.boot_start,
-            _ => ts,
-        };
+        let local = prev.map(|a| Prev {
+            boot: a.boot_call_id,
+            boot_start: a.boot_start,
+            expires_at: a.expires_at,
+            push_kept: a.push_kept,
+        });
         let device: Box<str> = match prev {
             Some(a) if !p.has_instance => a.device.clone(),
             _ => p.device.clone(),
         };
         let app_instance = p.app_instance.clone().or_else(|| prev.and_then(|a| a.app_instance.clone()));
+        let has_instance = p.has_instance || prev.is_some_and(|a| a.has_instance);
         let mut contacts: Vec<Fp> = prev.map(|a| a.contacts.to_vec()).unwrap_or_default();
         contacts.retain(|c| !bindings.iter().any(|(k, e)| k == c && *e == 0));
         for (k, _) in &kept {
@@ -584,6 +661,55 @@ impl Registrations {
             .iter()
             .filter_map(|c| self.contacts.get(c).filter(|e| e.aor == aor_fp).map(|e| e.expires_at))
             .fold(expires_at, Micros::max);
+        let Decision { app_start, login, boot_start } = match &self.shared {
+            None => decide(local, cid, ts),
+            Some(sh) => {
+                let key = device_key(aor_fp, self.fp.of(&device));
+                let local_push = local.is_some_and(|l| l.push_kept);
+                let mut decided = None;
+                let r = sh.update_device(key, local.is_none(), &mut |cur| {
+                    if let Some(c) = cur
+                        && c.last_seen >= ts
+                    {
+                        // another sensor has decided this REGISTER (or gone past it)
+                        let boot_start = if c.boot == cid { c.boot_start } else { ts };
+                        decided = Some((false, Decision { app_start: false, login: false, boot_start }));
+                        return None;
+                    }
+                    let known = cur.filter(|c| !shared_stale(c, ts)).map(|c| Prev {
+                        boot: c.boot,
+                        boot_start: c.boot_start,
+                        expires_at: c.expires_at,
+                        push_kept: c.push_kept || local_push,
+                    });
+                    let d = decide(known, cid, ts);
+                    decided = Some((true, d));
+                    Some(SharedDevice {
+                        device: device.to_string(),
+                        boot: cid,
+                        boot_start: d.boot_start,
+                        expires_at,
+                        last_seen: ts,
+                        app_instance: app_instance.as_deref().map(str::to_string).or_else(|| cur?.app_instance.clone()),
+                        push_kept: false,
+                    })
+                });
+                match (r, decided) {
+                    (Ok(()), Some((true, d))) => {
+                        self.stats.shared_decisions += 1;
+                        d
+                    }
+                    (Ok(()), Some((false, d))) => {
+                        self.stats.shared_late += 1;
+                        d
+                    }
+                    _ => {
+                        self.stats.shared_local += 1;
+                        decide(local, cid, ts)
+                    }
+                }
+            }
+        };
         let origin = Origin {
             device: Some(device.to_string()),
             session_start: Some(boot_start),
@@ -601,7 +727,7 @@ impl Registrations {
         }
         let app = App {
             device,
-            has_instance: p.has_instance || prev.is_some_and(|a| a.has_instance),
+            has_instance,
             boot_call_id: cid,
             boot_start,
             app_instance,
@@ -639,6 +765,18 @@ impl Registrations {
             }
             self.evict_apps(ts);
         }
+    }
+
+    /// Cluster mode: changes a device's shared record (a removal, a push proxy's refresh), unless
+    /// another sensor has gone past this packet.
+    fn shared_touch(&self, aor: Fp, device: Fp, ts: Micros, change: impl Fn(&mut SharedDevice)) {
+        let Some(sh) = &self.shared else { return };
+        let _ = sh.update_device(device_key(aor, device), false, &mut |cur| {
+            let mut r = cur.filter(|c| c.last_seen <= ts)?.clone();
+            change(&mut r);
+            r.last_seen = ts;
+            Some(r)
+        });
     }
 
     /// The app a REGISTER belongs to: same boot cycle (Call-ID), else same `+sip.instance`, else
@@ -827,6 +965,11 @@ impl Registrations {
     pub fn finish_restore(&mut self) {
         self.pending_order.make_contiguous().sort_unstable();
     }
+}
+
+/// A shared record forgotten as a local app is: lapsed for longer than the device memory.
+fn shared_stale(d: &SharedDevice, now: Micros) -> bool {
+    if d.expires_at == REMOVED { now - d.last_seen > DEVICE_MEMORY } else { now - d.expires_at > DEVICE_MEMORY }
 }
 
 /// A message's Contacts that siptap follows: those whose URI and parameters are of a sane

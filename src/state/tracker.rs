@@ -230,7 +230,7 @@ impl Tracker {
                     let key = ruri.map(|u| u.contact_key());
                     let user = key
                         .as_deref()
-                        .and_then(|k| regs.aor_for_contact(k, ts).map(str::to_string))
+                        .and_then(|k| regs.aor_for_contact(k, ts).map(std::borrow::Cow::into_owned))
                         .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
                         .unwrap_or_default();
                     let origin = key.map(|k| regs.origin_for_contact(&user, &k, ts)).unwrap_or_default();

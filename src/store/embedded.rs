@@ -151,6 +151,37 @@ impl StateStore {
         self.fingerprint_key
     }
 
+    /// Cluster mode: fingerprints are made with the cluster's key, the same on every sensor. A
+    /// state saved under another key (this sensor's own, before it joined) cannot be read with
+    /// it: its registrations and open calls are dropped (known users are kept by name).
+    pub fn adopt_fingerprint_key(&mut self, key: [u64; 2]) -> Result<bool> {
+        if key == self.fingerprint_key {
+            return Ok(false);
+        }
+        let tx = self.db.begin_write()?;
+        let mut had_state = false;
+        {
+            let mut meta = tx.open_table(META)?;
+            let mut b = key[0].to_le_bytes().to_vec();
+            b.extend_from_slice(&key[1].to_le_bytes());
+            meta.insert("fingerprint_key", b.as_slice())?;
+            for t in Table::ALL {
+                let mut tab = tx.open_table(def(t))?;
+                had_state |= tab.len()? > 0;
+                tab.retain(|_, _| false)?;
+            }
+        }
+        tx.commit()?;
+        self.fingerprint_key = key;
+        if !had_state {
+            return Ok(false);
+        }
+        tracing::warn!(
+            "joined a cluster: the saved registrations and open calls (made with this sensor's own key) start empty; known users are kept"
+        );
+        Ok(true)
+    }
+
     /// The known users, read from the store when asked (a bounded cache in memory).
     pub fn users(&self, cache_entries: usize) -> StoreUsers {
         StoreUsers {

@@ -1,6 +1,7 @@
 //! What must outlive the process: the known users and the derivation state, in the state
 //! directory (`embedded`: one redb file). Files holding user data are private: the directory is
 //! 0700 and every file 0600, whoever's umask.
+pub mod cluster;
 pub mod embedded;
 
 pub use embedded::{StateStore, StoreStats, StoreUsers};
@@ -91,6 +92,8 @@ pub struct Opened {
     pub persistent: bool,
     /// Keep it while the store is used: the scratch directory goes with it.
     pub scratch: Option<Scratch>,
+    /// Cluster mode: the connection to the cluster the pipeline decides through.
+    pub cluster: Option<std::sync::Arc<cluster::Cluster>>,
 }
 
 /// A scratch state directory, removed when dropped.
@@ -116,9 +119,24 @@ pub fn open_pipeline(cfg: &crate::config::Config, state: Option<&Path>) -> Resul
             (d.clone(), Some(Scratch(d)))
         }
     };
-    let store = StateStore::open(&dir, cfg.limits.store_cache_mib << 20)?;
+    let mut store = StateStore::open(&dir, cfg.limits.store_cache_mib << 20)?;
     let users = store.users(cfg.limits.known_users_cache);
-    let mut pipeline = Pipeline::new(cfg, Box::new(users), store.fingerprint_key());
+    let cluster = match &cfg.cluster {
+        Some(c) => {
+            let c = cluster::Cluster::connect(c, &dir)?;
+            store.adopt_fingerprint_key(c.fingerprint_key)?;
+            Some(c)
+        }
+        None => None,
+    };
+    let users: Box<dyn crate::state::users::KnownUsers> = match &cluster {
+        Some(c) => Box::new(cluster::ClusterUsers::new(c.clone(), Box::new(users))),
+        None => Box::new(users),
+    };
+    let mut pipeline = Pipeline::new(cfg, users, store.fingerprint_key());
+    if let Some(c) = &cluster {
+        pipeline.tracker().registrations.set_shared(Box::new(cluster::ClusterRegistry::new(c.clone())));
+    }
     // nothing of the derivation state is saved without a state directory: do not track changes
     pipeline.tracker().set_tracking(state.is_some());
     if state.is_some() {
@@ -129,5 +147,5 @@ pub fn open_pipeline(cfg: &crate::config::Config, state: Option<&Path>) -> Resul
             )
         })?;
     }
-    Ok(Opened { pipeline, store, persistent: state.is_some(), scratch })
+    Ok(Opened { pipeline, store, persistent: state.is_some(), scratch, cluster })
 }

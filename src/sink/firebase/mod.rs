@@ -1,6 +1,7 @@
 //! Delivery to Firebase (the GA4 Measurement Protocol for app streams): ids and params applied
 //! when an event is queued (`identity`, `mp`), a durable queue (`outbox`), and the HTTP shell that
 //! empties it (`sender`).
+pub mod consumer;
 pub mod identity;
 pub mod mp;
 pub mod outbox;

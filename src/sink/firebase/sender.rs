@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 /// How far ahead of this host's clock GA4 takes an event.
-const FUTURE_SLACK: i64 = 15 * 60 * 1_000_000;
+pub(crate) const FUTURE_SLACK: i64 = 15 * 60 * 1_000_000;
 
 pub struct SenderStats {
     pub requests_ok: AtomicU64,
@@ -71,7 +71,7 @@ impl Default for SenderStats {
 
 impl SenderStats {
     /// Counts one request's outcome for its tenant.
-    fn tenant(&self, tenant: &str, result: DeliveryResult, events: u64) {
+    pub(crate) fn tenant(&self, tenant: &str, result: DeliveryResult, events: u64) {
         let mut m = self.tenants.lock().expect("not poisoned");
         let t = m.entry(tenant.to_string()).or_default();
         t.requests[result as usize] += 1;
@@ -161,7 +161,7 @@ pub struct SenderConfig {
 }
 
 /// The collect URL with its query; the secret is in it, so this string is never logged.
-fn collect_url(base: &str, debug: bool, app_id: &str, secret: &Secret) -> String {
+pub(crate) fn collect_url(base: &str, debug: bool, app_id: &str, secret: &Secret) -> String {
     let path = if debug { "/debug/mp/collect" } else { "/mp/collect" };
     format!(
         "{}{path}?firebase_app_id={}&api_secret={}",
@@ -216,7 +216,7 @@ pub async fn debug_validate(client: &reqwest::Client, t: &Target, body: Vec<u8>)
 }
 
 /// What one request came to.
-enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     /// Worth trying again: a transport error, 408, 425, 429, 5xx.
     Transient {
@@ -239,6 +239,25 @@ fn transient(status: u16) -> bool {
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Posts one request body and classifies the answer.
+pub(crate) async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Outcome {
+    let res = client.post(url).header("content-type", "application/json").body(body).send().await;
+    match res {
+        Ok(r) if r.status().is_success() => Outcome::Ok,
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let after = retry_after(r.headers());
+            let answer = r.text().await.unwrap_or_default();
+            if transient(status) {
+                Outcome::Transient { status: Some(status), why: answer, retry_after: after }
+            } else {
+                Outcome::Final { status, answer }
+            }
+        }
+        Err(e) => Outcome::Transient { status: None, why: describe(e), retry_after: None },
+    }
 }
 
 /// Delivers until the outbox is empty (`until_empty`), `deadline` passes, or `stop` turns true.
@@ -386,21 +405,7 @@ impl Tenant {
             let (client, url) = (self.client.clone(), self.url.clone());
             self.inflight.spawn(async move {
                 let started = Instant::now();
-                let res = client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
-                let outcome = match res {
-                    Ok(r) if r.status().is_success() => Outcome::Ok,
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let after = retry_after(r.headers());
-                        let answer = r.text().await.unwrap_or_default();
-                        if transient(status) {
-                            Outcome::Transient { status: Some(status), why: answer, retry_after: after }
-                        } else {
-                            Outcome::Final { status, answer }
-                        }
-                    }
-                    Err(e) => Outcome::Transient { status: None, why: describe(e), retry_after: None },
-                };
+                let outcome = post(&client, &url, body).await;
                 (keys, probe, outcome, started.elapsed())
             });
             sent += 1;
@@ -538,7 +543,7 @@ impl Tenant {
 }
 
 /// 250 ms doubling per failed probe, capped, with jitter in [base/2, base].
-fn backoff(probes: u32, max: Duration) -> Duration {
+pub(crate) fn backoff(probes: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(250).saturating_mul(1 << probes.min(16)).min(max);
     base.mul_f64(0.5 + 0.5 * pseudo_random())
 }

@@ -1,0 +1,309 @@
+//! Cluster mode's delivery worker: takes events from the cluster's stream through one durable
+//! consumer shared by every worker (any number of `siptap run` or `siptap deliver` processes
+//! share the work), sends them to Firebase as the single-box sender does (batches of one app
+//! instance, a bounded number of requests in flight, backoff on transient failures) and
+//! acknowledges each event only after its request got a 2xx. A worker that dies mid-batch loses
+//! nothing: what it had not acknowledged is delivered again after the ack wait (so an event
+//! whose 2xx came just before the crash can reach Firebase twice: the documented bound).
+//!
+//! Refused (4xx), locally invalid and too-old events are not retried: they go to the cluster's
+//! rejected stream (`PREFIX_rejected`, 30 days) with the status and the answer, and are
+//! acknowledged.
+use super::Target;
+use super::mp::{self, MAX_AGE_MICROS, QueuedEvent};
+use super::sender::{DeliveryResult, Outcome, SenderConfig, SenderStats, backoff, collect_url, post};
+use crate::clock::now_micros;
+use crate::store::cluster::Cluster;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// Runs until `stop` turns true, or (with `until_idle`) the stream has had nothing for that long.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    targets: Vec<Target>,
+    cfg: SenderConfig,
+    stats: Arc<SenderStats>,
+    until_idle: Option<Duration>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder().timeout(cfg.request_timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %super::sender::describe(e), "cannot start the HTTP client");
+            return;
+        }
+    };
+    let urls: HashMap<String, (Target, String)> = targets
+        .into_iter()
+        .map(|t| {
+            let url = collect_url(&t.base_url, false, &t.app_id, &t.api_secret);
+            (t.tenant.clone(), (t, url))
+        })
+        .collect();
+    let ccfg = &cluster.cfg;
+    let mut logged = false;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = loop {
+        if *stop.borrow() {
+            return;
+        }
+        let attempt = async {
+            let stream = cluster.js.get_stream(ccfg.stream()).await.map_err(|e| e.to_string())?;
+            stream
+                .get_or_create_consumer(
+                    &ccfg.consumer(),
+                    pull::Config {
+                        durable_name: Some(ccfg.consumer()),
+                        description: Some("siptap delivery to Firebase".into()),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: cfg.request_timeout + Duration::from_secs(5),
+                        max_ack_pending: ccfg.max_unacked as i64,
+                        filter_subject: format!("{}.events.>", ccfg.prefix),
+                        max_deliver: -1,
+                        num_replicas: ccfg.replicas,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(c)) => break c,
+            r => {
+                if !logged {
+                    logged = true;
+                    let why = match r {
+                        Ok(Err(e)) => e,
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(error = %why, "delivery consumer not ready (is NATS up?): retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    };
+    tracing::info!(consumer = %ccfg.consumer(), "delivering from the cluster's stream");
+    let mut idle_since = Instant::now();
+    let mut probes = 0u32;
+    let mut last_info = Instant::now() - Duration::from_secs(10);
+    let mut consumer = consumer;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if last_info.elapsed() >= Duration::from_secs(2) {
+            last_info = Instant::now();
+            if let Ok(Ok(i)) = tokio::time::timeout(Duration::from_secs(1), consumer.info()).await {
+                cluster.stats.consumer_pending.store(i.num_pending, Relaxed);
+                cluster.stats.consumer_ack_pending.store(i.num_ack_pending as u64, Relaxed);
+            }
+        }
+        // after a transient failure, one small batch (a probe) until the endpoint answers
+        let n = if probes > 0 { 1 } else { ccfg.max_unacked.min(500) };
+        // what is there now; when nothing is, a long poll for the next one (no busy loop, and an
+        // event is taken as soon as it arrives), then what came with it
+        let fetched = async {
+            let mut msgs = take(&consumer, n, None).await;
+            if msgs.is_empty() {
+                msgs = take(&consumer, 1, Some(Duration::from_secs(1))).await;
+                if !msgs.is_empty() && n > 1 {
+                    msgs.extend(take(&consumer, n - 1, None).await);
+                }
+            }
+            msgs
+        };
+        let msgs = tokio::select! {
+            m = tokio::time::timeout(Duration::from_secs(5), fetched) => m.unwrap_or_default(),
+            _ = stop.changed() => return,
+        };
+        if msgs.is_empty() {
+            if until_idle.is_some_and(|d| idle_since.elapsed() >= d) {
+                return;
+            }
+            if cluster.client.connection_state() != async_nats::connection::State::Connected {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            continue;
+        }
+        let transient = deliver(&cluster, &client, &urls, &cfg, &stats, msgs).await;
+        if transient {
+            probes = probes.saturating_add(1);
+            let wait = backoff(probes - 1, cfg.max_backoff);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        } else {
+            if probes > 0 {
+                tracing::info!("delivery recovered: back to full speed");
+            }
+            probes = 0;
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// Up to `n` messages: those available now (`wait` None), or waiting up to `wait` for them.
+async fn take(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    n: usize,
+    wait: Option<Duration>,
+) -> Vec<jetstream::Message> {
+    let mut msgs = Vec::new();
+    let stream = match wait {
+        None => consumer.fetch().max_messages(n).messages().await,
+        Some(w) => consumer.batch().max_messages(n).expires(w).messages().await,
+    };
+    if let Ok(mut s) = stream {
+        while let Some(Ok(m)) = s.next().await {
+            msgs.push(m);
+        }
+    }
+    msgs
+}
+
+/// Delivers one fetched batch; `true` when a request failed transiently (those events are
+/// handed back to the stream for later).
+async fn deliver(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    urls: &HashMap<String, (Target, String)>,
+    cfg: &SenderConfig,
+    stats: &SenderStats,
+    msgs: Vec<jetstream::Message>,
+) -> bool {
+    let now = now_micros();
+    let mut by_tenant: HashMap<String, Vec<(jetstream::Message, QueuedEvent)>> = HashMap::new();
+    for m in msgs {
+        if m.info().is_ok_and(|i| i.delivered > 1) {
+            cluster.stats.consumer_redelivered.fetch_add(1, Relaxed);
+        }
+        let Ok(mut q) = serde_json::from_slice::<QueuedEvent>(&m.payload) else {
+            // (a replay's event of a tenant without Firebase: nothing to deliver)
+            let _ = m.ack().await;
+            continue;
+        };
+        if !urls.contains_key(&q.tenant) {
+            let _ = m.ack().await;
+            continue;
+        }
+        if now - q.timestamp_micros > MAX_AGE_MICROS {
+            reject(cluster, &q, &m, 0, "older than 72 hours when sent").await;
+            continue;
+        }
+        if q.timestamp_micros - now > super::sender::FUTURE_SLACK {
+            q.timestamp_micros = now;
+        }
+        by_tenant.entry(q.tenant.clone()).or_default().push((m, q));
+    }
+    let mut requests: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut owned: HashMap<String, Vec<(jetstream::Message, QueuedEvent)>> = HashMap::new();
+    for (tenant, rows) in by_tenant {
+        let refs: Vec<&QueuedEvent> = rows.iter().map(|(_, q)| q).collect();
+        let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
+        let index: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, (_, q))| (addr(q), i)).collect();
+        for batch in mp::batches(&refs) {
+            let idx: Vec<usize> = batch.iter().map(|q| index[&addr(q)]).collect();
+            let body = mp::body(&batch);
+            let problems = mp::validate(&body, now_micros());
+            if !problems.is_empty() {
+                stats.invalid_local.fetch_add(1, Relaxed);
+                stats.tenant(&tenant, DeliveryResult::InvalidNotSent, 0);
+                for &i in &idx {
+                    reject(cluster, &rows[i].1, &rows[i].0, 0, &problems.join("; ")).await;
+                }
+                continue;
+            }
+            requests.push((tenant.clone(), idx, body));
+        }
+        owned.insert(tenant, rows);
+    }
+    let results: Vec<(String, Vec<usize>, Outcome, Duration)> = futures_util::stream::iter(requests)
+        .map(|(tenant, idx, body)| {
+            let url = urls[&tenant].1.clone();
+            async move {
+                let started = Instant::now();
+                let o = post(client, &url, body).await;
+                (tenant, idx, o, started.elapsed())
+            }
+        })
+        .buffer_unordered(cfg.max_in_flight.max(1))
+        .collect()
+        .await;
+    let mut transient = false;
+    for (tenant, idx, outcome, took) in results {
+        let rows = &owned[&tenant];
+        match outcome {
+            Outcome::Ok => {
+                for &i in &idx {
+                    let _ = rows[i].0.ack().await;
+                }
+                stats.requests_ok.fetch_add(1, Relaxed);
+                stats.events_sent.fetch_add(idx.len() as u64, Relaxed);
+                stats.latency_sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+                stats.latency_count.fetch_add(1, Relaxed);
+                stats.latency.observe(took.as_secs_f64());
+                stats.batch_events.observe(idx.len() as f64);
+                stats.tenant(&tenant, DeliveryResult::Ok, idx.len() as u64);
+            }
+            Outcome::Final { status, answer } => {
+                tracing::error!(%tenant, status, answer = %answer.chars().take(300).collect::<String>(), "request refused; its events go to the cluster's rejected stream, not retried");
+                stats.http_4xx.fetch_add(1, Relaxed);
+                stats.tenant(&tenant, DeliveryResult::Refused4xx, 0);
+                for &i in &idx {
+                    reject(cluster, &rows[i].1, &rows[i].0, status, &answer).await;
+                }
+            }
+            Outcome::Transient { status, why, retry_after } => {
+                transient = true;
+                match status {
+                    Some(_) => stats.http_5xx_429.fetch_add(1, Relaxed),
+                    None => stats.transport_errors.fetch_add(1, Relaxed),
+                };
+                let result =
+                    if status.is_some() { DeliveryResult::Transient5xx429 } else { DeliveryResult::TransportError };
+                stats.tenant(&tenant, result, 0);
+                stats.retries.fetch_add(1, Relaxed);
+                tracing::warn!(%tenant, ?status, error = %why.chars().take(300).collect::<String>(), "delivery failing: events handed back to the stream");
+                let delay = retry_after.unwrap_or(Duration::from_millis(250)).min(cfg.max_backoff);
+                for &i in &idx {
+                    let _ = rows[i].0.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+            }
+        }
+    }
+    transient
+}
+
+/// Keeps a refused event in the rejected stream, then acknowledges it (not retried).
+async fn reject(cluster: &Cluster, q: &QueuedEvent, m: &jetstream::Message, status: u16, answer: &str) {
+    let subject =
+        format!("{}.rejected.{}", cluster.cfg.prefix, cluster.cfg.subject(&q.tenant).rsplit('.').next().unwrap_or("_"));
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Siptap-Status", status.to_string().as_str());
+    let answer: String = answer.chars().filter(|c| !c.is_control()).take(300).collect();
+    h.insert("Siptap-Answer", answer.as_str());
+    let body: bytes::Bytes = serde_json::to_vec(q).expect("serialisable").into();
+    let kept = match cluster.js.publish_with_headers(subject, h, body).await {
+        Ok(f) => f.await.is_ok(),
+        Err(_) => false,
+    };
+    match kept {
+        true => {
+            let _ = m.ack().await;
+        }
+        false => {
+            // not kept yet: leave it to be delivered again (and kept then)
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Real `nats-server` processes for the cluster tests: one server, or a three-node JetStream
+//! cluster, on loopback ports of their own, with JetStream stores in a temporary directory.
+#![allow(dead_code)]
+use super::live::Reaped;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub port: u16,
+    pub monitor: u16,
+    pub route: u16,
+    pub name: String,
+    proc: Option<Reaped>,
+}
+
+pub struct Nats {
+    pub nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+    clustered: bool,
+}
+
+impl Nats {
+    /// One JetStream server.
+    pub fn single() -> Nats {
+        Self::new(1)
+    }
+
+    /// Three JetStream servers in one cluster (routes between all of them).
+    pub fn cluster3() -> Nats {
+        Self::new(3)
+    }
+
+    fn new(n: usize) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (0..n)
+            .map(|i| Node {
+                port: free_port(),
+                monitor: free_port(),
+                route: free_port(),
+                name: format!("n{i}"),
+                proc: None,
+            })
+            .collect();
+        let mut nats = Nats { nodes, dir, clustered: n > 1 };
+        for i in 0..n {
+            nats.start(i);
+        }
+        for i in 0..n {
+            nats.wait_ready(i);
+        }
+        nats
+    }
+
+    /// Starts (or restarts, with its store) node `i`.
+    pub fn start(&mut self, i: usize) {
+        let routes: Vec<String> = self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.route)).collect();
+        let n = &self.nodes[i];
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &n.port.to_string(), "-m", &n.monitor.to_string(), "-n", &n.name])
+            .arg("-sd")
+            .arg(self.dir.path().join(&n.name));
+        if self.clustered {
+            cmd.args(["--cluster_name", "siptap-test", "--cluster", &format!("nats://127.0.0.1:{}", n.route)])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
+        self.nodes[i].proc = Some(Reaped::new(child));
+    }
+
+    /// Waits until node `i` answers its health check with JetStream up (a cluster: a meta leader).
+    pub fn wait_ready(&self, i: usize) {
+        let t = Instant::now();
+        let m = self.nodes[i].monitor;
+        while t.elapsed() < Duration::from_secs(30) {
+            if super::http_get(m, "/healthz").is_some_and(|b| b.contains("ok")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("nats-server {} not ready within 30 s", self.nodes[i].name);
+    }
+
+    /// Stops node `i` the hard way (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        drop(self.nodes[i].proc.take());
+    }
+
+    /// Stops node `i` cleanly (SIGTERM) and waits for it.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].proc.take() {
+            let mut c = p.take();
+            // SAFETY: kill(2) with a plain signal number
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// The servers as a TOML array's contents: `"nats://127.0.0.1:P", ...`.
+    pub fn toml_urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("\"nats://127.0.0.1:{}\"", n.port)).collect::<Vec<_>>().join(", ")
+    }
+}
