@@ -282,7 +282,14 @@ fn redundant_live_sensors_fed_the_same_hep_deliver_each_event_once() {
     let dups =
         metric(s1.metrics, "siptap_cluster_duplicates_total") + metric(s2.metrics, "siptap_cluster_duplicates_total");
     assert!(dups >= 8.0, "the second copy of each call event was a duplicate for the stream: {dups}");
-    drop((s1.proc, s2.proc));
+    // a stop (SIGTERM) drains and ends cleanly
+    for s in [s1, s2] {
+        let mut c = s.proc.take();
+        // SAFETY: kill(2) with a plain signal number
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        assert!(status.success(), "siptap run stopped with {status}");
+    }
 }
 
 #[test]

@@ -447,9 +447,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
     notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
     let _ = cmd_tx.send(SenderCmd::Drain(Duration::from_secs(cfg.run.stop_timeout_secs)));
-    let _ = async_side.join();
+    let delivery_ok = async_side.join().unwrap_or(false);
     save_report(&mut report, &shared, &state);
     tracing::info!(left_in_outbox = outbox.len(), "siptap stopped");
+    if !delivery_ok {
+        // (what was queued is still in the outbox: the next start delivers it)
+        bail!("the delivery thread failed (a bug: please report it with the log above)");
+    }
     Ok(())
 }
 
@@ -565,13 +569,15 @@ async fn cluster_side(
         .then(|| rt.spawn(crate::sink::firebase::consumer::run(cluster.clone(), targets, scfg, stats, None, inner_rx)));
     let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
     let mut drain = drain;
-    tokio::select! {
-        _ = stop.changed() => {}
-        _ = tokio::time::sleep_until(until.into()) => {}
-        _ = &mut drain, if until_empty => {}
-    }
+    let drained = tokio::select! {
+        _ = stop.changed() => false,
+        _ = tokio::time::sleep_until(until.into()) => false,
+        _ = &mut drain, if until_empty => true,
+    };
     let _ = inner_tx.send(true);
-    let _ = drain.await;
+    if !drained {
+        let _ = drain.await;
+    }
     if let Some(w) = worker {
         let _ = w.await;
     }
@@ -585,7 +591,7 @@ async fn async_main(
     core: SyncSender<Input>,
     mut cmds: tokio::sync::mpsc::UnboundedReceiver<SenderCmd>,
     cluster: Option<Arc<crate::store::cluster::Cluster>>,
-) {
+) -> bool {
     // signals go to the core loop as inputs
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -645,7 +651,9 @@ async fn async_main(
         match cmd {
             SenderCmd::Restart(t) => {
                 let _ = current.1.send(true);
-                let _ = (&mut current.0).await;
+                if (&mut current.0).await.is_err() {
+                    return false;
+                }
                 targets = t;
                 current = spawn(targets.clone(), false, None);
             }
@@ -654,11 +662,13 @@ async fn async_main(
                 // cancelled, their events stay queued for the next start
                 let until = Instant::now() + limit;
                 let _ = current.1.send(true);
-                let _ = (&mut current.0).await;
+                let first = (&mut current.0).await;
                 let (h, _stop) = spawn(targets.clone(), true, Some(until));
-                let _ = h.await;
-                return;
+                let last = h.await;
+                // a delivery task that panicked is a bug to report, not a clean stop
+                return first.is_ok() && last.is_ok();
             }
         }
     }
+    true
 }
