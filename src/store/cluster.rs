@@ -420,6 +420,9 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
             // a full stream refuses new events (they stay in the sensors' outboxes) rather than
             // dropping undelivered ones
             discard: jetstream::stream::DiscardPolicy::New,
+            // an event leaves the stream once a delivery worker has acknowledged it (the ids of
+            // the duplicate window are kept apart from the messages)
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         })
         .await
