@@ -306,8 +306,18 @@ fn run(cli: Cli) -> Result<()> {
             for w in &cfg.warnings {
                 println!("warning: {w}");
             }
+            let cluster = match &cfg.cluster {
+                Some(c) => format!(
+                    ", cluster mode: sensor {}, {} NATS server(s), {} replica(s), auth {:?}",
+                    c.sensor,
+                    c.nats.len(),
+                    c.replicas,
+                    c.auth
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: ok ({} tenant(s), {} server address(es))",
+                "{}: ok ({} tenant(s), {} server address(es){cluster})",
                 config.display(),
                 cfg.tenants.len(),
                 cfg.servers.len()

@@ -95,6 +95,26 @@ fn cluster_config_errors_name_key_file_and_line_and_never_show_the_token() {
     let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && all.contains("cluster.replicas") && !all.contains("s3cr3t"), "{all}");
+    // accepted: summarised, the token named but not shown, a warning for NATS beyond this host
+    // without credentials
+    let p = write_config(
+        dir.path(),
+        &format!(
+            "{LAB}[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nsensor = \"a\"\ntoken_file = \"nats.token\"\nreplicas = 3\n"
+        ),
+    );
+    let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success()
+            && all.contains("cluster mode: sensor a, 1 NATS server(s), 3 replica(s), auth token (hidden)"),
+        "{all}"
+    );
+    assert!(!all.contains("s3cr3t"), "{all}");
+    let p = write_config(dir.path(), &format!("{LAB}[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nsensor = \"a\"\n"));
+    let out = siptap(&["check-config", "--config", p.to_str().unwrap()]);
+    let all = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && all.contains("warning:") && all.contains("without credentials"), "{all}");
 }
 
 #[test]
