@@ -77,6 +77,13 @@ enum Cmd {
         /// Print the delivery and cluster counters on stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Instead of delivering: put the events of the cluster's rejected stream (refused by
+        /// Firebase, invalid, too old) back into the event stream, and exit.
+        #[arg(long)]
+        requeue_rejected: bool,
+        /// With --requeue-rejected: only this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Build the Measurement Protocol requests for a capture's events (or one sample event of
     /// each kind per tenant) and check them locally; with --remote also against each tenant's
@@ -251,8 +258,12 @@ fn run(cli: Cli) -> Result<()> {
             cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, report, captures)
         }
         Cmd::Flush { config, state, timeout, stats } => cli::deliver::flush(config, state, timeout, stats),
-        Cmd::Deliver { config, state, until_idle, stats } => {
-            cli::deliver::cluster_deliver(config, state, until_idle, stats)
+        Cmd::Deliver { config, state, until_idle, stats, requeue_rejected, tenant } => {
+            if requeue_rejected {
+                cli::deliver::cluster_requeue(config, state, tenant)
+            } else {
+                cli::deliver::cluster_deliver(config, state, until_idle, stats)
+            }
         }
         Cmd::Run { config, state, allow_root } => {
             siptap::daemon::run(siptap::daemon::RunOptions { config, allow_root, state_dir: state })

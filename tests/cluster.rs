@@ -454,3 +454,90 @@ fn redundant_sensors_racing_on_every_decision_print_each_event_once_between_them
     let got: Vec<Value> = e1.into_iter().chain(e2).collect();
     assert_events("sensor 1 + sensor 2", &sorted(without_ids(got)), &sorted(reference));
 }
+
+/// Messages in a stream, from the NATS server's monitoring endpoint.
+fn stream_messages(nats: &Nats, stream: &str) -> u64 {
+    let jsz = http_get(nats.nodes[0].monitor, "/jsz?streams=true").unwrap_or_default();
+    let v: Value = serde_json::from_str(&jsz).unwrap_or_default();
+    v["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == stream)
+        .and_then(|s| s["state"]["messages"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn refused_and_too_old_events_are_kept_in_the_rejected_stream_not_retried() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::single();
+    let mp = FakeMp::start();
+    let dir = tempfile::tempdir().unwrap();
+    // the endpoint refuses the first request (400): its events are kept, the rest delivered
+    mp.behaviour.lock().unwrap().fail = vec![400];
+    let s = run_sensor(dir.path(), "s", BOTH, &nats, &mp, "");
+    send(&stamped(&capture("split_both.pcap")), |_| vec![s.hep]);
+    wait_until("every event delivered or refused", Duration::from_secs(60), || {
+        let refused: usize = mp
+            .requests()
+            .iter()
+            .filter(|r| r.answered == 400)
+            .map(|r| r.body["events"].as_array().map_or(0, |a| a.len()))
+            .sum();
+        refused > 0 && delivered(&mp).len() + refused == spec().len()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let refused: u64 = mp
+        .requests()
+        .iter()
+        .filter(|r| r.answered == 400)
+        .map(|r| r.body["events"].as_array().map_or(0, |a| a.len() as u64))
+        .sum();
+    assert_eq!(mp.requests().iter().filter(|r| r.answered == 400).count(), 1, "a refused request is not retried");
+    assert_eq!(stream_messages(&nats, "siptap_rejected"), refused, "each refused event kept once");
+    assert_eq!(stream_messages(&nats, "siptap_events"), 0, "nothing left waiting");
+    assert_eq!(delivered(&mp).len() as u64 + refused, spec().len() as u64);
+    // after a fix, `siptap deliver --requeue-rejected` sends them again: then all are delivered
+    let cfg = dir.path().join("s.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["deliver", "--requeue-rejected", "--config", cfg.to_str().unwrap()])
+        .args(["--state", dir.path().join("rq").to_str().unwrap()])
+        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{refused} event(s) put back")));
+    let got = wait_delivered(&mp, spec().len(), Duration::from_secs(30));
+    assert_once(&got);
+    assert_eq!(stream_messages(&nats, "siptap_rejected"), 0);
+    drop(s.proc);
+
+    // a replay of old traffic (the generator's capture is from 2026-11-18, beyond GA4's 72 hours):
+    // published, then kept as too old by a delivery worker, never sent
+    let cap = dir.path().join("old.pcap");
+    let spec = siptap::testkit::capgen::GenSpec { users: 20, calls: 20, duration_secs: 600, ..Default::default() };
+    siptap::testkit::capgen::write_pcap(&spec, &cap).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["replay", "--config", cfg.to_str().unwrap(), cap.to_str().unwrap()])
+        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = parse_lines(&String::from_utf8_lossy(&out.stdout)).len() as u64;
+    assert!(printed > 50, "{printed}");
+    let before = mp.requests().len();
+    let w = Command::new(env!("CARGO_BIN_EXE_siptap"))
+        .args(["deliver", "--config", cfg.to_str().unwrap(), "--until-idle", "3"])
+        .args(["--state", dir.path().join("w").to_str().unwrap()])
+        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert_eq!(mp.requests().len(), before, "nothing older than 72 hours is sent");
+    assert_eq!(stream_messages(&nats, "siptap_rejected"), printed);
+    assert_eq!(stream_messages(&nats, "siptap_events"), 0);
+}

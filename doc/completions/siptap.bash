@@ -177,7 +177,7 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__deliver)
-            opts="-h --config --state --until-idle --stats --help"
+            opts="-h --config --state --until-idle --stats --requeue-rejected --tenant --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -192,6 +192,10 @@ _siptap() {
                     return 0
                     ;;
                 --until-idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tenant)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

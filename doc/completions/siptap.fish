@@ -56,7 +56,9 @@ complete -c siptap -n "__fish_siptap_using_subcommand flush" -s h -l help -d 'Pr
 complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l config -d 'The TOML configuration (its [cluster] and the tenants\' Firebase settings)' -r -F
 complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l state -d 'Where the cluster\'s keys are cached (default: run.state_dir)' -r -F
 complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l until-idle -d 'Stop once the stream has had nothing to deliver for this many seconds' -r
+complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l tenant -d 'With --requeue-rejected: only this tenant\'s events' -r
 complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l stats -d 'Print the delivery and cluster counters on stderr at the end'
+complete -c siptap -n "__fish_siptap_using_subcommand deliver" -l requeue-rejected -d 'Instead of delivering: put the events of the cluster\'s rejected stream (refused by Firebase, invalid, too old) back into the event stream, and exit'
 complete -c siptap -n "__fish_siptap_using_subcommand deliver" -s h -l help -d 'Print help'
 complete -c siptap -n "__fish_siptap_using_subcommand validate" -l config -d 'The TOML configuration' -r -F
 complete -c siptap -n "__fish_siptap_using_subcommand validate" -l remote -d 'Also send each request to the tenant\'s /debug/mp/collect (needs the network; sends nothing that counts)'

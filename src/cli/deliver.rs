@@ -161,3 +161,22 @@ pub fn cluster_deliver(config: PathBuf, state: Option<PathBuf>, until_idle: Opti
     }
     Ok(())
 }
+
+/// `siptap deliver --requeue-rejected`: the cluster's rejected events back to the event stream.
+pub fn cluster_requeue(config: PathBuf, state: Option<PathBuf>, tenant: Option<String>) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let Some(ccfg) = &cfg.cluster else {
+        bail!("{}: no [cluster] section (single box: `siptap outbox requeue`)", config.display());
+    };
+    let state = state.unwrap_or_else(|| cfg.run.state_dir.clone());
+    let cluster = siptap::store::cluster::Cluster::connect(ccfg, &state)?;
+    let c = cluster.clone();
+    let n = cluster
+        .block_for(Duration::from_secs(600), async move {
+            siptap::sink::stream::requeue_rejected(&c, tenant.as_deref()).await
+        })
+        .unwrap_or_else(|| Err("timed out".into()))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!("{n} event(s) put back into the cluster's event stream");
+    Ok(())
+}

@@ -156,3 +156,27 @@ pub async fn drain_outbox(
         }
     }
 }
+
+/// Puts the events of the rejected stream (refused by Firebase, invalid, too old) back into the
+/// event stream, for the delivery workers to try again (after a fix of the cause), and removes
+/// them from the rejected stream. `tenant`: only that tenant's. Returns how many went back.
+pub async fn requeue_rejected(cluster: &Cluster, tenant: Option<&str>) -> Result<u64, String> {
+    let name = format!("{}_rejected", cluster.cfg.prefix);
+    let mut stream = cluster.js.get_stream(&name).await.map_err(|e| format!("cannot open {name}: {e}"))?;
+    let state = stream.info().await.map_err(|e| format!("cannot read {name}: {e}"))?.state.clone();
+    let mut n = 0;
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        let Ok(q) = serde_json::from_slice::<QueuedEvent>(&m.payload) else { continue };
+        if tenant.is_some_and(|t| t != q.tenant) {
+            continue;
+        }
+        // a new id: the original may still be in the duplicate window
+        let mut o = outgoing(cluster, &q);
+        o.id = format!("{}:requeued:{seq}", q.id);
+        publish_batch(cluster, vec![o]).await?;
+        stream.delete_message(seq).await.map_err(|e| format!("cannot remove message {seq} from {name}: {e}"))?;
+        n += 1;
+    }
+    Ok(n)
+}
