@@ -26,12 +26,7 @@ pub fn flush(config: PathBuf, state: PathBuf, timeout: u64, stats: bool) -> Resu
 /// could not queue (a full outbox), reported with the rest.
 pub fn deliver(cfg: &Config, d: &Delivery, outbox: Arc<Outbox>, timeout: u64, stats: bool, dropped: u64) -> Result<()> {
     let sender_stats = Arc::new(SenderStats::default());
-    let scfg = SenderConfig {
-        max_in_flight: cfg.delivery.max_in_flight,
-        request_timeout: Duration::from_secs(cfg.delivery.request_timeout_secs),
-        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_secs),
-        poll: Duration::from_millis(100),
-    };
+    let scfg = SenderConfig::of(&cfg.delivery, Duration::from_millis(100));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -122,12 +117,7 @@ pub fn cluster_deliver(config: PathBuf, state: Option<PathBuf>, until_idle: Opti
         bail!("{}: no tenant delivers to Firebase: nothing for a delivery worker to do", config.display());
     }
     let sender_stats = Arc::new(SenderStats::default());
-    let scfg = SenderConfig {
-        max_in_flight: cfg.delivery.max_in_flight,
-        request_timeout: Duration::from_secs(cfg.delivery.request_timeout_secs),
-        max_backoff: Duration::from_secs(cfg.delivery.max_backoff_secs),
-        poll: Duration::from_millis(100),
-    };
+    let scfg = SenderConfig::of(&cfg.delivery, Duration::from_millis(100));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let worker = cluster.handle().spawn(siptap::sink::firebase::consumer::run(
         cluster.clone(),

@@ -614,12 +614,7 @@ async fn async_main(
         });
     }
     drop(core);
-    let scfg = |c: &Config| SenderConfig {
-        max_in_flight: c.delivery.max_in_flight,
-        request_timeout: Duration::from_secs(c.delivery.request_timeout_secs),
-        max_backoff: Duration::from_secs(c.delivery.max_backoff_secs),
-        poll: Duration::from_millis(200),
-    };
+    let scfg = |c: &Config| SenderConfig::of(&c.delivery, Duration::from_millis(200));
     let spawn = |targets: Vec<Target>, until_empty: bool, deadline: Option<Instant>| {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let h = match &cluster {

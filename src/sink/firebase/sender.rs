@@ -160,6 +160,18 @@ pub struct SenderConfig {
     pub poll: Duration,
 }
 
+impl SenderConfig {
+    /// The `[delivery]` settings, polling the outbox every `poll`.
+    pub fn of(d: &crate::config::DeliveryCfg, poll: Duration) -> Self {
+        SenderConfig {
+            max_in_flight: d.max_in_flight,
+            request_timeout: Duration::from_secs(d.request_timeout_secs),
+            max_backoff: Duration::from_secs(d.max_backoff_secs),
+            poll,
+        }
+    }
+}
+
 /// The collect URL with its query; the secret is in it, so this string is never logged.
 pub(crate) fn collect_url(base: &str, debug: bool, app_id: &str, secret: &Secret) -> String {
     let path = if debug { "/debug/mp/collect" } else { "/mp/collect" };
