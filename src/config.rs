@@ -317,15 +317,24 @@ impl ClusterCfg {
     pub fn stream(&self) -> String {
         format!("{}_events", self.prefix)
     }
-    pub fn consumer(&self) -> String {
-        format!("{}_deliver", self.prefix)
+    /// A tenant's durable delivery consumer, shared by every worker that delivers the tenant.
+    pub fn consumer(&self, tenant: &str) -> String {
+        format!("{}_deliver_{}", self.prefix, subject_token(tenant))
     }
-    /// The subject of a tenant's events (characters NATS subjects do not take become `_`).
+    /// The subject of a tenant's events for delivery.
     pub fn subject(&self, tenant: &str) -> String {
-        let t: String =
-            tenant.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-        format!("{}.events.{t}", self.prefix)
+        format!("{}.events.{}", self.prefix, subject_token(tenant))
     }
+    /// The subject of a replay's events of a tenant without Firebase (kept only for the duplicate
+    /// window, in the stream `PREFIX_lines`).
+    pub fn lines_subject(&self, tenant: &str) -> String {
+        format!("{}.lines.{}", self.prefix, subject_token(tenant))
+    }
+}
+
+/// A tenant id as one NATS subject token (characters subjects do not take become `_`).
+pub fn subject_token(tenant: &str) -> String {
+    tenant.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// HEP input: ports recognised in captures, the live listener, accepted sources.
@@ -777,7 +786,23 @@ impl Config {
             }
         }
         let cluster = match &raw.cluster {
-            Some(c) => Some(cluster_cfg(c, path, &at, &mut warnings)?),
+            Some(c) => {
+                // each tenant's events have a subject and a delivery consumer of their own
+                let mut tokens: HashMap<String, &str> = HashMap::new();
+                for t in &tenants {
+                    if let Some(other) = tokens.insert(subject_token(&t.id), &t.id) {
+                        return Err(at(
+                            c.span(),
+                            "cluster",
+                            format!(
+                                "tenants `{other}` and `{}` would share a NATS subject: rename one (letters, digits, - _)",
+                                t.id
+                            ),
+                        ));
+                    }
+                }
+                Some(cluster_cfg(c, path, &at, &mut warnings)?)
+            }
             None => None,
         };
         Ok(Config {

@@ -83,6 +83,11 @@ fn cluster_config_errors_name_key_file_and_line_and_never_show_the_token() {
     assert!(e.contains(":7: cluster.senser:") && e.contains("unknown field"), "{e}");
     let e = c("nats = [\"nats://127.0.0.1:4222\"]\nsensor = \"a\"\nduplicate_window_secs = 0\n");
     assert!(e.contains(":7: cluster.duplicate_window_secs:"), "{e}");
+    let e = config_error(
+        "sip_servers = [\"127.0.0.10\"]\n[tenants.\"a.b\"]\ndomains = [\"a.example\"]\n[tenants.a_b]\ndomains = [\"b.example\"]\n\
+         [cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nsensor = \"s\"\n",
+    );
+    assert!(e.contains(":6: cluster:") && e.contains("share a NATS subject"), "{e}");
     // a token file is read, never shown: not by check-config, not in an error
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("nats.token"), "s3cr3t-nats-token\n").unwrap();

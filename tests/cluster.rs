@@ -541,3 +541,50 @@ fn refused_and_too_old_events_are_kept_in_the_rejected_stream_not_retried() {
     assert_eq!(stream_messages(&nats, "siptap_rejected"), printed);
     assert_eq!(stream_messages(&nats, "siptap_events"), 0);
 }
+
+#[test]
+fn a_delivery_worker_takes_only_the_tenants_it_delivers() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::single();
+    let mp = FakeMp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_sensor(dir.path(), "s", BOTH, &nats, &mp, "deliver = false");
+    send(&stamped(&capture("split_both.pcap")), |_| vec![s.hep]);
+    wait_until("the events in the stream", Duration::from_secs(30), || {
+        stream_messages(&nats, "siptap_events") == spec().len() as u64
+    });
+    // a worker whose configuration delivers another tenant only: it must leave lab's events alone
+    let other = config_with(
+        dir.path(),
+        "other",
+        BOTH,
+        Some(&nats),
+        "",
+        &format!(
+            "[tenants.other]\ndomains = [\"other.example\"]\n[tenants.other.firebase]\n\
+             app_id = \"1:1234567890:android:0a1b2c3d4e5f\"\napi_secret_env = \"SIPTAP_TEST_API_SECRET\"\n\
+             endpoint = \"{}\"\nallow_insecure_endpoint = true\n",
+            mp.url()
+        ),
+        "",
+    );
+    let deliver = |cfg: &Path, name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
+            .args(["deliver", "--until-idle", "3", "--config", cfg.to_str().unwrap()])
+            .args(["--state", dir.path().join(name).to_str().unwrap()])
+            .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    deliver(&other, "w-other");
+    assert!(mp.requests().is_empty(), "nothing of lab's was sent by the other tenant's worker");
+    assert_eq!(stream_messages(&nats, "siptap_events"), spec().len() as u64, "lab's events still wait");
+    // lab's worker delivers them
+    deliver(&dir.path().join("s.toml"), "w-lab");
+    assert_once(&delivered(&mp));
+    assert_eq!(stream_messages(&nats, "siptap_events"), 0);
+    drop(s.proc);
+}

@@ -242,7 +242,7 @@ impl ClusterOut {
         let o = match self.delivery.queue(r, None) {
             Some(q) => siptap::sink::stream::outgoing(&self.cluster, &q),
             None => siptap::sink::stream::Outgoing {
-                subject: self.cluster.cfg.subject(&r.tenant),
+                subject: self.cluster.cfg.lines_subject(&r.tenant),
                 id,
                 payload: line.clone().into(),
             },

@@ -60,6 +60,8 @@ pub struct ClusterStats {
     pub consumer_ack_pending: AtomicU64,
     pub consumer_redelivered: AtomicU64,
     pub device_cache_resets: AtomicU64,
+    /// Each delivered tenant's consumer: (pending, unacknowledged); the gauges are their sums.
+    consumers: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 impl Default for ClusterStats {
@@ -92,7 +94,16 @@ impl ClusterStats {
             consumer_ack_pending: AtomicU64::new(0),
             consumer_redelivered: AtomicU64::new(0),
             device_cache_resets: AtomicU64::new(0),
+            consumers: Default::default(),
         }
+    }
+
+    /// A tenant consumer's backlog, as its worker last read it.
+    pub fn set_consumer(&self, tenant: &str, pending: u64, unacked: u64) {
+        let mut m = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(tenant.to_string(), (pending, unacked));
+        self.consumer_pending.store(m.values().map(|v| v.0).sum(), Relaxed);
+        self.consumer_ack_pending.store(m.values().map(|v| v.1).sum(), Relaxed);
     }
 
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -427,6 +438,26 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
         })
         .await
         .map_err(|e| anyhow!("cannot create stream {name}: {e}"))?;
+    }
+    // a replay's events of tenants without Firebase: published only so that redundant replays
+    // print each once; kept no longer than the duplicate window needs
+    let lines = format!("{}_lines", cfg.prefix);
+    if js.get_stream(&lines).await.is_err() {
+        js.create_stream(jetstream::stream::Config {
+            name: lines.clone(),
+            description: Some("siptap replay lines of tenants without Firebase (for deduplication only)".into()),
+            subjects: vec![format!("{}.lines.>", cfg.prefix)],
+            max_bytes: ((cfg.max_stream_mib << 20) / 4).max(1 << 20) as i64,
+            max_age: Duration::from_secs(2 * cfg.duplicate_window_secs),
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
+            num_replicas: cfg.replicas,
+            storage: jetstream::stream::StorageType::File,
+            // full: the oldest lines go (they only serve deduplication)
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("cannot create stream {lines}: {e}"))?;
     }
     let rejected = format!("{}_rejected", cfg.prefix);
     if js.get_stream(&rejected).await.is_err() {

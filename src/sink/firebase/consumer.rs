@@ -28,7 +28,7 @@ pub async fn run(
     cfg: SenderConfig,
     stats: Arc<SenderStats>,
     until_idle: Option<Duration>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = match reqwest::Client::builder().timeout(cfg.request_timeout).build() {
         Ok(c) => c,
@@ -37,13 +37,32 @@ pub async fn run(
             return;
         }
     };
-    let urls: HashMap<String, (Target, String)> = targets
-        .into_iter()
-        .map(|t| {
-            let url = collect_url(&t.base_url, false, &t.app_id, &t.api_secret);
-            (t.tenant.clone(), (t, url))
-        })
-        .collect();
+    // one durable consumer per tenant: a worker takes only the tenants it can deliver
+    let cfg = Arc::new(cfg);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in targets {
+        let (cluster, client, cfg, stats, stop) =
+            (cluster.clone(), client.clone(), cfg.clone(), stats.clone(), stop.clone());
+        tasks.spawn(async move { run_tenant(cluster, t, client, cfg, stats, until_idle, stop).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Delivers one tenant's events from its durable consumer.
+async fn run_tenant(
+    cluster: Arc<Cluster>,
+    target: Target,
+    client: reqwest::Client,
+    cfg: Arc<SenderConfig>,
+    stats: Arc<SenderStats>,
+    until_idle: Option<Duration>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let url = collect_url(&target.base_url, false, &target.app_id, &target.api_secret);
+    let urls: HashMap<String, (Target, String)> =
+        [(target.tenant.clone(), (target.clone(), url))].into_iter().collect();
+    let consumer_name = cluster.cfg.consumer(&target.tenant);
+    let subject = cluster.cfg.subject(&target.tenant);
     let ccfg = &cluster.cfg;
     let mut logged = false;
     let consumer: jetstream::consumer::Consumer<pull::Config> = loop {
@@ -54,14 +73,14 @@ pub async fn run(
             let stream = cluster.js.get_stream(ccfg.stream()).await.map_err(|e| e.to_string())?;
             stream
                 .get_or_create_consumer(
-                    &ccfg.consumer(),
+                    &consumer_name,
                     pull::Config {
-                        durable_name: Some(ccfg.consumer()),
-                        description: Some("siptap delivery to Firebase".into()),
+                        durable_name: Some(consumer_name.clone()),
+                        description: Some(format!("siptap delivery of tenant {} to Firebase", target.tenant)),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait: cfg.request_timeout + Duration::from_secs(5),
                         max_ack_pending: ccfg.max_unacked as i64,
-                        filter_subject: format!("{}.events.>", ccfg.prefix),
+                        filter_subject: subject.clone(),
                         max_deliver: -1,
                         num_replicas: ccfg.replicas,
                         ..Default::default()
@@ -88,7 +107,7 @@ pub async fn run(
             }
         }
     };
-    tracing::info!(consumer = %ccfg.consumer(), "delivering from the cluster's stream");
+    tracing::info!(tenant = %target.tenant, consumer = %consumer_name, "delivering from the cluster's stream");
     let mut idle_since = Instant::now();
     let mut probes = 0u32;
     let mut last_info = Instant::now() - Duration::from_secs(10);
@@ -100,8 +119,7 @@ pub async fn run(
         if last_info.elapsed() >= Duration::from_secs(2) {
             last_info = Instant::now();
             if let Ok(Ok(i)) = tokio::time::timeout(Duration::from_secs(1), consumer.info()).await {
-                cluster.stats.consumer_pending.store(i.num_pending, Relaxed);
-                cluster.stats.consumer_ack_pending.store(i.num_ack_pending as u64, Relaxed);
+                cluster.stats.set_consumer(&target.tenant, i.num_pending, i.num_ack_pending as u64);
             }
         }
         // after a transient failure, one small batch (a probe) until the endpoint answers
@@ -187,15 +205,13 @@ async fn deliver(
         if m.info().is_ok_and(|i| i.delivered > 1) {
             cluster.stats.consumer_redelivered.fetch_add(1, Relaxed);
         }
-        let Ok(mut q) = serde_json::from_slice::<QueuedEvent>(&m.payload) else {
-            // (a replay's event of a tenant without Firebase: nothing to deliver)
-            let _ = m.ack().await;
+        let Some(mut q) =
+            serde_json::from_slice::<QueuedEvent>(&m.payload).ok().filter(|q| urls.contains_key(&q.tenant))
+        else {
+            // not an event of this tenant's (the subject says it is): kept, not sent
+            reject_raw(cluster, &m, "not a queued event of this tenant").await;
             continue;
         };
-        if !urls.contains_key(&q.tenant) {
-            let _ = m.ack().await;
-            continue;
-        }
         if now - q.timestamp_micros > MAX_AGE_MICROS {
             reject(cluster, &q, &m, 0, "older than 72 hours when sent").await;
             continue;
@@ -284,10 +300,22 @@ async fn deliver(
     transient
 }
 
+/// Keeps a message that is not an event of the consumer's tenant in the rejected stream as it is.
+async fn reject_raw(cluster: &Cluster, m: &jetstream::Message, why: &str) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Siptap-Status", "0");
+    h.insert("Siptap-Answer", why);
+    let subject = format!("{}.rejected._", cluster.cfg.prefix);
+    let kept = match cluster.js.publish_with_headers(subject, h, m.payload.clone()).await {
+        Ok(f) => f.await.is_ok(),
+        Err(_) => false,
+    };
+    let _ = if kept { m.ack().await } else { m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await };
+}
+
 /// Keeps a refused event in the rejected stream, then acknowledges it (not retried).
 async fn reject(cluster: &Cluster, q: &QueuedEvent, m: &jetstream::Message, status: u16, answer: &str) {
-    let subject =
-        format!("{}.rejected.{}", cluster.cfg.prefix, cluster.cfg.subject(&q.tenant).rsplit('.').next().unwrap_or("_"));
+    let subject = format!("{}.rejected.{}", cluster.cfg.prefix, crate::config::subject_token(&q.tenant));
     let mut h = async_nats::HeaderMap::new();
     h.insert("Siptap-Status", status.to_string().as_str());
     let answer: String = answer.chars().filter(|c| !c.is_control()).take(300).collect();
