@@ -146,6 +146,10 @@ pub const META: &[Meta] = &[
     c("register_shared_late", "Cluster mode: REGISTERs another sensor had already gone past (nothing new to decide)."),
     c("register_shared_local", "Cluster mode: REGISTERs decided locally because NATS did not answer in time."),
     g("cluster_connected", "Cluster mode: 1 while connected to NATS."),
+    g(
+        "cluster_key_mismatch",
+        "Cluster mode: 1 when this sensor's cached cluster keys are not the cluster's (it decides locally; delete cluster.key and restart).",
+    ),
     c("cluster_reconnects", "Cluster mode: connections to NATS made (the first and every reconnection)."),
     c("cluster_kv_won", "Cluster mode: compare-and-set writes of device records that won."),
     c("cluster_kv_conflicts", "Cluster mode: compare-and-set writes lost to another sensor's write (decided again)."),

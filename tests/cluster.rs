@@ -588,3 +588,35 @@ fn a_delivery_worker_takes_only_the_tenants_it_delivers() {
     assert_eq!(stream_messages(&nats, "siptap_events"), 0);
     drop(s.proc);
 }
+
+#[test]
+fn a_sensor_whose_cached_keys_are_not_the_clusters_is_refused_with_the_fix() {
+    if !have_nats() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let run = |nats: &Nats, name: &str, state: &Path| {
+        let cfg = config(dir.path(), name, BOTH, Some(nats), "");
+        Command::new(env!("CARGO_BIN_EXE_siptap"))
+            .args(["replay", "--stats", "--state", state.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+            .arg(capture("split_a.pcap"))
+            .output()
+            .unwrap()
+    };
+    // this sensor joined a first cluster (and keeps its keys)...
+    let first = Nats::single();
+    assert!(run(&first, "s1", &state).status.success());
+    // ...then is pointed at a second one, whose keys another sensor made
+    let second = Nats::single();
+    assert!(run(&second, "other", &dir.path().join("other-state")).status.success());
+    let out = run(&second, "s2", &state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {err}");
+    assert!(err.contains("cluster.key") && err.contains("not the keys of the cluster"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing derived with the wrong keys");
+    // deleting the cached keys lets it join
+    std::fs::remove_file(state.join("cluster.key")).unwrap();
+    let out = run(&second, "s2", &state);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

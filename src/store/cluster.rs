@@ -37,6 +37,8 @@ const DEVICE_MAX_AGE: Duration = Duration::from_secs(8 * 86_400);
 
 pub struct ClusterStats {
     pub connected: AtomicBool,
+    /// The cached keys are not the cluster's: decisions stay local (an operator must act).
+    pub key_mismatch: AtomicBool,
     pub reconnects: AtomicU64,
     /// Compare-and-set writes that won, and attempts that lost to another sensor's write.
     pub kv_won: AtomicU64,
@@ -77,6 +79,7 @@ impl ClusterStats {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
             ]),
             connected: AtomicBool::new(false),
+            key_mismatch: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             kv_won: AtomicU64::new(0),
             kv_conflicts: AtomicU64::new(0),
@@ -109,6 +112,7 @@ impl ClusterStats {
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("cluster_connected", u64::from(self.connected.load(Relaxed))),
+            ("cluster_key_mismatch", u64::from(self.key_mismatch.load(Relaxed))),
             ("cluster_reconnects", self.reconnects.load(Relaxed)),
             ("cluster_kv_won", self.kv_won.load(Relaxed)),
             ("cluster_kv_conflicts", self.kv_conflicts.load(Relaxed)),
@@ -181,7 +185,7 @@ impl Cluster {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let k: Vec<u8> = loop {
                     match rt.block_on(async {
-                        tokio::time::timeout(timeout.max(Duration::from_secs(2)), cluster_keys(&js, cfg)).await
+                        tokio::time::timeout(timeout.max(Duration::from_secs(2)), cluster_keys(&js, cfg, None)).await
                     }) {
                         Ok(Ok(k)) => break k,
                         Ok(Err(e)) if Instant::now() >= deadline => {
@@ -224,13 +228,29 @@ impl Cluster {
             degraded_until_ms: AtomicU64::new(0),
             started: Instant::now(),
         });
-        // the buckets and the stream: now if NATS answers, else as soon as it does
+        // the buckets and the stream: now if NATS answers, else as soon as it does; and the
+        // cached keys checked against the cluster's (a sensor moved to another NATS, or a
+        // cluster made anew, must not decide with keys the others do not share)
         let c2 = c.clone();
+        let mine: Vec<u8> = keys.clone();
         c.rt.spawn(async move {
             let mut logged = false;
             loop {
                 match ensure(&c2.js, &c2.cfg).await {
                     Ok(b) => {
+                        match cluster_keys(&c2.js, &c2.cfg, Some(&mine)).await {
+                            Ok(k) if k != mine => {
+                                c2.stats.key_mismatch.store(true, Relaxed);
+                                tracing::error!(
+                                    "this sensor's cached cluster keys (cluster.key in its state directory) are not the cluster's: \
+                                     its decisions and pseudonyms do not match the other sensors'. Stop it, delete cluster.key, start it again"
+                                );
+                                // decide locally rather than with the wrong keys
+                                return;
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot check the cluster's keys"),
+                        }
                         let _ = c2.buckets.set(b);
                         return;
                     }
@@ -245,8 +265,16 @@ impl Cluster {
             }
         });
         let until = Instant::now() + timeout.max(Duration::from_secs(5));
-        while c.buckets.get().is_none() && Instant::now() < until {
+        while c.buckets.get().is_none() && !c.stats.key_mismatch.load(Relaxed) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if c.stats.key_mismatch.load(Relaxed) {
+            bail!(
+                "{}: the cluster keys cached there are not the keys of the cluster at {}: this sensor belonged to \
+                 another cluster (or this one was made anew). Delete that file to join this cluster",
+                cached.display(),
+                cfg.nats.join(", ")
+            );
         }
         Ok(c)
     }
@@ -333,7 +361,8 @@ async fn connect(cfg: &ClusterCfg, stats: Arc<ClusterStats>) -> Result<async_nat
                             "NATS connection lost: deciding locally and buffering events in the outbox until it is back"
                         );
                     }
-                    other => tracing::debug!(event = %other, "NATS"),
+                    // (authorization errors, lame duck mode, slow consumers: worth a line)
+                    other => tracing::warn!(event = %other, "NATS"),
                 }
             }
         });
@@ -354,9 +383,12 @@ async fn connect(cfg: &ClusterCfg, stats: Arc<ClusterStats>) -> Result<async_nat
 }
 
 /// The cluster's 48 bytes of keys: created by the first sensor, read by the others.
-async fn cluster_keys(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Vec<u8>> {
+async fn cluster_keys(js: &jetstream::Context, cfg: &ClusterCfg, proposed: Option<&[u8]>) -> Result<Vec<u8>> {
     let kv = get_or_create_bucket(js, cfg, "config", Duration::ZERO, 1 << 20).await?;
-    let fresh = crate::sink::firebase::random_bytes(48)?;
+    let fresh = match proposed {
+        Some(k) => k.to_vec(),
+        None => crate::sink::firebase::random_bytes(48)?,
+    };
     let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
     match kv.create("keys", hex.into()).await {
         Ok(_) => {
