@@ -127,8 +127,7 @@ pub fn cluster_deliver(config: PathBuf, state: Option<PathBuf>, until_idle: Opti
         until_idle.map(Duration::from_secs),
         stop,
     ));
-    let c2 = cluster.clone();
-    cluster.block_for(Duration::from_secs(u64::MAX / 4), async move {
+    cluster.block_for(Duration::from_secs(100 * 365 * 86_400), async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
@@ -141,7 +140,6 @@ pub fn cluster_deliver(config: PathBuf, state: Option<PathBuf>, until_idle: Opti
         }
         let _ = stop_tx.send(true);
         let _ = worker.await;
-        drop(c2);
     });
     if stats {
         let mut err = std::io::stderr().lock();

@@ -146,7 +146,8 @@ pub struct Cluster {
     rt: tokio::runtime::Runtime,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    buckets: OnceLock<Buckets>,
+    /// Set once NATS has answered (shared with the task that waits for it).
+    buckets: Arc<OnceLock<Buckets>>,
     pub cfg: ClusterCfg,
     pub stats: Arc<ClusterStats>,
     /// The cluster's fingerprint key and pseudonym (identity) key.
@@ -218,7 +219,7 @@ impl Cluster {
             rt,
             client,
             js,
-            buckets: OnceLock::new(),
+            buckets: Arc::new(OnceLock::new()),
             cfg: cfg.clone(),
             stats,
             fingerprint_key,
@@ -231,16 +232,17 @@ impl Cluster {
         // the buckets and the stream: now if NATS answers, else as soon as it does; and the
         // cached keys checked against the cluster's (a sensor moved to another NATS, or a
         // cluster made anew, must not decide with keys the others do not share)
-        let c2 = c.clone();
+        // (the task holds what it needs, not the cluster: the runtime it runs on is the cluster's)
+        let (js, ccfg, stats, buckets) = (c.js.clone(), c.cfg.clone(), c.stats.clone(), c.buckets.clone());
         let mine: Vec<u8> = keys.clone();
         c.rt.spawn(async move {
             let mut logged = false;
             loop {
-                match ensure(&c2.js, &c2.cfg).await {
+                match ensure(&js, &ccfg).await {
                     Ok(b) => {
-                        match cluster_keys(&c2.js, &c2.cfg, Some(&mine)).await {
+                        match cluster_keys(&js, &ccfg, Some(&mine)).await {
                             Ok(k) if k != mine => {
-                                c2.stats.key_mismatch.store(true, Relaxed);
+                                stats.key_mismatch.store(true, Relaxed);
                                 tracing::error!(
                                     "this sensor's cached cluster keys (cluster.key in its state directory) are not the cluster's: \
                                      its decisions and pseudonyms do not match the other sensors'. Stop it, delete cluster.key, start it again"
@@ -251,7 +253,7 @@ impl Cluster {
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot check the cluster's keys"),
                         }
-                        let _ = c2.buckets.set(b);
+                        let _ = buckets.set(b);
                         return;
                     }
                     Err(e) => {

@@ -59,8 +59,6 @@ async fn run_tenant(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let url = collect_url(&target.base_url, false, &target.app_id, &target.api_secret);
-    let urls: HashMap<String, (Target, String)> =
-        [(target.tenant.clone(), (target.clone(), url))].into_iter().collect();
     let consumer_name = cluster.cfg.consumer(&target.tenant);
     let subject = cluster.cfg.subject(&target.tenant);
     let ccfg = &cluster.cfg;
@@ -152,7 +150,7 @@ async fn run_tenant(
             }
             continue;
         }
-        let transient = deliver(&cluster, &client, &urls, &cfg, &stats, msgs).await;
+        let transient = deliver(&cluster, &client, &target.tenant, &url, &cfg, &stats, msgs).await;
         if transient {
             probes = probes.saturating_add(1);
             let wait = backoff(probes - 1, cfg.max_backoff);
@@ -189,25 +187,24 @@ async fn take(
     msgs
 }
 
-/// Delivers one fetched batch; `true` when a request failed transiently (those events are
-/// handed back to the stream for later).
+/// Delivers one fetched batch of a tenant's events; `true` when a request failed transiently
+/// (those events are handed back to the stream for later).
 async fn deliver(
     cluster: &Cluster,
     client: &reqwest::Client,
-    urls: &HashMap<String, (Target, String)>,
+    tenant: &str,
+    url: &str,
     cfg: &SenderConfig,
     stats: &SenderStats,
     msgs: Vec<jetstream::Message>,
 ) -> bool {
     let now = now_micros();
-    let mut by_tenant: HashMap<String, Vec<(jetstream::Message, QueuedEvent)>> = HashMap::new();
+    let mut rows: Vec<(jetstream::Message, QueuedEvent)> = Vec::with_capacity(msgs.len());
     for m in msgs {
         if m.info().is_ok_and(|i| i.delivered > 1) {
             cluster.stats.consumer_redelivered.fetch_add(1, Relaxed);
         }
-        let Some(mut q) =
-            serde_json::from_slice::<QueuedEvent>(&m.payload).ok().filter(|q| urls.contains_key(&q.tenant))
-        else {
+        let Some(mut q) = serde_json::from_slice::<QueuedEvent>(&m.payload).ok().filter(|q| q.tenant == tenant) else {
             // not an event of this tenant's (the subject says it is): kept, not sent
             reject_raw(cluster, &m, "not a queued event of this tenant").await;
             continue;
@@ -219,45 +216,38 @@ async fn deliver(
         if q.timestamp_micros - now > super::sender::FUTURE_SLACK {
             q.timestamp_micros = now;
         }
-        by_tenant.entry(q.tenant.clone()).or_default().push((m, q));
+        rows.push((m, q));
     }
-    let mut requests: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut owned: HashMap<String, Vec<(jetstream::Message, QueuedEvent)>> = HashMap::new();
-    for (tenant, rows) in by_tenant {
-        let refs: Vec<&QueuedEvent> = rows.iter().map(|(_, q)| q).collect();
-        let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
-        let index: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, (_, q))| (addr(q), i)).collect();
-        for batch in mp::batches(&refs) {
-            let idx: Vec<usize> = batch.iter().map(|q| index[&addr(q)]).collect();
-            let body = mp::body(&batch);
-            let problems = mp::validate(&body, now_micros());
-            if !problems.is_empty() {
-                stats.invalid_local.fetch_add(1, Relaxed);
-                stats.tenant(&tenant, DeliveryResult::InvalidNotSent, 0);
-                for &i in &idx {
-                    reject(cluster, &rows[i].1, &rows[i].0, 0, &problems.join("; ")).await;
-                }
-                continue;
+    // requests as the single box builds them: one app instance each, in time order
+    let refs: Vec<&QueuedEvent> = rows.iter().map(|(_, q)| q).collect();
+    let addr = |e: &QueuedEvent| e as *const QueuedEvent as usize;
+    let index: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, (_, q))| (addr(q), i)).collect();
+    let mut requests: Vec<(Vec<usize>, Vec<u8>)> = Vec::new();
+    for batch in mp::batches(&refs) {
+        let idx: Vec<usize> = batch.iter().map(|q| index[&addr(q)]).collect();
+        let body = mp::body(&batch);
+        let problems = mp::validate(&body, now_micros());
+        if !problems.is_empty() {
+            stats.invalid_local.fetch_add(1, Relaxed);
+            stats.tenant(tenant, DeliveryResult::InvalidNotSent, 0);
+            for &i in &idx {
+                reject(cluster, &rows[i].1, &rows[i].0, 0, &problems.join("; ")).await;
             }
-            requests.push((tenant.clone(), idx, body));
+            continue;
         }
-        owned.insert(tenant, rows);
+        requests.push((idx, body));
     }
-    let results: Vec<(String, Vec<usize>, Outcome, Duration)> = futures_util::stream::iter(requests)
-        .map(|(tenant, idx, body)| {
-            let url = urls[&tenant].1.clone();
-            async move {
-                let started = Instant::now();
-                let o = post(client, &url, body).await;
-                (tenant, idx, o, started.elapsed())
-            }
+    let results: Vec<(Vec<usize>, Outcome, Duration)> = futures_util::stream::iter(requests)
+        .map(|(idx, body)| async move {
+            let started = Instant::now();
+            let o = post(client, url, body).await;
+            (idx, o, started.elapsed())
         })
         .buffer_unordered(cfg.max_in_flight.max(1))
         .collect()
         .await;
     let mut transient = false;
-    for (tenant, idx, outcome, took) in results {
-        let rows = &owned[&tenant];
+    for (idx, outcome, took) in results {
         match outcome {
             Outcome::Ok => {
                 for &i in &idx {
@@ -269,12 +259,12 @@ async fn deliver(
                 stats.latency_count.fetch_add(1, Relaxed);
                 stats.latency.observe(took.as_secs_f64());
                 stats.batch_events.observe(idx.len() as f64);
-                stats.tenant(&tenant, DeliveryResult::Ok, idx.len() as u64);
+                stats.tenant(tenant, DeliveryResult::Ok, idx.len() as u64);
             }
             Outcome::Final { status, answer } => {
                 tracing::error!(%tenant, status, answer = %answer.chars().take(300).collect::<String>(), "request refused; its events go to the cluster's rejected stream, not retried");
                 stats.http_4xx.fetch_add(1, Relaxed);
-                stats.tenant(&tenant, DeliveryResult::Refused4xx, 0);
+                stats.tenant(tenant, DeliveryResult::Refused4xx, 0);
                 for &i in &idx {
                     reject(cluster, &rows[i].1, &rows[i].0, status, &answer).await;
                 }
@@ -287,7 +277,7 @@ async fn deliver(
                 };
                 let result =
                     if status.is_some() { DeliveryResult::Transient5xx429 } else { DeliveryResult::TransportError };
-                stats.tenant(&tenant, result, 0);
+                stats.tenant(tenant, result, 0);
                 stats.retries.fetch_add(1, Relaxed);
                 tracing::warn!(%tenant, ?status, error = %why.chars().take(300).collect::<String>(), "delivery failing: events handed back to the stream");
                 let delay = retry_after.unwrap_or(Duration::from_millis(250)).min(cfg.max_backoff);
