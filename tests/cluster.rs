@@ -620,3 +620,34 @@ fn a_sensor_whose_cached_keys_are_not_the_clusters_is_refused_with_the_fix() {
     let out = run(&second, "s2", &state);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_firebase_outage_and_a_sensor_restart_mid_traffic_change_no_event() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::single();
+    let mp = FakeMp::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Firebase answers 503 for the first 4 seconds
+    mp.behaviour.lock().unwrap().down_until = Some(std::time::Instant::now() + Duration::from_secs(4));
+    let s = run_sensor(dir.path(), "s", BOTH, &nats, &mp, "");
+    let packets = stamped(&capture("split_both.pcap"));
+    // the registrations and the first call's INVITE, then the sensor restarts (SIGTERM: it saves
+    // its state), then the rest
+    let cut = packets
+        .iter()
+        .position(|p| String::from_utf8_lossy(&p.data).contains("SIP/2.0 180"))
+        .expect("a 180 in the capture");
+    send(&packets[..cut], |_| vec![s.hep]);
+    let mut c = s.proc.take();
+    // SAFETY: kill(2) with a plain signal number
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    assert!(c.wait().unwrap().success());
+    let s = run_sensor(dir.path(), "s", BOTH, &nats, &mp, "");
+    send(&packets[cut..], |_| vec![s.hep]);
+    let got = wait_delivered(&mp, spec().len(), Duration::from_secs(60));
+    assert_once(&got);
+    assert!(mp.requests().iter().any(|r| r.answered == 503), "the outage was met (and its events delivered after it)");
+    drop(s.proc);
+}
