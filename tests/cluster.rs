@@ -214,6 +214,15 @@ fn run_sensor(dir: &Path, name: &str, servers: &str, nats: &Nats, mp: &FakeMp, c
     Sensor { proc, hep, metrics }
 }
 
+/// `siptap deliver` with a config, its own state directory and the test's API secret.
+fn siptap_deliver(cfg: &Path, state: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_siptap"));
+    c.args(["deliver", "--config", cfg.to_str().unwrap(), "--state", state.to_str().unwrap()])
+        .args(extra)
+        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret");
+    c
+}
+
 fn metric(port: u16, name: &str) -> f64 {
     http_get(port, "/metrics")
         .unwrap_or_default()
@@ -362,12 +371,7 @@ fn a_delivery_worker_killed_mid_batch_loses_nothing() {
     let s = run_sensor(dir.path(), "s", BOTH, &nats, &mp, "deliver = false");
     let cfg = dir.path().join("s.toml");
     let worker = |name: &str, extra: &[&str]| {
-        let state = dir.path().join(format!("worker-{name}"));
-        let mut args = vec!["deliver", "--config", cfg.to_str().unwrap(), "--state", state.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_siptap"))
-            .args(&args)
-            .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
+        siptap_deliver(&cfg, &dir.path().join(format!("worker-{name}")), extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -503,12 +507,7 @@ fn refused_and_too_old_events_are_kept_in_the_rejected_stream_not_retried() {
     assert_eq!(delivered(&mp).len() as u64 + refused, spec().len() as u64);
     // after a fix, `siptap deliver --requeue-rejected` sends them again: then all are delivered
     let cfg = dir.path().join("s.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
-        .args(["deliver", "--requeue-rejected", "--config", cfg.to_str().unwrap()])
-        .args(["--state", dir.path().join("rq").to_str().unwrap()])
-        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
-        .output()
-        .unwrap();
+    let out = siptap_deliver(&cfg, &dir.path().join("rq"), &["--requeue-rejected"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{refused} event(s) put back")));
     let got = wait_delivered(&mp, spec().len(), Duration::from_secs(30));
@@ -530,12 +529,7 @@ fn refused_and_too_old_events_are_kept_in_the_rejected_stream_not_retried() {
     let printed = parse_lines(&String::from_utf8_lossy(&out.stdout)).len() as u64;
     assert!(printed > 50, "{printed}");
     let before = mp.requests().len();
-    let w = Command::new(env!("CARGO_BIN_EXE_siptap"))
-        .args(["deliver", "--config", cfg.to_str().unwrap(), "--until-idle", "3"])
-        .args(["--state", dir.path().join("w").to_str().unwrap()])
-        .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
-        .output()
-        .unwrap();
+    let w = siptap_deliver(&cfg, &dir.path().join("w"), &["--until-idle", "3"]).output().unwrap();
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
     assert_eq!(mp.requests().len(), before, "nothing older than 72 hours is sent");
     assert_eq!(stream_messages(&nats, "siptap_rejected"), printed);
@@ -571,12 +565,7 @@ fn a_delivery_worker_takes_only_the_tenants_it_delivers() {
         "",
     );
     let deliver = |cfg: &Path, name: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_siptap"))
-            .args(["deliver", "--until-idle", "3", "--config", cfg.to_str().unwrap()])
-            .args(["--state", dir.path().join(name).to_str().unwrap()])
-            .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
-            .output()
-            .unwrap();
+        let out = siptap_deliver(cfg, &dir.path().join(name), &["--until-idle", "3"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     deliver(&other, "w-other");

@@ -450,10 +450,10 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
     let users = get_or_create_bucket(js, cfg, "users", Duration::ZERO, bytes).await?;
     let devices = get_or_create_bucket(js, cfg, "devices", DEVICE_MAX_AGE, bytes).await?;
     let contacts = get_or_create_bucket(js, cfg, "contacts", CONTACT_MAX_AGE, bytes).await?;
-    let name = cfg.stream();
-    if js.get_stream(&name).await.is_err() {
-        js.create_stream(jetstream::stream::Config {
-            name: name.clone(),
+    ensure_stream(
+        js,
+        jetstream::stream::Config {
+            name: cfg.stream(),
             description: Some("siptap events, one copy per event id".into()),
             subjects: vec![format!("{}.events.>", cfg.prefix)],
             max_bytes: (cfg.max_stream_mib << 20) as i64,
@@ -469,16 +469,15 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
             // the duplicate window are kept apart from the messages)
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("cannot create stream {name}: {e}"))?;
-    }
+        },
+    )
+    .await?;
     // a replay's events of tenants without Firebase: published only so that redundant replays
     // print each once; kept no longer than the duplicate window needs
-    let lines = format!("{}_lines", cfg.prefix);
-    if js.get_stream(&lines).await.is_err() {
-        js.create_stream(jetstream::stream::Config {
-            name: lines.clone(),
+    ensure_stream(
+        js,
+        jetstream::stream::Config {
+            name: format!("{}_lines", cfg.prefix),
             description: Some("siptap replay lines of tenants without Firebase (for deduplication only)".into()),
             subjects: vec![format!("{}.lines.>", cfg.prefix)],
             max_bytes: ((cfg.max_stream_mib << 20) / 4).max(1 << 20) as i64,
@@ -489,14 +488,13 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
             // full: the oldest lines go (they only serve deduplication)
             discard: jetstream::stream::DiscardPolicy::Old,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("cannot create stream {lines}: {e}"))?;
-    }
-    let rejected = format!("{}_rejected", cfg.prefix);
-    if js.get_stream(&rejected).await.is_err() {
-        js.create_stream(jetstream::stream::Config {
-            name: rejected.clone(),
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        jetstream::stream::Config {
+            name: format!("{}_rejected", cfg.prefix),
             description: Some("siptap events Firebase refused (4xx), invalid or too old: kept 30 days".into()),
             subjects: vec![format!("{}.rejected.>", cfg.prefix)],
             max_bytes: ((cfg.max_stream_mib << 20) / 4).max(1 << 20) as i64,
@@ -504,11 +502,20 @@ async fn ensure(js: &jetstream::Context, cfg: &ClusterCfg) -> Result<Buckets> {
             num_replicas: cfg.replicas,
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("cannot create stream {rejected}: {e}"))?;
-    }
+        },
+    )
+    .await?;
     Ok(Buckets { users, devices, contacts })
+}
+
+/// Creates a stream unless it exists (an existing one is left as its operator may have tuned it).
+async fn ensure_stream(js: &jetstream::Context, config: jetstream::stream::Config) -> Result<()> {
+    if js.get_stream(&config.name).await.is_ok() {
+        return Ok(());
+    }
+    let name = config.name.clone();
+    js.create_stream(config).await.map_err(|e| anyhow!("cannot create stream {name}: {e}"))?;
+    Ok(())
 }
 
 fn key_of(fp: Fp) -> String {
