@@ -12,7 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 use common::hep::{HepPacket, stamped};
-use common::live::Reaped;
+use common::live::start_run;
 use common::mp_server::FakeMp;
 use common::nats::Nats;
 use common::{free_port, http_get, root, wait_until};
@@ -133,21 +133,12 @@ fn main() {
                  [[hep.sources]]\naddress = \"127.0.0.1\"\n[run]\ninterfaces = []\nstate_dir = \"{}\"\n\
                  metrics_listen = \"127.0.0.1:{metrics}\"\n[tenants.lab]\ndomains = [\"lab.example\"]\n\
                  [tenants.lab.firebase]\napp_id = \"1:1234567890:android:0a1b2c3d4e5f\"\n\
-                 api_secret_env = \"SIPTAP_BENCH_SECRET\"\nendpoint = \"{}\"\nallow_insecure_endpoint = true\n{cluster_section}",
+                 api_secret_env = \"SIPTAP_TEST_API_SECRET\"\nendpoint = \"{}\"\nallow_insecure_endpoint = true\n{cluster_section}",
                 dir.path().join(format!("state-{name}")).display(),
                 mp.url()
             ),
         );
-        let _run = Reaped::new(
-            Command::new(bin())
-                .args(["run", "--allow-root", "--config"])
-                .arg(&cfg)
-                .env("SIPTAP_BENCH_SECRET", "bench")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let _run = start_run(&cfg, Some("bench"));
         wait_until("/health", Duration::from_secs(30), || http_get(metrics, "/health").is_some());
         // fresh stamps for this run, sent in real time (each packet at its stamp)
         let packets = stamped(&root().join("fixtures/cluster/captures/split_both.pcap"));

@@ -8,7 +8,7 @@
 //!   kill -9 mid-batch: nothing lost.
 mod common;
 use common::hep::{HepPacket, send, stamped};
-use common::live::Reaped;
+use common::live::{Reaped, start_run};
 use common::mp_server::FakeMp;
 use common::nats::Nats;
 use common::*;
@@ -201,15 +201,7 @@ fn run_sensor(dir: &Path, name: &str, servers: &str, nats: &Nats, mp: &FakeMp, c
         mp.url()
     );
     let cfg = config_with(dir, name, servers, Some(nats), &extra, &firebase, cluster_extra);
-    let proc = Reaped::new(
-        Command::new(env!("CARGO_BIN_EXE_siptap"))
-            .args(["run", "--allow-root", "--config", cfg.to_str().unwrap()])
-            .env("SIPTAP_TEST_API_SECRET", "cluster-test-secret")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let proc = start_run(&cfg, Some("cluster-test-secret"));
     wait_until("the sensor's /health", Duration::from_secs(40), || http_get(metrics, "/health").is_some());
     Sensor { proc, hep, metrics }
 }

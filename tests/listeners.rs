@@ -2,12 +2,12 @@
 //! listener's trust rules, its connection cap and idle timeout, and /health answering while idle
 //! connections pile up on both ports.
 mod common;
-use common::live::Reaped;
+use common::live::{Reaped, start_run};
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -28,14 +28,7 @@ fn write_cfg(dir: &Path, hep: &str, metrics: u16) -> std::path::PathBuf {
 }
 
 fn start(cfg: &Path) -> Reaped {
-    Reaped::new(
-        Command::new(env!("CARGO_BIN_EXE_siptap"))
-            .args(["run", "--allow-root", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    start_run(cfg, None)
 }
 
 /// GET a path; `None` when nothing answered within `within`.

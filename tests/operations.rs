@@ -5,7 +5,7 @@
 //! a fake Measurement Protocol server).
 mod common;
 use common::hep::send_as_hep;
-use common::live::{Reaped, private_network};
+use common::live::{Reaped, private_network, start_run};
 use common::mp_server::FakeMp;
 use common::*;
 use siptap::sink::firebase::sender::percent_encode;
@@ -32,15 +32,7 @@ fn config(dir: &Path, metrics: u16, hep: u16, mp: &FakeMp, interfaces: &str) -> 
 }
 
 fn start(cfg: &Path) -> Reaped {
-    Reaped::new(
-        Command::new(env!("CARGO_BIN_EXE_siptap"))
-            .args(["run", "--allow-root", "--config", cfg.to_str().unwrap()])
-            .env("SIPTAP_TEST_API_SECRET", "ops-test-secret")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    start_run(cfg, Some("ops-test-secret"))
 }
 
 #[test]

@@ -42,3 +42,14 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// `siptap run --allow-root --config CFG`, quiet (stdout and stderr discarded), killed when
+/// dropped; `api_secret`: the value of SIPTAP_TEST_API_SECRET, which the test configs name.
+pub fn start_run(cfg: &std::path::Path, api_secret: Option<&str>) -> Reaped {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_siptap"));
+    c.args(["run", "--allow-root", "--config"]).arg(cfg);
+    if let Some(s) = api_secret {
+        c.env("SIPTAP_TEST_API_SECRET", s);
+    }
+    Reaped::new(c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
+}
