@@ -34,7 +34,14 @@ impl Router {
             for d in &t.domains {
                 by_domain.insert(d.clone(), i);
             }
-            let names = t.names.iter().map(|(k, v)| (*k, v.as_deref().map(Arc::from))).collect();
+            // every kind named once here, so that routing an event allocates nothing
+            let names = Kind::ALL
+                .into_iter()
+                .map(|k| match t.names.get(&k) {
+                    Some(v) => (k, v.as_deref().map(Arc::from)),
+                    None => (k, Some(Arc::from(k.default_name()))),
+                })
+                .collect();
             tenants.push((Arc::from(t.id.as_str()), names));
         }
         let default = cfg.default_tenant.as_ref().and_then(|d| cfg.tenants.iter().position(|t| &t.id == d));
@@ -42,15 +49,19 @@ impl Router {
     }
 
     pub fn route(&self, ev: &Event) -> Route {
-        let domain = ev.domain().to_ascii_lowercase();
-        let Some(i) = self.by_domain.get(&domain).copied().or(self.default) else {
+        let domain = ev.domain();
+        let i = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_domain.get(&domain.to_ascii_lowercase())
+        } else {
+            self.by_domain.get(domain)
+        };
+        let Some(i) = i.copied().or(self.default) else {
             return Route::Unrouted;
         };
         let (id, names) = &self.tenants[i];
         match names.get(&ev.kind) {
             Some(Some(name)) => Route::To { tenant: id.clone(), name: name.clone() },
-            Some(None) => Route::Disabled,
-            None => Route::To { tenant: id.clone(), name: Arc::from(ev.kind.default_name()) },
+            Some(None) | None => Route::Disabled,
         }
     }
 }

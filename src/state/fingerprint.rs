@@ -43,6 +43,35 @@ impl Fingerprinter {
         self.of_bytes(&buf[..n + 2])
     }
 
+    /// The fingerprint of a URI's contact key (`Uri::contact_key`: user, `@`, lower-case host,
+    /// `:`, port), hashed as it is read, without building the string.
+    pub fn of_contact(&self, uri: &crate::sip::uri::Uri<'_>) -> Fp {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(uri.user.unwrap_or("").as_bytes());
+        h.write(b"@");
+        let mut lower = [0u8; 64];
+        for chunk in uri.host.as_bytes().chunks(lower.len()) {
+            let l = &mut lower[..chunk.len()];
+            l.copy_from_slice(chunk);
+            l.make_ascii_lowercase();
+            h.write(l);
+        }
+        h.write(b":");
+        let mut digits = [0u8; 5];
+        let mut port = uri.port.unwrap_or(5060);
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (port % 10) as u8;
+            port /= 10;
+            if port == 0 {
+                break;
+            }
+        }
+        h.write(&digits[i..]);
+        h.finish()
+    }
+
     pub fn of_bytes(&self, b: &[u8]) -> Fp {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(b);
@@ -114,5 +143,15 @@ mod tests {
         assert_ne!(a.of("call-1@host"), b.of("call-1@host"));
         // the value is part of the persisted state format: it must not change between builds
         assert_eq!(Fingerprinter::new([0, 0]).of(""), 0xd1fb_a762_150c_532c);
+    }
+
+    #[test]
+    fn contact_fingerprint_is_the_contact_key_s() {
+        let f = Fingerprinter::new([7, 9]);
+        let long_host = format!("sip:u@{}.Example.COM:65535", "H".repeat(150));
+        for uri in ["sip:alice@Lab.Example", "sip:bob@[2001:DB8::1]:5070;lr", "sip:[::1]", "sips:x@h:0", &long_host] {
+            let u = crate::sip::uri::Uri::parse(uri).unwrap();
+            assert_eq!(f.of_contact(&u), f.of(&u.contact_key()), "{uri}");
+        }
     }
 }

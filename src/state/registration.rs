@@ -296,6 +296,11 @@ impl Registrations {
     }
 
     /// Cluster mode: decide through the facts shared with other sensors.
+    /// The keyed hash the tables use, for callers that look contacts up.
+    pub fn fp(&self) -> &Fingerprinter {
+        &self.fp
+    }
+
     pub fn set_shared(&mut self, shared: Box<dyn SharedRegistry>) {
         self.shared = Some(shared);
     }
@@ -306,8 +311,8 @@ impl Registrations {
 
     /// A registered contact, unless it lapsed longer ago than the grace (whether or not the
     /// periodic cleanup has run: events must not depend on when it does).
-    fn contact(&self, contact_key: &str, now: Micros) -> Option<&ContactEntry> {
-        self.contacts.get(&self.fp.of(contact_key)).filter(|c| now - c.expires_at <= CONTACT_GRACE)
+    fn contact(&self, contact: Fp, now: Micros) -> Option<&ContactEntry> {
+        self.contacts.get(&contact).filter(|c| now - c.expires_at <= CONTACT_GRACE)
     }
 
     /// A contact another sensor registered (cluster mode), unless it lapsed longer ago than the
@@ -327,18 +332,18 @@ impl Registrations {
     }
 
     /// The address of record whose registered contact this is, if any.
-    pub fn aor_for_contact(&self, contact_key: &str, now: Micros) -> Option<std::borrow::Cow<'_, str>> {
-        if let Some(c) = self.contact(contact_key, now) {
+    pub fn aor_for_contact(&self, contact: Fp, now: Micros) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(c) = self.contact(contact, now) {
             return self.aors.get(&c.aor).map(|a| std::borrow::Cow::Borrowed(&*a.aor));
         }
-        self.remote_contact(self.fp.of(contact_key), now).map(|c| std::borrow::Cow::Owned(c.aor))
+        self.remote_contact(contact, now).map(|c| std::borrow::Cow::Owned(c.aor))
     }
 
     /// The app behind a contact, when that contact is registered for `aor`.
-    pub fn origin_for_contact(&self, aor: &str, contact_key: &str, now: Micros) -> Origin {
+    pub fn origin_for_contact(&self, aor: &str, contact: Fp, now: Micros) -> Origin {
         let aor_fp = self.fp.of(aor);
-        let Some(c) = self.contact(contact_key, now).filter(|c| c.aor == aor_fp) else {
-            return self.remote_origin(aor, aor_fp, contact_key, now);
+        let Some(c) = self.contact(contact, now).filter(|c| c.aor == aor_fp) else {
+            return self.remote_origin(aor, aor_fp, contact, now);
         };
         let Some(dev) = c.device else { return Origin::default() };
         let app =
@@ -354,8 +359,8 @@ impl Registrations {
     }
 
     /// The app behind a contact another sensor registered (cluster mode).
-    fn remote_origin(&self, aor: &str, aor_fp: Fp, contact_key: &str, now: Micros) -> Origin {
-        let (Some(sh), Some(c)) = (&self.shared, self.remote_contact(self.fp.of(contact_key), now)) else {
+    fn remote_origin(&self, aor: &str, aor_fp: Fp, contact: Fp, now: Micros) -> Origin {
+        let (Some(sh), Some(c)) = (&self.shared, self.remote_contact(contact, now)) else {
             return Origin::default();
         };
         let (true, Some(dev)) = (c.aor == aor, c.device) else { return Origin::default() };
@@ -396,7 +401,9 @@ impl Registrations {
         let mut bindings = Vec::with_capacity(contacts.len().min(max));
         for c in contacts.iter().take(max) {
             let Some(uri) = c.addr.parsed_uri() else { continue };
-            let key = uri.contact_key();
+            if device.is_none() {
+                device = Some(uri.contact_key());
+            }
             if instance.is_none() {
                 instance = c.instance();
             }
@@ -407,8 +414,7 @@ impl Registrations {
                         .map(|v| v.trim_matches(|ch| ch == '"' || ch == '<' || ch == '>').into())
                 });
             }
-            bindings.push((self.fp.of(&key), c.expires()));
-            device.get_or_insert(key);
+            bindings.push((self.fp.of_contact(&uri), c.expires()));
         }
         let key = self.pending_key(msg.call_id, msg.cseq);
         let device: Box<str> = match instance {
@@ -500,7 +506,7 @@ impl Registrations {
         let mut granted: Vec<(Fp, u32)> = Vec::new();
         for c in contacts.iter().take(max) {
             let Some(uri) = c.addr.parsed_uri() else { continue };
-            let k = self.fp.of(&uri.contact_key());
+            let k = self.fp.of_contact(&uri);
             let e = c.expires().or(msg.expires).unwrap_or(DEFAULT_EXPIRES);
             if c.expires().is_some() {
                 granted.push((k, e));

@@ -39,9 +39,12 @@ pub struct PushProxyAgents {
 impl PushProxyAgents {
     pub fn matches(&self, domain: &str, user_agent: Option<&str>) -> bool {
         let Some(ua) = user_agent else { return false };
-        let ua = ua.to_ascii_lowercase();
         let pats = self.by_domain.get(domain).unwrap_or(&self.default);
-        pats.iter().any(|p| ua.contains(&p.to_ascii_lowercase()))
+        let ua = ua.as_bytes();
+        pats.iter().any(|p| {
+            let p = p.as_bytes();
+            p.is_empty() || ua.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
+        })
     }
 }
 
@@ -217,8 +220,9 @@ impl Tracker {
                 Direction::Out => {
                     let user = msg.from.parsed_uri().map(|u| u.aor()).unwrap_or_default();
                     let contact = msg.first_contact().and_then(|c| c.addr.parsed_uri());
-                    let origin =
-                        contact.map(|u| regs.origin_for_contact(&user, &u.contact_key(), ts)).unwrap_or_default();
+                    let origin = contact
+                        .map(|u| regs.origin_for_contact(&user, regs.fp().of_contact(&u), ts))
+                        .unwrap_or_default();
                     let registered_source = regs.registered_from(&user, hop.client, ts);
                     Resolved { user, origin, registered_source }
                 }
@@ -227,13 +231,12 @@ impl Tracker {
                         crate::sip::StartLine::Request { uri, .. } => Uri::parse(uri),
                         crate::sip::StartLine::Response { .. } => None,
                     };
-                    let key = ruri.map(|u| u.contact_key());
+                    let key = ruri.map(|u| regs.fp().of_contact(&u));
                     let user = key
-                        .as_deref()
                         .and_then(|k| regs.aor_for_contact(k, ts).map(std::borrow::Cow::into_owned))
                         .or_else(|| msg.to.parsed_uri().map(|u| u.aor()))
                         .unwrap_or_default();
-                    let origin = key.map(|k| regs.origin_for_contact(&user, &k, ts)).unwrap_or_default();
+                    let origin = key.map(|k| regs.origin_for_contact(&user, k, ts)).unwrap_or_default();
                     Resolved { user, origin, registered_source: false }
                 }
             }
