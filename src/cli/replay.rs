@@ -308,6 +308,10 @@ fn publish_with_retry(
 /// Messages per batch between the halves (and bytes: whichever comes first).
 const BATCH_MESSAGES: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
+/// With one thread, the state half takes the parsed heads while they are still in the
+/// processor's first-level cache: small batches.
+const SOLO_BATCH_MESSAGES: usize = 64;
+const SOLO_BATCH_BYTES: usize = 32 << 10;
 
 /// Reads the captures through the pipeline, as one timeline. With two threads, reading,
 /// decoding and parsing run on one and state, output and the store on this one, joined by a
@@ -329,7 +333,7 @@ fn feed(
             let fs = read_file(c, |frame| {
                 progress.frame(frame.data.len());
                 front.frame(frame, &mut batch);
-                if batch.len() >= BATCH_MESSAGES || batch.bytes() >= BATCH_BYTES {
+                if batch.len() >= SOLO_BATCH_MESSAGES || batch.bytes() >= SOLO_BATCH_BYTES {
                     back.apply(&batch, emit);
                     after_batch(&mut back, batch.frames);
                     batch.clear();
