@@ -23,7 +23,14 @@ pub fn decode(data: &[u8]) -> usize {
 pub fn sip_parse(data: &[u8]) -> bool {
     let _ = frame::frame(data);
     let unfolded = parse::unfold(data);
-    let Ok(m) = parse::parse(&unfolded) else { return false };
+    let two_passes = parse::parse(&unfolded);
+    // the one-pass parse the pipeline uses must answer as unfolding first, then parsing, does
+    let mut scratch = Vec::new();
+    assert_eq!(parse::parse_folded(data, &mut scratch), two_passes, "one-pass and two-pass parses differ");
+    let Ok(m) = two_passes else { return false };
+    // and the message seen again over a copy of its head (as the state half sees it) is the same
+    let copy = m.head.to_vec();
+    assert_eq!(m.offsets().view(&copy), m, "the copied head's view differs");
     for c in &m.contacts() {
         let _ = (c.expires(), c.instance(), c.addr.parsed_uri().map(|u| (u.aor(), u.contact_key())));
     }

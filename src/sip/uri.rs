@@ -193,13 +193,9 @@ mod tests {
             "\r\n",
             "lr",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::testkit::Rng(seed);
+        let mut next = || rng.next_u64();
         for _ in 0..200_000 {
             let n = (next() % 9) as usize;
             let s: String = (0..n).map(|_| parts[(next() % parts.len() as u64) as usize]).collect();

@@ -9,6 +9,7 @@
 //! busy, cancelled, not found, unanswered (the proxy's 408), some with the INVITE retransmitted,
 //! some still open at the end. A share of the users talk over TCP (one connection each, as
 //! Kamailio reuses the registration's). A scanner sprays INVITEs that get 407 or 503.
+use super::Rng;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
@@ -67,24 +68,6 @@ pub struct GenStats {
     pub bytes: u64,
     pub registrations: u64,
     pub calls: u64,
-}
-
-/// splitmix64: small, fast, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn percent(&mut self, p: u32) -> bool {
-        self.below(100) < u64::from(p)
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -595,7 +578,7 @@ pub fn generate(spec: &GenSpec, mut out: impl FnMut(i64, &[u8])) -> GenStats {
     }
     for _ in 0..spec.scanner_attempts {
         let t = start + rng.below(span as u64) as i64;
-        actions.push((t, actions.len() as u64, Action::Scan { n: rng.next() }));
+        actions.push((t, actions.len() as u64, Action::Scan { n: rng.next_u64() }));
     }
     actions.sort_by_key(|(t, i, _)| (*t, *i));
     let mut g = Gen {

@@ -1,2 +1,23 @@
 //! Tools for tests and benchmarks, not for production: a generator of large realistic captures.
 pub mod capgen;
+
+/// splitmix64: small, fast, deterministic (the generator's, and the tests' that compare two
+/// implementations on generated inputs).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform enough below `n` (0 for `n` = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn percent(&mut self, p: u32) -> bool {
+        self.below(100) < u64::from(p)
+    }
+}
