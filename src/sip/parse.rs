@@ -275,8 +275,9 @@ pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
 /// which is almost always).
 pub fn parse_folded<'a>(buf: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>, ParseError> {
     match parse_head(buf, HeadEnd::Find) {
-        Ok(parsed) => parsed,
-        Err(Folded) => {
+        Ok(m) => Ok(m),
+        Err(Stop::Bad(e)) => Err(e),
+        Err(Stop::Folded) => {
             *scratch = unfold_head(buf, scan_head(buf).0);
             parse(scratch)
         }
@@ -349,10 +350,10 @@ pub fn header_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// Parses one message. The buffer should hold one message (framing is the caller's job);
 /// folded headers must have been unfolded with [`unfold`].
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    match parse_head(buf, HeadEnd::At(scan_head(buf).0)) {
-        Ok(parsed) => parsed,
-        Err(Folded) => unreachable!("folds are only looked for by HeadEnd::Find"),
-    }
+    parse_head(buf, HeadEnd::At(scan_head(buf).0)).map_err(|stop| match stop {
+        Stop::Bad(e) => e,
+        Stop::Folded => unreachable!("folds are only looked for by HeadEnd::Find"),
+    })
 }
 
 /// Where the header section ends, for [`parse_head`].
@@ -361,12 +362,9 @@ enum HeadEnd {
     /// Known (from [`scan_head`]): the lines before it are parsed as they are.
     At(usize),
     /// Found while parsing, in the same pass: at the blank line (as [`scan_head`] finds it);
-    /// a folded line stops the parse with [`Folded`].
+    /// a folded line stops the parse with [`Stop::Folded`].
     Find,
 }
-
-/// The head has a folded line: it must be unfolded before it is parsed.
-struct Folded;
 
 /// Whether the line starting at `pos` (just after a line feed) is the blank line that ends
 /// the head (`Some(false)`), a folded continuation (`Some(true)`), or neither.
@@ -380,7 +378,7 @@ fn line_start_kind(buf: &[u8], pos: usize) -> Option<bool> {
 }
 
 /// [`parse`] in one pass over the head's lines.
-fn parse_head(buf: &[u8], head_end: HeadEnd) -> Result<Result<Message<'_>, ParseError>, Folded> {
+fn parse_head(buf: &[u8], head_end: HeadEnd) -> Result<Message<'_>, Stop> {
     let (head, find) = match head_end {
         HeadEnd::At(end) => (&buf[..end], false),
         HeadEnd::Find => (buf, true),
@@ -391,16 +389,15 @@ fn parse_head(buf: &[u8], head_end: HeadEnd) -> Result<Result<Message<'_>, Parse
     let text = simdutf8::basic::from_utf8(head).ok();
     let first_end = find_nl(head).unwrap_or(head.len());
     match parse_lines(head, text, first_end, find) {
-        Ok(m) => Ok(Ok(m)),
         // unfolding rewrites more than the folds `scan_head` finds (a bare CR before
         // whitespace): a message judged bad before its first fold was met is judged unfolded
-        Err(Stop::Bad(_)) if find && scan_head(buf).1 => Err(Folded),
-        Err(Stop::Bad(e)) => Ok(Err(e)),
-        Err(Stop::Folded) => Err(Folded),
+        Err(Stop::Bad(_)) if find && scan_head(buf).1 => Err(Stop::Folded),
+        parsed => parsed,
     }
 }
 
-/// Why [`parse_lines`] stopped short.
+/// Why [`parse_head`] stopped short: a bad message, or (looking for the head's end) a folded
+/// line, to be unfolded before the head is parsed.
 enum Stop {
     Bad(ParseError),
     Folded,
