@@ -38,7 +38,7 @@ pub fn content_length(head: &[u8]) -> Option<usize> {
         };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            return std::str::from_utf8(line[colon + 1..].trim_ascii()).ok()?.parse().ok();
+            return crate::sip::parse::decimal(line[colon + 1..].trim_ascii());
         }
     }
     None

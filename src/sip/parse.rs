@@ -38,7 +38,7 @@ pub struct Contact<'a> {
 
 impl<'a> Contact<'a> {
     pub fn expires(&self) -> Option<u32> {
-        param(self.addr.params, "expires").and_then(|v| v.trim().parse().ok())
+        param(self.addr.params, "expires").and_then(|v| decimal(trim_str(v).as_bytes()))
     }
     /// The `+sip.instance` (RFC 5626) without its quotes and angle brackets.
     pub fn instance(&self) -> Option<&'a str> {
@@ -489,7 +489,7 @@ fn parse_lines<'a>(
             Hdr::CSeq => {
                 let mut it = value.split_ascii_whitespace();
                 if let (Some(n), Some(m)) = (it.next(), it.next())
-                    && let Some(n) = decimal(n)
+                    && let Some(n) = decimal(n.as_bytes())
                 {
                     msg.cseq = n;
                     msg.cseq_method = m;
@@ -503,10 +503,12 @@ fn parse_lines<'a>(
                     msg.contact_values.push(value);
                 }
             }
-            Hdr::Expires => msg.expires = decimal(value),
+            Hdr::Expires => msg.expires = decimal(value.as_bytes()),
             Hdr::UserAgent => msg.user_agent = Some(value),
-            Hdr::SessionExpires => msg.session_expires = value.split(';').next().and_then(|v| v.trim().parse().ok()),
-            Hdr::ContentLength => msg.content_length = decimal(value),
+            Hdr::SessionExpires => {
+                msg.session_expires = value.split(';').next().and_then(|v| decimal(trim_str(v).as_bytes()))
+            }
+            Hdr::ContentLength => msg.content_length = decimal(value.as_bytes()),
             Hdr::Authorization if msg.auth_user.is_none() => msg.auth_user = credentials_user(value),
             Hdr::Authorization => {}
         }
@@ -525,9 +527,9 @@ fn parse_lines<'a>(
 }
 
 /// `str::parse` of an unsigned integer (the same answers: an optional `+`, then digits, `None`
-/// when it does not fit), without the generic machinery, which showed in profiles.
-fn decimal<T: TryFrom<u64>>(s: &str) -> Option<T> {
-    let d = s.as_bytes();
+/// when it does not fit; bytes that are not UTF-8 are no number either), without the generic
+/// machinery, which showed in profiles.
+pub(crate) fn decimal<T: TryFrom<u64>>(d: &[u8]) -> Option<T> {
     let d = d.strip_prefix(b"+").unwrap_or(d);
     if d.is_empty() {
         return None;
@@ -905,8 +907,11 @@ mod tests {
             "٣",
             "++1",
         ] {
-            assert_eq!(decimal::<u32>(s), s.parse::<u32>().ok(), "{s:?}");
-            assert_eq!(decimal::<usize>(s), s.parse::<usize>().ok(), "{s:?}");
+            assert_eq!(decimal::<u32>(s.as_bytes()), s.parse::<u32>().ok(), "{s:?}");
+            assert_eq!(decimal::<usize>(s.as_bytes()), s.parse::<usize>().ok(), "{s:?}");
+        }
+        for b in [&b"\xff1"[..], b"1\xff", b"\xc3\xa9"] {
+            assert_eq!(decimal::<u32>(b), None, "{b:?}");
         }
     }
 
