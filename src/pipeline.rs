@@ -83,7 +83,7 @@ impl Front {
         Front { decoder, unfolded: Vec::new() }
     }
 
-    /// Decodes one captured frame into `batch`.
+    /// Decodes one captured frame into `batch` (for the other thread).
     pub fn frame(&mut self, frame: Frame<'_>, batch: &mut Batch) {
         batch.frames += 1;
         batch.last_ts = Some(batch.last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
@@ -91,11 +91,33 @@ impl Front {
         decoder.decode(frame, &mut |m| add_message(batch, unfolded, m));
     }
 
-    /// One HEP packet received by a listener (no link, IP or UDP header around it).
+    /// One HEP packet received by a listener (no link, IP or UDP header around it), into `batch`.
     pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], batch: &mut Batch) {
         batch.last_ts = Some(batch.last_ts.map_or(ts, |t| t.max(ts)));
         let Front { decoder, unfolded } = self;
         decoder.hep(ts, sender, data, &mut |m| add_message(batch, unfolded, m));
+    }
+
+    /// Decodes one captured frame and hands each message to `back` as it is parsed, on this
+    /// thread: nothing is copied (a batch copies each head, and the other side reads it again).
+    pub fn frame_to(&mut self, frame: Frame<'_>, back: &mut Back, out: &mut dyn FnMut(Routed)) {
+        back.saw(frame.ts);
+        let Front { decoder, unfolded } = self;
+        decoder.decode(frame, &mut |m| back.parsed(m, unfolded, out));
+    }
+
+    /// [`Front::hep`], handed to `back` as in [`Front::frame_to`].
+    pub fn hep_to(
+        &mut self,
+        ts: Micros,
+        sender: std::net::IpAddr,
+        data: &[u8],
+        back: &mut Back,
+        out: &mut dyn FnMut(Routed),
+    ) {
+        back.saw(ts);
+        let Front { decoder, unfolded } = self;
+        decoder.hep(ts, sender, data, &mut |m| back.parsed(m, unfolded, out));
     }
 }
 
@@ -110,9 +132,13 @@ fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipB
         }
         Err(e) => {
             batch.malformed += 1;
-            tracing::debug!(error = ?e, src = %m.src, dst = %m.dst, "malformed SIP message skipped");
+            malformed(&m, e);
         }
     }
+}
+
+fn malformed(m: &crate::decode::SipBytes<'_>, e: sip::parse::ParseError) {
+    tracing::debug!(error = ?e, src = %m.src, dst = %m.dst, "malformed SIP message skipped");
 }
 
 /// The back half: parsed messages -> state machines -> routed events.
@@ -130,18 +156,47 @@ impl Back {
         self.stats.sip_messages += batch.messages;
         self.stats.malformed += batch.malformed;
         for it in &batch.items {
-            // timers due before this message fire first (with their own times)
-            self.tracker.tick(it.ts, &mut self.scratch);
             let msg = it.msg.view(&batch.arena[it.at..it.at + it.len]);
-            self.tracker.message(it.ts, it.src, it.dst, &msg, &mut self.scratch);
-            self.drain(out);
+            self.message(it.ts, it.src, it.dst, &msg, out);
         }
         // the timers fire at message times only (and at `finish` and clock ticks), never at a
         // batch's end: where a batch ends must not change the events (it did when packet time
         // went backwards, as between capture files replayed one after another)
         if let Some(t) = batch.last_ts {
-            self.last_ts = Some(self.last_ts.map_or(t, |l| l.max(t)));
+            self.saw(t);
         }
+    }
+
+    /// A frame's time (frames without SIP still move the replay's "now" on).
+    fn saw(&mut self, ts: Micros) {
+        self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
+    }
+
+    /// One SIP message's bytes from the decoder, parsed and followed now, or counted as malformed.
+    fn parsed(&mut self, m: crate::decode::SipBytes<'_>, unfolded: &mut Vec<u8>, out: &mut dyn FnMut(Routed)) {
+        self.stats.sip_messages += 1;
+        match sip::parse::parse_folded(m.data, unfolded) {
+            Ok(msg) => self.message(m.ts, m.src, m.dst, &msg, out),
+            Err(e) => {
+                self.stats.malformed += 1;
+                malformed(&m, e);
+            }
+        }
+    }
+
+    /// One parsed message through the state machines: the timers due before it fire first
+    /// (with their own times).
+    fn message(
+        &mut self,
+        ts: Micros,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        msg: &sip::parse::Message<'_>,
+        out: &mut dyn FnMut(Routed),
+    ) {
+        self.tracker.tick(ts, &mut self.scratch);
+        self.tracker.message(ts, src, dst, msg, &mut self.scratch);
+        self.drain(out);
     }
 
     /// Fires the timers that are due at `now`.
@@ -164,11 +219,12 @@ impl Back {
     }
 }
 
-/// Both halves on one thread (the same code as on two: events are identical by construction).
+/// Both halves on one thread, each message handed from one to the other as it is parsed (the
+/// same code as on two threads, where batches carry them: events are identical by construction,
+/// and `tests::where_batches_end_does_not_change_the_events` checks it).
 pub struct Pipeline {
     pub front: Front,
     pub back: Back,
-    pub batch: Batch,
 }
 
 impl Pipeline {
@@ -200,22 +256,17 @@ impl Pipeline {
                 scratch: Vec::new(),
                 last_ts: None,
             },
-            batch: Batch::default(),
         }
     }
 
     /// Feeds one captured frame; routed events go to `out` in time order.
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
-        self.front.frame(frame, &mut self.batch);
-        self.back.apply(&self.batch, out);
-        self.batch.clear();
+        self.front.frame_to(frame, &mut self.back, out);
     }
 
     /// One HEP packet received by a listener (no link, IP or UDP header around it).
     pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], out: &mut dyn FnMut(Routed)) {
-        self.front.hep(ts, sender, data, &mut self.batch);
-        self.back.apply(&self.batch, out);
-        self.batch.clear();
+        self.front.hep_to(ts, sender, data, &mut self.back, out);
     }
 
     /// Applies a reloaded configuration without losing state: tenants, event names, server
@@ -358,10 +409,11 @@ mod tests {
     use super::*;
     use crate::state::users::MemoryUsers;
 
-    /// Where the batches between the halves end (1024 messages in a two-thread replay, 64 in a
-    /// one-thread one, whatever the capture thread had when live) must not change the events,
-    /// even where packet time goes backwards: the lab captures, replayed one after another, jump
-    /// back hours between files.
+    /// Where the batches between the halves end (1024 messages in a two-thread replay, whatever
+    /// the capture thread had when live), or whether there are batches at all (a one-thread replay
+    /// and the daemon hand each message on as it is parsed), must not change the events, even
+    /// where packet time goes backwards: the lab captures, replayed one after another, jump back
+    /// hours between files.
     #[test]
     fn where_batches_end_does_not_change_the_events() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -372,30 +424,37 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
             .collect();
         captures.sort();
-        let run = |batch_messages: usize| -> Vec<String> {
-            let Pipeline { mut front, mut back, mut batch } =
-                Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);
+        // batches of `batch_messages`, or none (0)
+        let run = |batch_messages: usize| -> (Vec<String>, Vec<(&'static str, u64)>) {
+            let mut p = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);
+            let mut batch = Batch::default();
             let mut lines = Vec::new();
             let mut out = |r: Routed| lines.push(format!("{} {} {:?}", r.tenant, r.name, r.event));
             for c in &captures {
                 crate::capture::file::read_file(c, |f| {
-                    front.frame(f, &mut batch);
+                    if batch_messages == 0 {
+                        p.frame(f, &mut out);
+                        return;
+                    }
+                    p.front.frame(f, &mut batch);
                     if batch.len() >= batch_messages {
-                        back.apply(&batch, &mut out);
+                        p.back.apply(&batch, &mut out);
                         batch.clear();
                     }
                 })
                 .unwrap();
             }
-            back.apply(&batch, &mut out);
-            batch.clear();
-            Pipeline { front, back, batch }.finish(&mut out);
-            lines
+            p.back.apply(&batch, &mut out);
+            p.finish(&mut out);
+            let counters = p.counters();
+            (lines, counters)
         };
         let reference = run(usize::MAX);
-        assert!(reference.len() > 100, "too few events to compare: {}", reference.len());
-        for n in [1, 3, 64, 1024] {
-            assert!(run(n) == reference, "the events change with batches of {n} messages");
+        assert!(reference.0.len() > 100, "too few events to compare: {}", reference.0.len());
+        for n in [0, 1, 3, 64, 1024] {
+            let (lines, counters) = run(n);
+            assert!(lines == reference.0, "the events change with batches of {n} messages (0: none)");
+            assert_eq!(counters, reference.1, "the counters change with batches of {n} messages (0: none)");
         }
     }
 }

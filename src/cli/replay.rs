@@ -308,16 +308,15 @@ fn publish_with_retry(
 /// Messages per batch between the halves (and bytes: whichever comes first).
 const BATCH_MESSAGES: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
-/// With one thread, the state half takes the parsed heads while they are still in the
-/// processor's first-level cache: small batches.
-const SOLO_BATCH_MESSAGES: usize = 64;
-const SOLO_BATCH_BYTES: usize = 32 << 10;
+/// With one thread, `after_batch` runs every this many frames.
+const SOLO_FRAMES: u64 = 1024;
 
 /// Reads the captures through the pipeline, as one timeline. With two threads, reading,
 /// decoding and parsing run on one and state, output and the store on this one, joined by a
-/// bounded queue of batches; with one, both halves run here. The halves are the same code either
-/// way, so the events are the same, in the same order. Returns the pipeline and the files'
-/// counters (frames cut by the snaplen, timestamps refused, files ending inside a record).
+/// bounded queue of batches; with one, each message goes from one half to the other as it is
+/// parsed. The halves are the same code either way, so the events are the same, in the same
+/// order. Returns the pipeline and the files' counters (frames cut by the snaplen, timestamps
+/// refused, files ending inside a record).
 fn feed(
     pipeline: Pipeline,
     captures: &[PathBuf],
@@ -325,18 +324,19 @@ fn feed(
     emit: &mut dyn FnMut(Routed),
     after_batch: &mut dyn FnMut(&mut siptap::pipeline::Back, u64),
 ) -> Result<(Pipeline, (u64, u64, u64))> {
-    let Pipeline { mut front, mut back, mut batch } = pipeline;
+    let Pipeline { mut front, mut back } = pipeline;
     let mut progress = Progress::new(captures);
     let mut file_stats = (0u64, 0u64, 0u64);
     if threads < 2 {
+        let mut frames = 0;
         for c in captures {
             let fs = read_file(c, |frame| {
                 progress.frame(frame.data.len());
-                front.frame(frame, &mut batch);
-                if batch.len() >= SOLO_BATCH_MESSAGES || batch.bytes() >= SOLO_BATCH_BYTES {
-                    back.apply(&batch, emit);
-                    after_batch(&mut back, batch.frames);
-                    batch.clear();
+                front.frame_to(frame, &mut back, emit);
+                frames += 1;
+                if frames == SOLO_FRAMES {
+                    after_batch(&mut back, frames);
+                    frames = 0;
                 }
             })?;
             file_stats.0 += fs.snapped;
@@ -344,10 +344,9 @@ fn feed(
             file_stats.2 += u64::from(fs.truncated);
             tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
         }
-        back.apply(&batch, emit);
-        batch.clear();
+        after_batch(&mut back, frames);
         progress.done();
-        return Ok((Pipeline { front, back, batch }, file_stats));
+        return Ok((Pipeline { front, back }, file_stats));
     }
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<siptap::pipeline::Batch>(4);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<siptap::pipeline::Batch>();
@@ -382,7 +381,7 @@ fn feed(
     let (front, stats) = reader.join().map_err(|_| anyhow::anyhow!("the decoding thread failed"))??;
     progress.done();
     file_stats = stats;
-    Ok((Pipeline { front, back, batch }, file_stats))
+    Ok((Pipeline { front, back }, file_stats))
 }
 
 /// Progress of a long replay on stderr, when stderr is a terminal (and nothing otherwise):

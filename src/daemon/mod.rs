@@ -220,11 +220,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         cluster: cluster.as_ref().map(|c| c.stats.clone()),
     });
     // every tenant and kind from the start, at zero: rates and alerts need the series to exist
-    let mut counts: BTreeMap<(String, String), u64> = cfg
-        .tenants
-        .iter()
-        .flat_map(|t| crate::event::Kind::ALL.map(|k| ((t.id.to_string(), k.canonical().to_string()), 0)))
-        .collect();
+    // (per tenant, by kind: counting an event allocates nothing)
+    let mut counts: BTreeMap<String, EventCounts> =
+        cfg.tenants.iter().map(|t| (t.id.to_string(), EventCounts::default())).collect();
     // /metrics serves every metric from the start, not only after the first tick
     publish(&shared, &pipeline, &store, &budget, &counts);
 
@@ -342,7 +340,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let mut reload = false;
         {
             let mut emit = |r: Routed| {
-                *counts.entry((r.tenant.to_string(), r.event.kind.canonical().to_string())).or_default() += 1;
+                match counts.get_mut(&*r.tenant) {
+                    Some(c) => c[r.event.kind as usize] += 1,
+                    None => counts.entry(r.tenant.to_string()).or_default()[r.event.kind as usize] += 1,
+                }
                 report.add(&r);
                 match delivery.queue(&r, Some(&outbox)) {
                     Some(q) => queued.push(q),
@@ -476,7 +477,7 @@ fn publish(
     pipeline: &Pipeline,
     store: &crate::store::StateStore,
     budget: &InputBudget,
-    events: &BTreeMap<(String, String), u64>,
+    events: &BTreeMap<String, EventCounts>,
 ) {
     let counters = pipeline
         .counters()
@@ -492,8 +493,14 @@ fn publish(
         .collect();
     let mut snap = shared.snapshot.lock().expect("not poisoned");
     snap.counters = counters;
-    snap.events = events.clone();
+    snap.events = events
+        .iter()
+        .flat_map(|(t, c)| crate::event::Kind::ALL.map(|k| ((t.clone(), k.canonical().to_string()), c[k as usize])))
+        .collect();
 }
+
+/// Events derived for one tenant, by `Kind` (its discriminant).
+type EventCounts = [u64; crate::event::Kind::ALL.len()];
 
 /// Writes what the state machines changed (and the users that signed up) to the store; what a
 /// failed save held is tried again with the next.

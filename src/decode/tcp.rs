@@ -160,7 +160,9 @@ impl TcpReassembly {
     fn remove(&mut self, key: &FlowKey) {
         if let Some(f) = self.flows.remove(key) {
             self.held -= f.bytes;
-            self.gapped.remove(key);
+            if !self.gapped.is_empty() {
+                self.gapped.remove(key);
+            }
         }
     }
 
@@ -242,12 +244,17 @@ impl TcpReassembly {
             let mid_stream = sip_port && !starts_sip && find_start_line(seg.payload).is_some();
             // the connection's start is known and this segment comes a little after it: the first
             // ones were reordered (a segment at the very start must look like SIP itself)
-            let isn =
-                self.syns.get(&key).map(|i| i.wrapping_add(1)).filter(|i| seq != *i && seq.wrapping_sub(*i) < 1 << 16);
+            // (the tables are looked in only when they hold something: hashing a flow's
+            // addresses is most of what a segment costs)
+            let isn = if self.syns.is_empty() { None } else { self.syns.get(&key) }
+                .map(|i| i.wrapping_add(1))
+                .filter(|i| seq != *i && seq.wrapping_sub(*i) < 1 << 16);
             if !starts_sip && !upgrade && !mid_stream && isn.is_none() {
                 return;
             }
-            self.syns.remove(&key);
+            if !self.syns.is_empty() {
+                self.syns.remove(&key);
+            }
             self.expire(ts);
             while self.flows.len() >= self.max_flows && self.evict_one() {}
             let next_seq = isn.unwrap_or(seq);
@@ -308,7 +315,7 @@ impl TcpReassembly {
             flow.bytes = now_held;
             if flow.gap_since.is_some() {
                 self.gapped.insert(key);
-            } else {
+            } else if !self.gapped.is_empty() {
                 self.gapped.remove(&key);
             }
             // all streams together stay under the byte budget, on every segment
@@ -316,7 +323,9 @@ impl TcpReassembly {
         }
         if seg.fin {
             self.remove(&key);
-            self.syns.remove(&key);
+            if !self.syns.is_empty() {
+                self.syns.remove(&key);
+            }
         }
     }
 

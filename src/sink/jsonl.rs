@@ -35,7 +35,11 @@ pub fn to_json(r: &Routed) -> String {
 /// Appends a JSON string (quotes and escapes as serde_json writes them).
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    let b = s.as_bytes();
+    // most strings need no escape: the clean beginning is found eight bytes at a time and
+    // copied at once; the rest goes byte by byte
+    let clean = clean_prefix(s.as_bytes());
+    out.extend_from_slice(&s.as_bytes()[..clean]);
+    let b = &s.as_bytes()[clean..];
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
@@ -61,6 +65,27 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');
+}
+
+/// How many leading bytes of `b` certainly need no escape in a JSON string (a multiple of
+/// eight: the words before the first holding a control character, a quote or a backslash).
+fn clean_prefix(b: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |w: u64| w.wrapping_sub(LO) & !w & HI != 0;
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        // a byte below 0x20 (bytes of 0x80 and above are not: `& !w` excludes them), a `"`, a `\`
+        if w.wrapping_sub(LO * 0x20) & !w & HI != 0
+            || zero_in(w ^ (LO * u64::from(b'"')))
+            || zero_in(w ^ (LO * u64::from(b'\\')))
+        {
+            return i;
+        }
+        i += 8;
+    }
+    i
 }
 
 fn params(out: &mut Vec<u8>, p: &Params) {
@@ -229,6 +254,20 @@ mod tests {
             let mut fast = Vec::new();
             append(&mut fast, r);
             assert_eq!(String::from_utf8(fast).unwrap(), to_json(r) + "\n");
+        }
+    }
+
+    /// Strings with something to escape at every place relative to the eight-byte words.
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        let parts = ["a", "abcdefgh", "\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "\u{7f}", "~", "€uro"];
+        let mut rng = crate::testkit::Rng(11);
+        for _ in 0..50_000 {
+            let n = rng.below(12) as usize;
+            let s: String = (0..n).map(|_| parts[rng.below(parts.len() as u64) as usize]).collect();
+            let mut out = vec![b'x'];
+            string(&mut out, &s);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x{}", serde_json::to_string(&s).unwrap()), "{s:?}");
         }
     }
 }

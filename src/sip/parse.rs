@@ -457,8 +457,8 @@ fn parse_lines<'a>(
         let line = &head[pos..end];
         let line_start = pos;
         pos = end + 1;
-        // the header name is short: find its colon byte by byte
-        let Some(colon) = line[..line.len().min(64)].iter().position(|&b| b == b':') else {
+        // the header name is short: its colon, if any, is in the line's first 64 bytes
+        let Some(colon) = find_byte(&line[..line.len().min(64)], b':') else {
             continue;
         };
         // only the headers siptap reads are looked at further
@@ -548,19 +548,25 @@ pub(crate) fn decimal<T: TryFrom<u64>>(d: &[u8]) -> Option<T> {
 /// set up than this takes).
 #[inline]
 pub fn find_nl(h: &[u8]) -> Option<usize> {
+    find_byte(h, b'\n')
+}
+
+/// The first `c` in `h`, eight bytes at a time.
+#[inline(always)]
+fn find_byte(h: &[u8], c: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    const PAT: u64 = LO * b'\n' as u64;
+    let pat: u64 = LO * c as u64;
     let mut i = 0;
     while i + 8 <= h.len() {
-        let w = u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes")) ^ PAT;
+        let w = u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes")) ^ pat;
         let t = w.wrapping_sub(LO) & !w & HI;
         if t != 0 {
             return Some(i + (t.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
-    h[i..].iter().position(|&c| c == b'\n').map(|p| i + p)
+    h[i..].iter().position(|&x| x == c).map(|p| i + p)
 }
 
 /// ASCII whitespace trimmed (header values are ASCII where it matters; this avoids the Unicode
@@ -570,56 +576,64 @@ fn trim_ascii(s: &str) -> &str {
 }
 
 fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
-    let b = line.as_bytes();
+    Ok(match start_line_shape(line.as_bytes())? {
+        // (the ranges end at spaces or at the line's ends: `str` boundaries)
+        Shape::Request { method, uri } => StartLine::Request { method: &line[method], uri: &line[uri] },
+        Shape::Response { code } => StartLine::Response { code },
+    })
+}
+
+/// A start line's parts, as ranges of its bytes.
+enum Shape {
+    Request { method: std::ops::Range<usize>, uri: std::ops::Range<usize> },
+    Response { code: u16 },
+}
+
+/// [`start_line`] over bytes (it reads only ASCII: whether the line is text is the caller's
+/// question).
+fn start_line_shape(b: &[u8]) -> Result<Shape, ParseError> {
     if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
-        let rest = line[8..].trim_ascii_start().as_bytes();
+        let rest = b[8..].trim_ascii_start();
         let code = match rest {
             [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
                 u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
             }
             _ => return Err(ParseError::BadStartLine),
         };
-        return if (100..700).contains(&code) {
-            Ok(StartLine::Response { code })
-        } else {
-            Err(ParseError::BadStartLine)
-        };
+        return if (100..700).contains(&code) { Ok(Shape::Response { code }) } else { Err(ParseError::BadStartLine) };
     }
-    // METHOD SP Request-URI SP SIP/2.0 (extra spaces tolerated)
-    let mut words = [""; 3];
-    let mut n = 0;
-    let mut i = 0;
-    while i < b.len() && n < 3 {
+    // METHOD SP Request-URI SP SIP/2.0 (extra spaces tolerated): three words between runs of
+    // spaces, then only spaces
+    let skip_spaces = |mut i: usize| {
         while i < b.len() && b[i] == b' ' {
             i += 1;
         }
-        let start = i;
-        while i < b.len() && b[i] != b' ' {
-            i += 1;
-        }
-        if i > start {
-            words[n] = &line[start..i];
-            n += 1;
-        }
-    }
-    let [method, uri, ver] = words;
-    if n < 3 || !ver.eq_ignore_ascii_case("SIP/2.0") || line[i..].bytes().any(|c| c != b' ') {
+        i
+    };
+    let word_end = |i: usize| find_byte(&b[i..], b' ').map_or(b.len(), |e| i + e);
+    let m = skip_spaces(0);
+    let m_end = word_end(m);
+    let u = skip_spaces(m_end);
+    let u_end = word_end(u);
+    let v = skip_spaces(u_end);
+    let v_end = word_end(v);
+    let ver = &b[v..v_end];
+    if ver.is_empty() || !ver.eq_ignore_ascii_case(b"SIP/2.0") || b[v_end..].iter().any(|&c| c != b' ') {
         return Err(ParseError::NotSip);
     }
     // RFC 3261 token characters; unknown methods are fine
-    if !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+    if !b[m..m_end].iter().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b)) {
         return Err(ParseError::BadStartLine);
     }
-    Ok(StartLine::Request { method, uri })
+    Ok(Shape::Request { method: m..m_end, uri: u..u_end })
 }
 
 /// Whether a line could start a SIP message (used to resynchronise a TCP stream).
 pub fn looks_like_start_line(line: &[u8]) -> bool {
     let line = trim_bytes(line);
-    match std::str::from_utf8(line) {
-        Ok(s) => start_line(s).is_ok(),
-        Err(_) => false,
-    }
+    // the shape first (it reads bytes), then whether the line is text: a start line nearly
+    // always is ASCII, a cheaper check than UTF-8's
+    start_line_shape(line).is_ok() && (line.is_ascii() || std::str::from_utf8(line).is_ok())
 }
 
 #[derive(Clone, Copy)]
@@ -883,6 +897,89 @@ mod tests {
             }
         }
         assert!(found > 1000, "{found}");
+    }
+
+    /// The request line's word loop as it was, byte by byte, before `find_byte`.
+    fn reference_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
+        let b = line.as_bytes();
+        if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+            return start_line(line);
+        }
+        let mut words = [""; 3];
+        let mut n = 0;
+        let mut i = 0;
+        while i < b.len() && n < 3 {
+            while i < b.len() && b[i] == b' ' {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && b[i] != b' ' {
+                i += 1;
+            }
+            if i > start {
+                words[n] = &line[start..i];
+                n += 1;
+            }
+        }
+        let [method, uri, ver] = words;
+        if n < 3 || !ver.eq_ignore_ascii_case("SIP/2.0") || line[i..].bytes().any(|c| c != b' ') {
+            return Err(ParseError::NotSip);
+        }
+        if !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+            return Err(ParseError::BadStartLine);
+        }
+        Ok(StartLine::Request { method, uri })
+    }
+
+    #[test]
+    fn request_lines_read_as_by_the_byte_loop() {
+        let parts = [
+            " ",
+            "  ",
+            "INVITE",
+            "REGISTER",
+            "sip:alice@lab.example:5060;transport=tcp",
+            "SIP/2.0",
+            "sip/2.0",
+            "\t",
+            "é",
+            "x",
+            "<",
+            "SIP/2.0x",
+            "OPTIONS",
+            "sip:[2001:db8::1]",
+            "SIP/2.0 ",
+        ];
+        let mut rng = crate::testkit::Rng(0x005e_ed0f_1e57);
+        let mut ok = 0;
+        for _ in 0..300_000 {
+            let shaped = rng.below(2) == 0;
+            let n = rng.below(8) as usize;
+            let mut pick = |from: &[&'static str]| from[rng.below(from.len() as u64) as usize];
+            let s: String = if !shaped {
+                (0..n).map(|_| pick(&parts)).collect()
+            } else {
+                // shaped like a request line, each piece sometimes odd
+                let sp = [" ", " ", "  ", "", "\t"];
+                let method = ["INVITE", "BYE", "x-Y.z", "é", "IN<VITE", ""];
+                let uri = ["sip:b@x", "sip:b@x;lr", "<sip:é>", ""];
+                let ver = ["SIP/2.0", "sip/2.0", "SIP/2.0", "SIP/2.1", ""];
+                [pick(&sp), pick(&method), pick(&sp), pick(&uri), pick(&sp), pick(&ver), pick(&sp)].concat()
+            };
+            let got = start_line(&s);
+            assert_eq!(got, reference_start_line(&s), "{s:?}");
+            ok += usize::from(got.is_ok());
+            // and the check of a stream's or datagram's first line, also over bytes that are
+            // not text, against the way it was (trim, then UTF-8, then the start line)
+            let mut bytes = s.clone().into_bytes();
+            if !bytes.is_empty() && rng.below(4) == 0 {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = 0xff;
+            }
+            let reference = std::str::from_utf8(trim_bytes(&bytes)).is_ok_and(|t| reference_start_line(t).is_ok());
+            assert_eq!(looks_like_start_line(&bytes), reference, "{bytes:?}");
+        }
+        assert!(ok > 1000, "{ok}");
     }
 
     #[test]
