@@ -748,7 +748,7 @@ impl Config {
             }
             RunCfg {
                 interfaces: r.interfaces.clone().unwrap_or_else(|| vec!["any".into()]),
-                buffer_mib: r.buffer_mib.unwrap_or(16).max(1),
+                buffer_mib: r.buffer_mib.unwrap_or(12).max(1),
                 metrics_listen,
                 jsonl_path: r.jsonl_path.clone().unwrap_or_else(|| "-".into()),
                 log_json,
