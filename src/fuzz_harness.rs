@@ -31,6 +31,11 @@ pub fn sip_parse(data: &[u8]) -> bool {
     // and the message seen again over a copy of its head (as the state half sees it) is the same
     let copy = m.head.to_vec();
     assert_eq!(m.offsets().view(&copy), m, "the copied head's view differs");
+    assert_eq!(m.head_text, std::str::from_utf8(m.head).ok(), "head_text is not the head as text");
+    if let Some(t) = m.head_text {
+        let copy = t.to_owned();
+        assert_eq!(m.offsets().view_text(&copy), m, "the copied text head's view differs");
+    }
     for c in &m.contacts() {
         let _ = (c.expires(), c.instance(), c.addr.parsed_uri().map(|u| (u.aor(), u.contact_key())));
     }

@@ -27,12 +27,15 @@ pub struct PipelineStats {
     pub disabled: u64,
 }
 
-/// Parsed messages on their way from the front half to the back half: each message's head
-/// copied into one arena, its fields as offsets into it. A batch crosses to another thread in
-/// one piece (`replay --threads 2`, and the daemon), or stays on this one.
+/// Parsed messages on their way from the front half to the back half (`replay --threads 2`):
+/// each message's head copied into an arena, its fields as offsets into it; the batch crosses
+/// to the other thread in one piece. Heads that are text (nearly all) go into a `String`, so the
+/// other side takes them as text without checking them again.
 #[derive(Default)]
 pub struct Batch {
-    arena: Vec<u8>,
+    text: String,
+    /// Heads with bytes that are not UTF-8.
+    raw: Vec<u8>,
     items: Vec<Item>,
     /// The latest frame time seen (frames without SIP still move time on, for the timers).
     pub last_ts: Option<Micros>,
@@ -46,6 +49,8 @@ struct Item {
     ts: Micros,
     src: std::net::SocketAddr,
     dst: std::net::SocketAddr,
+    /// Where the head is: `text` or `raw`, from `at`, `len` bytes.
+    in_text: bool,
     at: usize,
     len: usize,
     msg: sip::parse::MessageOffsets,
@@ -60,10 +65,11 @@ impl Batch {
     }
     /// Bytes it holds.
     pub fn bytes(&self) -> usize {
-        self.arena.len() + self.items.len() * std::mem::size_of::<Item>()
+        self.text.len() + self.raw.len() + self.items.len() * std::mem::size_of::<Item>()
     }
     pub fn clear(&mut self) {
-        self.arena.clear();
+        self.text.clear();
+        self.raw.clear();
         self.items.clear();
         self.last_ts = None;
         self.frames = 0;
@@ -126,9 +132,20 @@ fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipB
     batch.messages += 1;
     match sip::parse::parse_folded(m.data, unfolded) {
         Ok(msg) => {
-            let at = batch.arena.len();
-            batch.arena.extend_from_slice(msg.head);
-            batch.items.push(Item { ts: m.ts, src: m.src, dst: m.dst, at, len: msg.head.len(), msg: msg.offsets() });
+            let (in_text, at) = match msg.head_text {
+                Some(t) => {
+                    let at = batch.text.len();
+                    batch.text.push_str(t);
+                    (true, at)
+                }
+                None => {
+                    let at = batch.raw.len();
+                    batch.raw.extend_from_slice(msg.head);
+                    (false, at)
+                }
+            };
+            let len = msg.head.len();
+            batch.items.push(Item { ts: m.ts, src: m.src, dst: m.dst, in_text, at, len, msg: msg.offsets() });
         }
         Err(e) => {
             batch.malformed += 1;
@@ -156,7 +173,8 @@ impl Back {
         self.stats.sip_messages += batch.messages;
         self.stats.malformed += batch.malformed;
         for it in &batch.items {
-            let msg = it.msg.view(&batch.arena[it.at..it.at + it.len]);
+            let r = it.at..it.at + it.len;
+            let msg = if it.in_text { it.msg.view_text(&batch.text[r]) } else { it.msg.view(&batch.raw[r]) };
             self.message(it.ts, it.src, it.dst, &msg, out);
         }
         // the timers fire at message times only (and at `finish` and clock ticks), never at a

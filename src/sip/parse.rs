@@ -69,6 +69,9 @@ pub struct Message<'a> {
     pub auth_user: Option<&'a str>,
     /// The header section, for the rare lookup of a header not extracted above.
     pub head: &'a [u8],
+    /// `head` as text, when it is valid UTF-8 (nearly always): a copy of it can cross to
+    /// another thread as text, without a second check.
+    pub head_text: Option<&'a str>,
 }
 
 /// Up to [`ContactValues::MAX`] Contact header values of one message; more are counted.
@@ -216,15 +219,22 @@ impl MessageOffsets {
     /// The message again, over a copy of its head's bytes (`head` must be that copy).
     pub fn view<'a>(&self, head: &'a [u8]) -> Message<'a> {
         // the spans are the `str` fields of a message parsed from identical bytes: one check of
-        // the whole copy when it is valid text (nearly always), span by span when it is not
-        let whole = simdutf8::basic::from_utf8(head).ok();
-        let text = |(o, l): Span| -> &'a str {
-            let r = o as usize..(o + l) as usize;
-            match whole {
-                Some(t) => t.get(r).unwrap_or(""),
-                None => std::str::from_utf8(&head[r]).unwrap_or(""),
+        // the whole copy when it is valid text, span by span when it is not
+        match simdutf8::basic::from_utf8(head) {
+            Ok(t) => self.view_text(t),
+            Err(_) => {
+                self.build(head, None, |(o, l)| std::str::from_utf8(&head[o as usize..(o + l) as usize]).unwrap_or(""))
             }
-        };
+        }
+    }
+
+    /// [`MessageOffsets::view`] over a copy of a head that was text (its `head_text`): nothing to
+    /// check again.
+    pub fn view_text<'a>(&self, head: &'a str) -> Message<'a> {
+        self.build(head.as_bytes(), Some(head), |(o, l)| head.get(o as usize..(o + l) as usize).unwrap_or(""))
+    }
+
+    fn build<'a>(&self, head: &'a [u8], head_text: Option<&'a str>, text: impl Fn(Span) -> &'a str) -> Message<'a> {
         let mut cv = ContactValues::default();
         for s in &self.contacts[..usize::from(self.contacts_len)] {
             cv.push(text(*s));
@@ -243,11 +253,12 @@ impl MessageOffsets {
             contact_values: cv,
             contact_star: self.contact_star,
             expires: self.expires,
-            user_agent: self.user_agent.map(text),
+            user_agent: self.user_agent.map(&text),
             session_expires: self.session_expires,
             content_length: self.content_length,
-            auth_user: self.auth_user.map(text),
+            auth_user: self.auth_user.map(&text),
             head: &head[..self.head_len as usize],
+            head_text: head_text.and_then(|t| t.get(..self.head_len as usize)),
         }
     }
 }
@@ -438,6 +449,7 @@ fn parse_lines<'a>(
         content_length: None,
         auth_user: None,
         head,
+        head_text: None,
     };
     let (mut have_from, mut have_to, mut have_cseq) = (false, false, false);
 
@@ -514,6 +526,11 @@ fn parse_lines<'a>(
         }
     }
     msg.head = head;
+    // (the whole message was checked: a body that is not text leaves the head to check alone)
+    msg.head_text = match text {
+        Some(t) => t.get(..head.len()),
+        None => std::str::from_utf8(head).ok(),
+    };
     if msg.call_id.is_empty() {
         return Err(ParseError::MissingCallId.into());
     }
@@ -1168,6 +1185,26 @@ mod tests {
         assert_eq!(m.offsets().view(&copy), m);
         let r = msg("INVITE sip:bob@lab.example SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:b@x>\ni: q\nCSeq: 1 INVITE\n\n");
         let m = parse(&r).unwrap();
+        let copy = m.head.to_vec();
+        assert_eq!(m.offsets().view(&copy), m);
+        // a head that is text crosses as text; one that is not, as bytes (a body that is not
+        // text changes neither)
+        let mut bad_body = r.clone();
+        bad_body.extend_from_slice(b"\xff\xfe");
+        let mut scratch = Vec::new();
+        let m = parse_folded(&bad_body, &mut scratch).unwrap();
+        assert_eq!(m.head_text, std::str::from_utf8(m.head).ok());
+        assert!(m.head_text.is_some());
+        let copy = m.head_text.unwrap().to_owned();
+        assert_eq!(m.offsets().view_text(&copy), m);
+        let bad_head = msg(
+            "INVITE sip:bob@lab.example SIP/2.0\nf: <sip:a@x>;tag=1\nt: <sip:b@x>\ni: q\nCSeq: 1 INVITE\nSubject: \u{0}\n\n",
+        );
+        let mut bad_head = bad_head.clone();
+        let at = bad_head.iter().position(|&c| c == 0).unwrap();
+        bad_head[at] = 0xff;
+        let m = parse_folded(&bad_head, &mut scratch).unwrap();
+        assert_eq!(m.head_text, None);
         let copy = m.head.to_vec();
         assert_eq!(m.offsets().view(&copy), m);
     }
