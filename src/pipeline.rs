@@ -97,22 +97,16 @@ impl Front {
         decoder.decode(frame, &mut |m| add_message(batch, unfolded, m));
     }
 
-    /// One HEP packet received by a listener (no link, IP or UDP header around it), into `batch`.
-    pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], batch: &mut Batch) {
-        batch.last_ts = Some(batch.last_ts.map_or(ts, |t| t.max(ts)));
-        let Front { decoder, unfolded } = self;
-        decoder.hep(ts, sender, data, &mut |m| add_message(batch, unfolded, m));
-    }
-
     /// Decodes one captured frame and hands each message to `back` as it is parsed, on this
-    /// thread: nothing is copied (a batch copies each head, and the other side reads it again).
+    /// thread: nothing is copied (a batch copies each head for the other thread).
     pub fn frame_to(&mut self, frame: Frame<'_>, back: &mut Back, out: &mut dyn FnMut(Routed)) {
         back.saw(frame.ts);
         let Front { decoder, unfolded } = self;
         decoder.decode(frame, &mut |m| back.parsed(m, unfolded, out));
     }
 
-    /// [`Front::hep`], handed to `back` as in [`Front::frame_to`].
+    /// One HEP packet received by a listener (no link, IP or UDP header around it), handed to
+    /// `back` as in [`Front::frame_to`].
     pub fn hep_to(
         &mut self,
         ts: Micros,
