@@ -21,14 +21,7 @@ struct OwnedFrame {
 }
 
 fn captures() -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("fixtures/lab/captures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
-        .collect();
-    v.sort();
-    v
+    siptap::testkit::lab_captures()
 }
 
 fn load(paths: &[PathBuf]) -> Vec<OwnedFrame> {

@@ -12,13 +12,7 @@ fn main() {
     for t in ["decode", "sip_parse", "pipeline"] {
         std::fs::create_dir_all(seeds.join(t)).unwrap();
     }
-    let mut names: Vec<PathBuf> = std::fs::read_dir(root.join("fixtures/lab/captures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
-        .collect();
-    names.sort();
-    for p in names {
+    for p in siptap::testkit::lab_captures() {
         let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
         let mut frames = Vec::new();
         read_file(&p, |f| frames.push((f.ts, f.linktype, f.data.to_vec()))).unwrap();

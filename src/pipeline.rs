@@ -430,12 +430,7 @@ mod tests {
     fn where_batches_end_does_not_change_the_events() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let cfg = Config::load(&root.join("config.toml.example")).unwrap();
-        let mut captures: Vec<_> = std::fs::read_dir(root.join("fixtures/lab/captures"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
-            .collect();
-        captures.sort();
+        let captures = crate::testkit::lab_captures();
         // batches of `batch_messages`, or none (0)
         let run = |batch_messages: usize| -> (Vec<String>, Vec<(&'static str, u64)>) {
             let mut p = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);

@@ -1,6 +1,18 @@
 //! Tools for tests and benchmarks, not for production: a generator of large realistic captures.
 pub mod capgen;
 
+/// Every lab capture shipped in the repository (`fixtures/lab/captures/*.pcap`), in name order.
+pub fn lab_captures() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab/captures");
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("fixtures/lab/captures")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// splitmix64: small, fast, deterministic (the generator's, and the tests' that compare two
 /// implementations on generated inputs).
 pub struct Rng(pub u64);

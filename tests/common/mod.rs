@@ -20,13 +20,7 @@ pub fn root() -> PathBuf {
 
 /// Every lab capture (fixtures/lab/captures/*.pcap), in name order.
 pub fn lab_captures() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/lab/captures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
-        .collect();
-    v.sort();
-    v
+    siptap::testkit::lab_captures()
 }
 
 /// Whether a command is on the PATH.
