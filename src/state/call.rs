@@ -9,13 +9,12 @@
 //! An outgoing attempt becomes a `callout` only with evidence that the caller is that user (see
 //! [`Evidence`]): scanners send INVITEs from made-up users and get 404/480/503 without ever
 //! being challenged, and those are counted, not reported.
+use super::deadlines::Deadlines;
 use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet};
 use crate::capture::Micros;
 use crate::event::{Direction, EndReason, EndedBy, Event, Kind, Origin, Params};
 use crate::sip::Message;
 use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
 /// 64*T1: an INVITE client transaction with no response gives up after this (RFC 3261 17.1.1.2).
@@ -152,7 +151,7 @@ pub struct Calls {
     legs: FpMap<Leg>,
     by_call_id: FpMap<Vec<u64>>,
     /// (deadline, leg id); entries whose deadline is not the leg's `scheduled` are stale.
-    deadlines: BinaryHeap<Reverse<(Micros, u64)>>,
+    deadlines: Deadlines,
     next_id: u64,
     limits: CallLimits,
     dirty: DirtySet,
@@ -177,7 +176,7 @@ impl Calls {
             fp,
             legs: FpMap::default(),
             by_call_id: FpMap::default(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             next_id: 0,
             limits,
             dirty: DirtySet::default(),
@@ -604,7 +603,7 @@ impl Calls {
         let l = self.legs.get_mut(&id).expect("present");
         if d < l.scheduled {
             l.scheduled = d;
-            self.deadlines.push(Reverse((d, id)));
+            self.deadlines.push((d, id));
             self.compact_deadlines();
         }
     }
@@ -615,24 +614,24 @@ impl Calls {
     /// once per as many reschedules: O(1) amortised.
     fn compact_deadlines(&mut self) {
         if self.deadlines.len() > 2 * self.legs.len() + 1024 {
-            let live: Vec<Reverse<(Micros, u64)>> = self
+            let live: Vec<(Micros, u64)> = self
                 .legs
                 .iter()
                 .filter(|(_, l)| l.scheduled != UNSCHEDULED)
-                .map(|(id, l)| Reverse((l.scheduled, *id)))
+                .map(|(id, l)| (l.scheduled, *id))
                 .collect();
-            self.deadlines = BinaryHeap::from(live);
+            self.deadlines.rebuild(live);
         }
     }
 
     /// The earliest time something may be due (a lower bound).
     pub fn next_deadline(&self) -> Option<Micros> {
-        self.deadlines.peek().map(|Reverse((d, _))| *d)
+        self.deadlines.peek().map(|(d, _)| d)
     }
 
     /// Fires every timer due at or before `now`, in deadline order.
     pub fn tick(&mut self, now: Micros, out: &mut Vec<Event>) {
-        while let Some(&Reverse((due, id))) = self.deadlines.peek() {
+        while let Some((due, id)) = self.deadlines.peek() {
             if due > now {
                 break;
             }
@@ -646,7 +645,7 @@ impl Calls {
             l.scheduled = UNSCHEDULED;
             if d > due {
                 l.scheduled = d;
-                self.deadlines.push(Reverse((d, id)));
+                self.deadlines.push((d, id));
                 continue;
             }
             self.expire(d, id, out);
@@ -795,7 +794,8 @@ fn has_credentials(msg: &Message<'_>) -> bool {
 }
 
 fn leg_event(ts: Micros, kind: Kind, leg: &Leg, mut params: Params) -> Event {
-    params.call_id = Some(leg.call_id.to_string());
+    // (`String::from`, not `to_string`: a `Box<str>` would go through the formatter)
+    params.call_id = Some(String::from(&*leg.call_id));
     params.direction = Some(leg.dir);
-    Event { ts, kind, user: leg.user.to_string(), params, origin: leg.origin.clone() }
+    Event { ts, kind, user: String::from(&*leg.user), params, origin: leg.origin.clone() }
 }
