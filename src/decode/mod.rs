@@ -227,6 +227,20 @@ fn packet_hash(parts: &[&[u8]]) -> u64 {
     lanes.iter().fold(tail, |h, l| mix(h, *l))
 }
 
+/// An address as bytes for hashing, without formatting it as text: the family, the IP (an IPv4
+/// one in its IPv6-mapped form) and the port.
+fn addr_bytes(a: SocketAddr) -> [u8; 19] {
+    let (family, ip) = match a.ip() {
+        IpAddr::V4(v4) => (4, v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => (6, v6),
+    };
+    let mut b = [0u8; 19];
+    b[0] = family;
+    b[1..17].copy_from_slice(&ip.octets());
+    b[17..].copy_from_slice(&a.port().to_be_bytes());
+    b
+}
+
 const MAX_DEPTH: u8 = 6;
 
 impl Decoder {
@@ -479,8 +493,7 @@ impl Decoder {
         }
         let ts = p.ts.unwrap_or(ts);
         // several agents (or one agent on several interfaces) may mirror the same message
-        let ident =
-            packet_hash(&[&ts.to_be_bytes(), p.src.to_string().as_bytes(), p.dst.to_string().as_bytes(), &p.payload]);
+        let ident = packet_hash(&[&ts.to_be_bytes(), &addr_bytes(p.src), &addr_bytes(p.dst), &p.payload]);
         if self.dedup.is_duplicate(ts, ident) {
             self.stats.duplicates += 1;
             return;
@@ -656,5 +669,39 @@ impl Decoder {
             }
             pos += len.div_ceil(4) * 4;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies of one HEP message (two agents mirroring it) are dropped; a message that differs in
+    /// an address, even only in its family, is not a copy.
+    #[test]
+    fn hep_copies_are_dropped_by_addresses_time_and_payload() {
+        let mut d = Decoder::new(
+            DecodeLimits { hep_trust: HepTrust { sources: vec![], allow_any: true }, ..DecodeLimits::default() },
+            vec![5060],
+        );
+        let sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n";
+        let a: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:5060".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5060".parse().unwrap();
+        let b6: SocketAddr = "[::ffff:127.0.0.2]:5060".parse().unwrap();
+        let other_port: SocketAddr = "127.0.0.1:5062".parse().unwrap();
+        let ts = 1_700_000_000_000_000;
+        let sender: IpAddr = "127.0.0.9".parse().unwrap();
+        let mut seen = Vec::new();
+        for (src, dst) in [(a, b), (a, b), (other_port, b), (mapped, b6), (mapped, b6), (b, a)] {
+            let pkt = hep::build(src, dst, ts, 17, 1, None, sip);
+            d.hep(ts, sender, &pkt, &mut |m| seen.push((m.src, m.dst)));
+        }
+        assert_eq!(seen, vec![(a, b), (other_port, b), (mapped, b6), (b, a)]);
+        assert_eq!(d.stats.duplicates, 2);
+        // the same message later than the window is not a copy
+        let pkt = hep::build(a, b, ts + 10_000_000, 17, 1, None, sip);
+        d.hep(ts + 10_000_000, sender, &pkt, &mut |m| seen.push((m.src, m.dst)));
+        assert_eq!(seen.len(), 5);
     }
 }

@@ -350,7 +350,7 @@ impl Registrations {
             self.aors.get(&aor_fp).and_then(|s| s.apps.iter().find(|a| !a.stale(now) && self.fp.of(&a.device) == dev));
         match app {
             Some(a) => Origin {
-                device: Some(a.device.to_string()),
+                device: Some(String::from(&*a.device)),
                 session_start: Some(a.boot_start),
                 app_instance: a.app_instance.as_deref().map(str::to_string),
             },
@@ -580,7 +580,10 @@ impl Registrations {
         for (k, _) in bindings.iter().filter(|(_, e)| *e == 0) {
             self.remove_contact(*k);
             if let Some(sh) = &self.shared {
-                sh.put_contact(*k, &SharedContact { aor: p.aor.to_string(), device: None, expires_at: REMOVED / 2 });
+                sh.put_contact(
+                    *k,
+                    &SharedContact { aor: String::from(&*p.aor), device: None, expires_at: REMOVED / 2 },
+                );
             }
         }
         let kept: Vec<(Fp, u32)> = bindings.iter().copied().filter(|(_, e)| *e > 0).collect();
@@ -612,7 +615,7 @@ impl Registrations {
             if let Some(sh) = &self.shared {
                 sh.put_contact(
                     *k,
-                    &SharedContact { aor: p.aor.to_string(), device: Some(device_fp), expires_at: until },
+                    &SharedContact { aor: String::from(&*p.aor), device: Some(device_fp), expires_at: until },
                 );
             }
         }
@@ -691,7 +694,7 @@ impl Registrations {
                     let d = decide(known, cid, ts);
                     decided = Some((true, d));
                     Some(SharedDevice {
-                        device: device.to_string(),
+                        device: String::from(&*device),
                         boot: cid,
                         boot_start: d.boot_start,
                         expires_at,
@@ -717,7 +720,7 @@ impl Registrations {
             }
         };
         let origin = Origin {
-            device: Some(device.to_string()),
+            device: Some(String::from(&*device)),
             session_start: Some(boot_start),
             app_instance: app_instance.as_deref().map(str::to_string),
         };
