@@ -10,6 +10,7 @@ pub mod ws;
 use crate::capture::{Frame, Micros};
 use defrag::{Defrag, DefragLimits, FragKey};
 use link::{LinkError, Net};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tcp::{FlowKey, Segment, TcpReassembly};
@@ -182,16 +183,22 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&k) == Some(&t) {
-                self.seen.remove(&k);
+            // (one lookup each: the entry API, not a `get` then a `remove` or an `insert`)
+            if let Entry::Occupied(e) = self.seen.entry(k)
+                && *e.get() == t
+            {
+                e.remove();
             }
         }
-        if let Some(&t) = self.seen.get(&h)
-            && (ts - t).abs() <= self.window
-        {
-            return true;
+        match self.seen.entry(h) {
+            Entry::Occupied(e) if (ts - *e.get()).abs() <= self.window => return true,
+            Entry::Occupied(mut e) => {
+                e.insert(ts);
+            }
+            Entry::Vacant(e) => {
+                e.insert(ts);
+            }
         }
-        self.seen.insert(h, ts);
         self.order.push_back((ts, h));
         false
     }
@@ -448,7 +455,7 @@ impl Decoder {
         if (dport == 2152 || sport == 2152) && payload.len() >= 8 && payload[0] >> 5 == 1 && payload[1] == 0xff {
             return self.gtp_u(ts, payload, depth, out);
         }
-        if (self.hep_ports.contains(&dport) || self.hep_ports.contains(&sport)) && hep::is_hep3(payload) {
+        if hep::is_hep3(payload) && (self.hep_ports.contains(&dport) || self.hep_ports.contains(&sport)) {
             return self.hep(ts, src, payload, out);
         }
         if !tcp::starts_with_sip(payload) {
