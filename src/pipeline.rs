@@ -124,7 +124,7 @@ impl Front {
 /// One SIP message's bytes from the decoder: parsed into the batch, or counted as malformed.
 fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipBytes<'_>) {
     batch.messages += 1;
-    match sip::parse::parse_folded(m.data, unfolded) {
+    match sip::parse::parse_folded_with(m.data, unfolded, m.start) {
         Ok(msg) => {
             let (in_text, at) = match msg.head_text {
                 Some(t) => {
@@ -187,7 +187,7 @@ impl Back {
     /// One SIP message's bytes from the decoder, parsed and followed now, or counted as malformed.
     fn parsed(&mut self, m: crate::decode::SipBytes<'_>, unfolded: &mut Vec<u8>, out: &mut dyn FnMut(Routed)) {
         self.stats.sip_messages += 1;
-        match sip::parse::parse_folded(m.data, unfolded) {
+        match sip::parse::parse_folded_with(m.data, unfolded, m.start) {
             Ok(msg) => self.message(m.ts, m.src, m.dst, &msg, out),
             Err(e) => {
                 self.stats.malformed += 1;

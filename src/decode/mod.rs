@@ -8,6 +8,7 @@ pub mod tcp;
 pub mod ws;
 
 use crate::capture::{Frame, Micros};
+use crate::sip::parse::{StartHint, sip_start};
 use defrag::{Defrag, DefragLimits, FragKey};
 use link::{LinkError, Net};
 use std::collections::hash_map::Entry;
@@ -33,6 +34,8 @@ pub struct SipBytes<'a> {
     pub dst: SocketAddr,
     pub transport: Transport,
     pub data: &'a [u8],
+    /// The first line's shape, where the decoder already split it (UDP): not split again.
+    pub start: Option<StartHint>,
 }
 
 /// Counters for what decoding met and skipped.
@@ -293,7 +296,7 @@ impl Decoder {
         self.defrag.expire(now);
         self.tcp.flush_gaps(now, &mut |key, m, ws| {
             let transport = if ws { Transport::Ws } else { Transport::Tcp };
-            out(SipBytes { ts: now, src: key.src, dst: key.dst, transport, data: m })
+            out(SipBytes { ts: now, src: key.src, dst: key.dst, transport, data: m, start: None })
         });
         self.tcp.expire(now);
         self.last_expire = now;
@@ -458,16 +461,17 @@ impl Decoder {
         if hep::is_hep3(payload) && (self.hep_ports.contains(&dport) || self.hep_ports.contains(&sport)) {
             return self.hep(ts, src, payload, out);
         }
-        if !tcp::starts_with_sip(payload) {
+        let Some(start) = sip_start(payload) else {
             self.stats.udp_not_sip += 1;
             return;
-        }
+        };
         out(SipBytes {
             ts,
             src: SocketAddr::new(src, sport),
             dst: SocketAddr::new(dst, dport),
             transport: Transport::Udp,
             data: payload,
+            start,
         });
     }
 
@@ -510,7 +514,7 @@ impl Decoder {
             132 => Transport::Sctp,
             _ => Transport::Udp,
         };
-        out(SipBytes { ts, src: p.src, dst: p.dst, transport, data: &p.payload });
+        out(SipBytes { ts, src: p.src, dst: p.dst, transport, data: &p.payload, start: None });
     }
 
     fn gtp_u(&mut self, ts: Micros, p: &[u8], depth: u8, out: &mut dyn FnMut(SipBytes<'_>)) {
@@ -606,7 +610,7 @@ impl Decoder {
         let sip_port = self.sip_ports.contains(&sport) || self.sip_ports.contains(&dport);
         self.tcp.push(ts, key, seg, sip_port, &mut |m, ws| {
             let transport = if ws { Transport::Ws } else { Transport::Tcp };
-            out(SipBytes { ts, src: key.src, dst: key.dst, transport, data: m })
+            out(SipBytes { ts, src: key.src, dst: key.dst, transport, data: m, start: None })
         });
     }
 
@@ -634,7 +638,7 @@ impl Decoder {
                 match flags & 0x03 {
                     0x03 => {
                         if tcp::starts_with_sip(data) {
-                            out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data });
+                            out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data, start: None });
                         }
                     }
                     0x02 => {
@@ -666,7 +670,14 @@ impl Decoder {
                                     let msg = self.sctp_partial.remove(&key).expect("present");
                                     self.sctp_bytes -= msg.len();
                                     if tcp::starts_with_sip(&msg) {
-                                        out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data: &msg });
+                                        out(SipBytes {
+                                            ts,
+                                            src: s,
+                                            dst: d,
+                                            transport: Transport::Sctp,
+                                            data: &msg,
+                                            start: None,
+                                        });
                                     }
                                 }
                             }

@@ -563,11 +563,7 @@ fn could_start_sip(p: &[u8]) -> bool {
 }
 
 /// Whether a payload begins with a SIP start line (cheap test before following a new flow).
-pub fn starts_with_sip(p: &[u8]) -> bool {
-    let head = &p[..p.len().min(512)];
-    let end = crate::sip::parse::find_nl(head).unwrap_or(head.len());
-    looks_like_start_line(&p[..end])
-}
+pub use crate::sip::parse::starts_with_sip;
 
 #[cfg(test)]
 mod tests {

@@ -285,7 +285,18 @@ pub fn unfold(buf: &[u8]) -> Cow<'_, [u8]> {
 /// Parses a message that may have folded header lines (one scan of its head when it has none,
 /// which is almost always).
 pub fn parse_folded<'a>(buf: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>, ParseError> {
-    match parse_head(buf, HeadEnd::Find) {
+    parse_folded_with(buf, scratch, None)
+}
+
+/// [`parse_folded`], with what [`sip_start`] found out about the message's first line (the UDP
+/// decoder asks it before handing a datagram on): the start line is not split a second time.
+/// The answer is the same with or without the hint (tested, and checked by the fuzz target).
+pub fn parse_folded_with<'a>(
+    buf: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+    hint: Option<StartHint>,
+) -> Result<Message<'a>, ParseError> {
+    match parse_head(buf, HeadEnd::Find, hint) {
         Ok(m) => Ok(m),
         Err(Stop::Bad(e)) => Err(e),
         Err(Stop::Folded) => {
@@ -361,7 +372,7 @@ pub fn header_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// Parses one message. The buffer should hold one message (framing is the caller's job);
 /// folded headers must have been unfolded with [`unfold`].
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    parse_head(buf, HeadEnd::At(scan_head(buf).0)).map_err(|stop| match stop {
+    parse_head(buf, HeadEnd::At(scan_head(buf).0), None).map_err(|stop| match stop {
         Stop::Bad(e) => e,
         Stop::Folded => unreachable!("folds are only looked for by HeadEnd::Find"),
     })
@@ -389,7 +400,7 @@ fn line_start_kind(buf: &[u8], pos: usize) -> Option<bool> {
 }
 
 /// [`parse`] in one pass over the head's lines.
-fn parse_head(buf: &[u8], head_end: HeadEnd) -> Result<Message<'_>, Stop> {
+fn parse_head(buf: &[u8], head_end: HeadEnd, hint: Option<StartHint>) -> Result<Message<'_>, Stop> {
     let (head, find) = match head_end {
         HeadEnd::At(end) => (&buf[..end], false),
         HeadEnd::Find => (buf, true),
@@ -399,7 +410,7 @@ fn parse_head(buf: &[u8], head_end: HeadEnd) -> Result<Message<'_>, Stop> {
     // both ways give the same fields when the head is valid
     let text = simdutf8::basic::from_utf8(head).ok();
     let first_end = find_nl(head).unwrap_or(head.len());
-    match parse_lines(head, text, first_end, find) {
+    match parse_lines(head, text, first_end, find, hint) {
         // unfolding rewrites more than the folds `scan_head` finds (a bare CR before
         // whitespace): a message judged bad before its first fold was met is judged unfolded
         Err(Stop::Bad(_)) if find && scan_head(buf).1 => Err(Stop::Folded),
@@ -427,12 +438,18 @@ fn parse_lines<'a>(
     text: Option<&'a str>,
     first_end: usize,
     find: bool,
+    hint: Option<StartHint>,
 ) -> Result<Message<'a>, Stop> {
     let first = match text {
         Some(t) => &t[..first_end],
         None => std::str::from_utf8(&head[..first_end]).map_err(|_| ParseError::NotSip)?,
     };
-    let start = start_line(first.strip_suffix('\r').unwrap_or(first))?;
+    let first = first.strip_suffix('\r').unwrap_or(first);
+    let start = match hint {
+        // the same line, split before: its shape holds
+        Some(StartHint { nl, len, shape }) if nl == first_end && len == first.len() => from_shape(first, shape),
+        _ => start_line(first)?,
+    };
 
     let mut msg = Message {
         start,
@@ -593,17 +610,30 @@ fn trim_ascii(s: &str) -> &str {
 }
 
 fn start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
-    Ok(match start_line_shape(line.as_bytes())? {
+    Ok(from_shape(line, start_line_shape(line.as_bytes())?))
+}
+
+fn from_shape(line: &str, shape: Shape) -> StartLine<'_> {
+    match shape {
         // (the ranges end at spaces or at the line's ends: `str` boundaries)
-        Shape::Request { method, uri } => StartLine::Request { method: &line[method], uri: &line[uri] },
+        Shape::Request { method, uri } => {
+            StartLine::Request { method: &line[method.0..method.1], uri: &line[uri.0..uri.1] }
+        }
         Shape::Response { code } => StartLine::Response { code },
-    })
+    }
 }
 
 /// A start line's parts, as ranges of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Shape {
-    Request { method: std::ops::Range<usize>, uri: std::ops::Range<usize> },
-    Response { code: u16 },
+    /// (start, end) of the method and of the Request-URI
+    Request {
+        method: (usize, usize),
+        uri: (usize, usize),
+    },
+    Response {
+        code: u16,
+    },
 }
 
 /// [`start_line`] over bytes (it reads only ASCII: whether the line is text is the caller's
@@ -642,15 +672,49 @@ fn start_line_shape(b: &[u8]) -> Result<Shape, ParseError> {
     if !b[m..m_end].iter().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b)) {
         return Err(ParseError::BadStartLine);
     }
-    Ok(Shape::Request { method: m..m_end, uri: u..u_end })
+    Ok(Shape::Request { method: (m, m_end), uri: (u, u_end) })
 }
 
 /// Whether a line could start a SIP message (used to resynchronise a TCP stream).
 pub fn looks_like_start_line(line: &[u8]) -> bool {
+    start_shape(line).is_some()
+}
+
+/// [`looks_like_start_line`], with the shape of the trimmed line.
+fn start_shape(line: &[u8]) -> Option<(&[u8], Shape)> {
     let line = trim_bytes(line);
     // the shape first (it reads bytes), then whether the line is text: a start line nearly
     // always is ASCII, a cheaper check than UTF-8's
-    start_line_shape(line).is_ok() && (line.is_ascii() || std::str::from_utf8(line).is_ok())
+    let shape = start_line_shape(line).ok()?;
+    (line.is_ascii() || std::str::from_utf8(line).is_ok()).then_some((line, shape))
+}
+
+/// Whether bytes start with a SIP start line (looked for in their first 512 bytes).
+pub fn starts_with_sip(p: &[u8]) -> bool {
+    sip_start(p).is_some()
+}
+
+/// [`starts_with_sip`], keeping the start line's shape for [`parse_folded_with`]: `None` when
+/// the bytes do not start like SIP.
+pub fn sip_start(p: &[u8]) -> Option<Option<StartHint>> {
+    let head = &p[..p.len().min(512)];
+    let nl = find_nl(head).unwrap_or(head.len());
+    let line = &p[..nl];
+    let (trimmed, shape) = start_shape(line)?;
+    // reusable only where the parser reads the same bytes: nothing trimmed at the start (the
+    // shape's ranges count from the line's first byte); the parser checks the end
+    let same_start = trimmed.as_ptr() == line.as_ptr();
+    Some(same_start.then_some(StartHint { nl, len: trimmed.len(), shape }))
+}
+
+/// A first line split by [`sip_start`]: where its line feed was looked for and found (`nl`), how
+/// long it is once trimmed, and its shape. The parser takes the shape when its own first line
+/// ends at `nl` and, without its CR, is `len` bytes long: then both read the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartHint {
+    nl: usize,
+    len: usize,
+    shape: Shape,
 }
 
 #[derive(Clone, Copy)]
@@ -1062,11 +1126,22 @@ mod tests {
         let seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut rng = crate::testkit::Rng(seed);
         let mut next = || rng.next_u64();
-        let mut agreed_ok = 0;
+        let long_start = [b"INVITE sip:".as_slice(), &[b'a'; 600], b" SIP/2.0"].concat();
+        let starts: [&[u8]; 6] = [
+            b" INVITE sip:bob@x SIP/2.0",
+            b"\tSIP/2.0 180 Ringing",
+            b"BYE  sip:x  SIP/2.0 ",
+            b"sip/2.0 486 Busy",
+            &long_start,
+            b"INVITE sip:\xc3\xa9 SIP/2.0",
+        ];
+        let (mut agreed_ok, mut hinted_ok) = (0, 0);
         for _ in 0..400_000 {
             // mostly whole lines (start line first, line ends between), sometimes any fragment
             let n = (next() % 12) as usize;
-            let mut buf: Vec<u8> = parts[(next() % 3) as usize].to_vec();
+            let r = next();
+            let mut buf: Vec<u8> =
+                if r % 4 == 0 { starts[((r >> 8) % 6) as usize] } else { parts[((r >> 8) % 3) as usize] }.to_vec();
             for _ in 0..n {
                 let r = next();
                 if r % 5 != 0 {
@@ -1086,8 +1161,16 @@ mod tests {
             let one_pass = parse_folded(&buf, &mut scratch);
             assert_eq!(one_pass, two_passes, "{:?}", String::from_utf8_lossy(&buf));
             agreed_ok += usize::from(one_pass.is_ok());
+            // with the start line the UDP decoder split (when it took the bytes for SIP)
+            if let Some(hint) = sip_start(&buf) {
+                let mut scratch = Vec::new();
+                let hinted = parse_folded_with(&buf, &mut scratch, hint);
+                assert_eq!(hinted, two_passes, "hinted: {:?}", String::from_utf8_lossy(&buf));
+                hinted_ok += usize::from(hint.is_some() && hinted.is_ok());
+            }
         }
         assert!(agreed_ok > 100, "the generator must make some valid messages ({agreed_ok})");
+        assert!(hinted_ok > 100, "the generator must make some hinted valid messages ({hinted_ok})");
     }
 
     #[test]
