@@ -3,6 +3,7 @@
 //! The data's path, one module per step:
 //! `capture` (frames) -> `decode` (SIP bytes) -> `sip` (message view) -> `state` (registrations
 //! and call legs) -> `event` + `tenant` (routed events) -> `sink` (output). `pipeline` joins them.
+pub mod bytes;
 pub mod capture;
 pub mod clock;
 pub mod config;

@@ -229,10 +229,7 @@ fn packet_hash(parts: &[&[u8]]) -> u64 {
         for w in &mut words {
             tail = mix(tail, word(w));
         }
-        let rest = words.remainder();
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        tail = mix(tail, u64::from_le_bytes(last) ^ ((p.len() as u64) << 56));
+        tail = mix(tail, crate::bytes::le_tail(words.remainder()) ^ ((p.len() as u64) << 56));
     }
     lanes.iter().fold(tail, |h, l| mix(h, *l))
 }

@@ -107,10 +107,7 @@ fn siphash13(k0: u64, k1: u64, b: &[u8]) -> u64 {
     for w in &mut words {
         compress(&mut v, u64::from_le_bytes(w.try_into().expect("8 bytes")));
     }
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    compress(&mut v, u64::from_le_bytes(last) | (b.len() as u64) << 56);
+    compress(&mut v, crate::bytes::le_tail(words.remainder()) | (b.len() as u64) << 56);
     v[2] ^= 0xff;
     for _ in 0..3 {
         round(&mut v);
