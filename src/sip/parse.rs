@@ -590,8 +590,27 @@ pub fn find_nl(h: &[u8]) -> Option<usize> {
 fn find_byte(h: &[u8], c: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let pat: u64 = LO * c as u64;
     let mut i = 0;
+    // sixteen bytes at a time where SSE2 is there (every x86-64): one compare and one mask
+    // per 16 bytes, inlined (`memchr` is a call per search, and header lines are short)
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        // SAFETY: SSE2 is part of the x86-64 baseline; each load reads the 16 bytes from `i`,
+        // inside `h` (checked by the loop condition), unaligned
+        unsafe {
+            let pat = _mm_set1_epi8(c as i8);
+            while i + 16 <= h.len() {
+                let v = _mm_loadu_si128(h.as_ptr().add(i).cast::<__m128i>());
+                let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, pat));
+                if m != 0 {
+                    return Some(i + m.trailing_zeros() as usize);
+                }
+                i += 16;
+            }
+        }
+    }
+    let pat: u64 = LO * c as u64;
     while i + 8 <= h.len() {
         let w = u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes")) ^ pat;
         let t = w.wrapping_sub(LO) & !w & HI;
@@ -1171,6 +1190,20 @@ mod tests {
         }
         assert!(agreed_ok > 100, "the generator must make some valid messages ({agreed_ok})");
         assert!(hinted_ok > 100, "the generator must make some hinted valid messages ({hinted_ok})");
+    }
+
+    #[test]
+    fn find_byte_finds_the_first() {
+        let mut rng = crate::testkit::Rng(7);
+        for _ in 0..20_000 {
+            let n = (rng.next_u64() % 100) as usize;
+            // few distinct bytes, so that matches are frequent, at every position and alignment
+            let b: Vec<u8> = (0..n).map(|_| b":\n a\xff"[(rng.next_u64() % 5) as usize]).collect();
+            let from = (rng.next_u64() % (n as u64 + 1)) as usize;
+            for c in [b':', b'\n', b' ', 0xff, b'z'] {
+                assert_eq!(find_byte(&b[from..], c), b[from..].iter().position(|&x| x == c), "{c} in {b:?}");
+            }
+        }
     }
 
     #[test]
