@@ -850,7 +850,7 @@ fn name_addr(v: &str) -> NameAddr<'_> {
         }
         scan_from = (i + 1).min(v.len());
     }
-    let pos = |from: usize, c: u8| b[from..].iter().position(|&x| x == c).map(|i| i + from);
+    let pos = |from: usize, c: u8| find_byte(&b[from..], c).map(|i| i + from);
     if let Some(lt) = pos(scan_from, b'<') {
         if let Some(gt) = pos(lt, b'>') {
             return NameAddr { uri: v[lt + 1..gt].trim_ascii(), params: &v[gt + 1..] };
