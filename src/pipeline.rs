@@ -6,6 +6,7 @@ use crate::decode::{DecodeLimits, Decoder};
 use crate::event::Event;
 use crate::sip;
 use crate::state::Tracker;
+use crate::state::fingerprint::{Fingerprinter, MessageKeys};
 use crate::state::users::KnownUsers;
 use crate::tenant::{Route, Router};
 use std::sync::Arc;
@@ -54,6 +55,7 @@ struct Item {
     at: usize,
     len: usize,
     msg: sip::parse::MessageOffsets,
+    keys: MessageKeys,
 }
 
 impl Batch {
@@ -82,26 +84,28 @@ impl Batch {
 pub struct Front {
     pub decoder: Decoder,
     unfolded: Vec<u8>,
+    /// The state's fingerprinter (the same key): batched messages carry their [`MessageKeys`].
+    fp: Fingerprinter,
 }
 
 impl Front {
-    pub fn new(decoder: Decoder) -> Self {
-        Front { decoder, unfolded: Vec::new() }
+    pub fn new(decoder: Decoder, fp: Fingerprinter) -> Self {
+        Front { decoder, unfolded: Vec::new(), fp }
     }
 
     /// Decodes one captured frame into `batch` (for the other thread).
     pub fn frame(&mut self, frame: Frame<'_>, batch: &mut Batch) {
         batch.frames += 1;
         batch.last_ts = Some(batch.last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
-        let Front { decoder, unfolded } = self;
-        decoder.decode(frame, &mut |m| add_message(batch, unfolded, m));
+        let Front { decoder, unfolded, fp } = self;
+        decoder.decode(frame, &mut |m| add_message(batch, unfolded, fp, m));
     }
 
     /// Decodes one captured frame and hands each message to `back` as it is parsed, on this
     /// thread: nothing is copied (a batch copies each head for the other thread).
     pub fn frame_to(&mut self, frame: Frame<'_>, back: &mut Back, out: &mut dyn FnMut(Routed)) {
         back.saw(frame.ts);
-        let Front { decoder, unfolded } = self;
+        let Front { decoder, unfolded, .. } = self;
         decoder.decode(frame, &mut |m| back.parsed(m, unfolded, out));
     }
 
@@ -116,13 +120,13 @@ impl Front {
         out: &mut dyn FnMut(Routed),
     ) {
         back.saw(ts);
-        let Front { decoder, unfolded } = self;
+        let Front { decoder, unfolded, .. } = self;
         decoder.hep(ts, sender, data, &mut |m| back.parsed(m, unfolded, out));
     }
 }
 
 /// One SIP message's bytes from the decoder: parsed into the batch, or counted as malformed.
-fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipBytes<'_>) {
+fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, fp: &Fingerprinter, m: crate::decode::SipBytes<'_>) {
     batch.messages += 1;
     match sip::parse::parse_folded_with(m.data, unfolded, m.start) {
         Ok(msg) => {
@@ -139,7 +143,8 @@ fn add_message(batch: &mut Batch, unfolded: &mut Vec<u8>, m: crate::decode::SipB
                 }
             };
             let len = msg.head.len();
-            batch.items.push(Item { ts: m.ts, src: m.src, dst: m.dst, in_text, at, len, msg: msg.offsets() });
+            let keys = MessageKeys::of(fp, &msg);
+            batch.items.push(Item { ts: m.ts, src: m.src, dst: m.dst, in_text, at, len, msg: msg.offsets(), keys });
         }
         Err(e) => {
             batch.malformed += 1;
@@ -169,7 +174,7 @@ impl Back {
         for it in &batch.items {
             let r = it.at..it.at + it.len;
             let msg = if it.in_text { it.msg.view_text(&batch.text[r]) } else { it.msg.view(&batch.raw[r]) };
-            self.message(it.ts, it.src, it.dst, &msg, out);
+            self.message(it.ts, it.src, it.dst, &msg, &it.keys, out);
         }
         // the timers fire at message times only (and at `finish` and clock ticks), never at a
         // batch's end: where a batch ends must not change the events (it did when packet time
@@ -188,7 +193,10 @@ impl Back {
     fn parsed(&mut self, m: crate::decode::SipBytes<'_>, unfolded: &mut Vec<u8>, out: &mut dyn FnMut(Routed)) {
         self.stats.sip_messages += 1;
         match sip::parse::parse_folded_with(m.data, unfolded, m.start) {
-            Ok(msg) => self.message(m.ts, m.src, m.dst, &msg, out),
+            Ok(msg) => {
+                let keys = MessageKeys::of(self.tracker.fp(), &msg);
+                self.message(m.ts, m.src, m.dst, &msg, &keys, out)
+            }
             Err(e) => {
                 self.stats.malformed += 1;
                 malformed(&m, e);
@@ -204,10 +212,11 @@ impl Back {
         src: std::net::SocketAddr,
         dst: std::net::SocketAddr,
         msg: &sip::parse::Message<'_>,
+        keys: &MessageKeys,
         out: &mut dyn FnMut(Routed),
     ) {
         self.tracker.tick(ts, &mut self.scratch);
-        self.tracker.message(ts, src, dst, msg, &mut self.scratch);
+        self.tracker.message(ts, src, dst, msg, keys, &mut self.scratch);
         self.drain(out);
     }
 
@@ -260,7 +269,7 @@ impl Pipeline {
         let mut ports = cfg.sip_ports.clone();
         ports.extend(cfg.servers.iter().filter_map(|(_, p)| *p));
         Pipeline {
-            front: Front::new(Decoder::new(limits, ports)),
+            front: Front::new(Decoder::new(limits, ports), Fingerprinter::new(fingerprint_key)),
             back: Back {
                 tracker: Tracker::new(cfg.tracker_config(fingerprint_key), known_users),
                 router: Router::new(cfg),
@@ -434,6 +443,8 @@ mod tests {
         // batches of `batch_messages`, or none (0)
         let run = |batch_messages: usize| -> (Vec<String>, Vec<(&'static str, u64)>) {
             let mut p = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);
+            // the front half's message keys are the state's fingerprints
+            assert_eq!(p.front.fp, *p.back.tracker.fp());
             let mut batch = Batch::default();
             let mut lines = Vec::new();
             let mut out = |r: Routed| lines.push(format!("{} {} {:?}", r.tenant, r.name, r.event));

@@ -10,7 +10,7 @@
 //! [`Evidence`]): scanners send INVITEs from made-up users and get 404/480/503 without ever
 //! being challenged, and those are counted, not reported.
 use super::deadlines::Deadlines;
-use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet};
+use super::fingerprint::{DirtySet, Fingerprinter, Fp, FpMap, FpSet, MessageKeys};
 use crate::capture::Micros;
 use crate::event::{Direction, EndReason, EndedBy, Event, Kind, Origin, Params};
 use crate::sip::Message;
@@ -148,6 +148,8 @@ pub struct Resolved {
 
 pub struct Calls {
     fp: Fingerprinter,
+    /// The fingerprint of an absent From tag (an empty one).
+    no_tag: Fp,
     legs: FpMap<Leg>,
     by_call_id: FpMap<Vec<u64>>,
     /// (deadline, leg id); entries whose deadline is not the leg's `scheduled` are stale.
@@ -174,6 +176,7 @@ impl Calls {
     pub fn new(fp: Fingerprinter, limits: CallLimits) -> Self {
         Calls {
             fp,
+            no_tag: fp.of(""),
             legs: FpMap::default(),
             by_call_id: FpMap::default(),
             deadlines: Deadlines::default(),
@@ -249,19 +252,19 @@ impl Calls {
         &mut self,
         ts: Micros,
         msg: &Message<'_>,
+        keys: &MessageKeys,
         hop: Hop,
         resolve: impl FnOnce(Direction) -> Resolved,
         out: &mut Vec<Event>,
     ) {
-        let to_tag = msg.to.tag();
-        if msg.method() == Some("INVITE") && to_tag.is_none() {
-            return self.initial_invite(ts, msg, hop, resolve, out);
+        if msg.method() == Some("INVITE") && keys.to_tag.is_none() {
+            return self.initial_invite(ts, msg, keys, hop, resolve, out);
         }
         // everything else belongs to a leg we follow, or is counted and ignored
-        let tags = [msg.from.tag().map(|t| self.fp.of(t)), to_tag.map(|t| self.fp.of(t))];
+        let tags = [keys.from_tag, keys.to_tag];
         let is_invite_response = msg.status().is_some() && msg.cseq_method.eq_ignore_ascii_case("INVITE");
         let cseq = is_invite_response.then_some(msg.cseq);
-        let Some(id) = self.find(self.fp.of(msg.call_id), hop.client, tags, None, cseq) else {
+        let Some(id) = self.find(keys.call_id, hop.client, tags, None, cseq) else {
             self.stats.orphan_messages += 1;
             return;
         };
@@ -276,8 +279,8 @@ impl Calls {
 
     /// The server sent an initial INVITE onwards (to a client or another server): the caller's
     /// attempt with this Call-ID and From tag was accepted by it.
-    pub fn relayed(&mut self, call_id: &str, from_tag: Option<&str>) {
-        let (cid, tag) = (self.fp.of(call_id), self.fp.of(from_tag.unwrap_or("")));
+    pub fn relayed(&mut self, keys: &MessageKeys) {
+        let (cid, tag) = (keys.call_id, keys.from_tag.unwrap_or(self.no_tag));
         let Some(ids) = self.by_call_id.get(&cid) else { return };
         for id in ids.clone() {
             let l = self.legs.get_mut(&id).expect("indexed");
@@ -292,17 +295,17 @@ impl Calls {
         &mut self,
         ts: Micros,
         msg: &Message<'_>,
+        keys: &MessageKeys,
         hop: Hop,
         resolve: impl FnOnce(Direction) -> Resolved,
         out: &mut Vec<Event>,
     ) {
         self.stats.invites += 1;
         let dir = if hop.from_client { Direction::Out } else { Direction::In };
-        let from_tag = msg.from.tag().unwrap_or("");
-        let tag = self.fp.of(from_tag);
-        let cid = self.fp.of(msg.call_id);
+        let tag = keys.from_tag.unwrap_or(self.no_tag);
+        let cid = keys.call_id;
         if dir == Direction::In {
-            self.relayed(msg.call_id, msg.from.tag());
+            self.relayed(keys);
         }
         if let Some(id) = self.find(cid, hop.client, [Some(tag), None], Some(dir), None) {
             let l = &self.legs[&id];

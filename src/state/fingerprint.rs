@@ -7,6 +7,28 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub type Fp = u64;
 
+/// The fingerprints the call legs are found by: a message's Call-ID and its From and To tags.
+/// Taken where the message is parsed: with two threads, on the decoding one, which has the
+/// lighter load (the state thread waits on its tables' cache misses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageKeys {
+    pub call_id: Fp,
+    pub from_tag: Option<Fp>,
+    pub to_tag: Option<Fp>,
+}
+
+impl MessageKeys {
+    /// (A REGISTER's legs are never looked for: its tags are left out.)
+    pub fn of(fp: &Fingerprinter, msg: &crate::sip::parse::Message<'_>) -> Self {
+        let register = match msg.method() {
+            Some(m) => m.eq_ignore_ascii_case("REGISTER"),
+            None => msg.cseq_method.eq_ignore_ascii_case("REGISTER"),
+        };
+        let tag = |t: Option<&str>| if register { None } else { t.map(|t| fp.of(t)) };
+        MessageKeys { call_id: fp.of(msg.call_id), from_tag: tag(msg.from.tag()), to_tag: tag(msg.to.tag()) }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprinter {
     k0: u64,

@@ -1,7 +1,7 @@
 //! The tracker: feed it `(timestamp, endpoints, SIP message)`, get events back. No sockets,
 //! files, threads or wall clock: time is the packet's, timeouts fire from [`Tracker::tick`].
 use super::call::{CallLimits, Calls, Hop, Resolved};
-use super::fingerprint::Fingerprinter;
+use super::fingerprint::{Fingerprinter, MessageKeys};
 use super::registration::{RegLimits, Registrations};
 use super::users::KnownUsers;
 use crate::capture::Micros;
@@ -110,6 +110,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// The fingerprinter of this state (its key).
+    pub fn fp(&self) -> &Fingerprinter {
+        self.registrations.fp()
+    }
+
     /// `known_users`: who already signed up (answered from memory, the store or the cluster).
     pub fn new(cfg: TrackerConfig, known_users: Box<dyn KnownUsers>) -> Self {
         let fp = Fingerprinter::new(cfg.fingerprint_key);
@@ -161,7 +166,16 @@ impl Tracker {
     }
 
     /// One parsed SIP message seen going from `src` to `dst`.
-    pub fn message(&mut self, ts: Micros, src: SocketAddr, dst: SocketAddr, msg: &Message<'_>, out: &mut Vec<Event>) {
+    /// `keys`: the message's [`MessageKeys`], taken with this tracker's fingerprinter.
+    pub fn message(
+        &mut self,
+        ts: Micros,
+        src: SocketAddr,
+        dst: SocketAddr,
+        msg: &Message<'_>,
+        keys: &MessageKeys,
+        out: &mut Vec<Event>,
+    ) {
         self.stats.messages += 1;
         let ruri_len = match msg.start {
             crate::sip::StartLine::Request { uri, .. } => uri.len(),
@@ -189,7 +203,7 @@ impl Tracker {
                 self.stats.server_to_server += 1;
                 // a proxy relaying an INVITE to another server (a gateway, a trunk) accepted it
                 if msg.method() == Some("INVITE") && msg.to.tag().is_none() {
-                    self.calls.relayed(msg.call_id, msg.from.tag());
+                    self.calls.relayed(keys);
                 }
                 return;
             }
@@ -241,6 +255,6 @@ impl Tracker {
                 }
             }
         };
-        self.calls.message(ts, msg, hop, resolve, out);
+        self.calls.message(ts, msg, keys, hop, resolve, out);
     }
 }
