@@ -30,7 +30,7 @@ pub fn sip_parse(data: &[u8]) -> bool {
     // and so must the parse given the start line the UDP decoder split
     if let Some(hint) = parse::sip_start(data) {
         let mut scratch = Vec::new();
-        assert_eq!(parse::parse_folded_with(data, &mut scratch, hint), two_passes, "the hinted parse differs");
+        assert_eq!(parse::parse_folded_with(data, &mut scratch, Some(hint)), two_passes, "the hinted parse differs");
     }
     let Ok(m) = two_passes else { return false };
     // and the message seen again over a copy of its head (as the state half sees it) is the same

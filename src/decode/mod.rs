@@ -458,7 +458,7 @@ impl Decoder {
         if hep::is_hep3(payload) && (self.hep_ports.contains(&dport) || self.hep_ports.contains(&sport)) {
             return self.hep(ts, src, payload, out);
         }
-        let Some(start) = sip_start(payload) else {
+        let start @ Some(_) = sip_start(payload) else {
             self.stats.udp_not_sip += 1;
             return;
         };

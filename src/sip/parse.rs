@@ -149,6 +149,13 @@ impl<'a> Message<'a> {
     pub fn is_request(&self, m: &str) -> bool {
         self.method() == Some(m)
     }
+    /// A REGISTER, or a response to one (by its CSeq method); case-insensitive.
+    pub fn is_register(&self) -> bool {
+        match self.method() {
+            Some(m) => m.eq_ignore_ascii_case("REGISTER"),
+            None => self.cseq_method.eq_ignore_ascii_case("REGISTER"),
+        }
+    }
 }
 
 /// A parsed message in a form that can cross threads: every field as a range of its head's
@@ -447,7 +454,9 @@ fn parse_lines<'a>(
     let first = first.strip_suffix('\r').unwrap_or(first);
     let start = match hint {
         // the same line, split before: its shape holds
-        Some(StartHint { nl, len, shape }) if nl == first_end && len == first.len() => from_shape(first, shape),
+        Some(StartHint { nl, from: 0, len, shape }) if nl == first_end && len == first.len() => {
+            from_shape(first, shape)
+        }
         _ => start_line(first)?,
     };
 
@@ -715,23 +724,23 @@ pub fn starts_with_sip(p: &[u8]) -> bool {
 
 /// [`starts_with_sip`], keeping the start line's shape for [`parse_folded_with`]: `None` when
 /// the bytes do not start like SIP.
-pub fn sip_start(p: &[u8]) -> Option<Option<StartHint>> {
+pub fn sip_start(p: &[u8]) -> Option<StartHint> {
     let head = &p[..p.len().min(512)];
     let nl = find_nl(head).unwrap_or(head.len());
     let line = &p[..nl];
     let (trimmed, shape) = start_shape(line)?;
-    // reusable only where the parser reads the same bytes: nothing trimmed at the start (the
-    // shape's ranges count from the line's first byte); the parser checks the end
-    let same_start = trimmed.as_ptr() == line.as_ptr();
-    Some(same_start.then_some(StartHint { nl, len: trimmed.len(), shape }))
+    let from = trimmed.as_ptr() as usize - line.as_ptr() as usize;
+    Some(StartHint { nl, from, len: trimmed.len(), shape })
 }
 
-/// A first line split by [`sip_start`]: where its line feed was looked for and found (`nl`), how
-/// long it is once trimmed, and its shape. The parser takes the shape when its own first line
-/// ends at `nl` and, without its CR, is `len` bytes long: then both read the same bytes.
+/// A first line split by [`sip_start`]: where its line feed was looked for and found (`nl`),
+/// where the trimmed line starts in it and how long it is, and its shape (counted from `from`).
+/// The parser takes the shape when its own first line ends at `nl` and, without its CR, is the
+/// trimmed line itself (starting at 0, `len` bytes long): then both read the same bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StartHint {
     nl: usize,
+    from: usize,
     len: usize,
     shape: Shape,
 }
@@ -1183,9 +1192,9 @@ mod tests {
             // with the start line the UDP decoder split (when it took the bytes for SIP)
             if let Some(hint) = sip_start(&buf) {
                 let mut scratch = Vec::new();
-                let hinted = parse_folded_with(&buf, &mut scratch, hint);
+                let hinted = parse_folded_with(&buf, &mut scratch, Some(hint));
                 assert_eq!(hinted, two_passes, "hinted: {:?}", String::from_utf8_lossy(&buf));
-                hinted_ok += usize::from(hint.is_some() && hinted.is_ok());
+                hinted_ok += usize::from(hint.from == 0 && hinted.is_ok());
             }
         }
         assert!(agreed_ok > 100, "the generator must make some valid messages ({agreed_ok})");

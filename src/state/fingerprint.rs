@@ -20,10 +20,7 @@ pub struct MessageKeys {
 impl MessageKeys {
     /// (A REGISTER's legs are never looked for: its tags are left out.)
     pub fn of(fp: &Fingerprinter, msg: &crate::sip::parse::Message<'_>) -> Self {
-        let register = match msg.method() {
-            Some(m) => m.eq_ignore_ascii_case("REGISTER"),
-            None => msg.cseq_method.eq_ignore_ascii_case("REGISTER"),
-        };
+        let register = msg.is_register();
         let tag = |t: Option<&str>| if register { None } else { t.map(|t| fp.of(t)) };
         MessageKeys { call_id: fp.of(msg.call_id), from_tag: tag(msg.from.tag()), to_tag: tag(msg.to.tag()) }
     }

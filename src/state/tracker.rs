@@ -212,11 +212,7 @@ impl Tracker {
                 return;
             }
         };
-        let is_register = match msg.method() {
-            Some(m) => m.eq_ignore_ascii_case("REGISTER"),
-            None => msg.cseq_method.eq_ignore_ascii_case("REGISTER"),
-        };
-        if is_register {
+        if msg.is_register() {
             match (msg.status(), hop.from_client) {
                 (None, true) => {
                     let domain = msg.to.parsed_uri().map(|u| u.host.to_ascii_lowercase()).unwrap_or_default();
