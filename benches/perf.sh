@@ -7,6 +7,8 @@
 #    time, messages/s, MB/s, peak RSS, and the ratios between them;
 #  - state memory: peak-RSS differences between captures that differ only in how many
 #    registrations (UDP; and with 20% of phones on TCP) or open call legs they leave;
+#  - with PGO=1: the replay rows again for the profile-guided build of packaging/pgo.sh (about
+#    10 minutes more; needs `rustup component add llvm-tools`);
 #  - with LIVE=1 (root): the live capture figures of benches/live/capture.sh.
 #   benches/perf.sh                    (WORK=DIR keeps the generated captures there; TSHARK=0 skips tshark)
 # tshark runs on the first 330,000 frames only (its SIP statistics slow down as the file grows).
@@ -50,6 +52,12 @@ best() {
 cat_r=$(best cat "$big")
 t1=$(best "$bin" replay --threads 1 --config "$cfg" "$big")
 t2=$(best "$bin" replay --threads 2 --config "$cfg" "$big")
+if [ "${PGO:-0}" = 1 ]; then
+	"$root/packaging/pgo.sh"
+	pgo=$root/target/pgo/use/release/siptap
+	p1=$(best "$pgo" replay --threads 1 --config "$cfg" "$big")
+	p2=$(best "$pgo" replay --threads 2 --config "$cfg" "$big")
+fi
 row() { # row LABEL "SECONDS RSS"
 	awk -v l="$1" -v s="${2% *}" -v r="${2#* }" -v n="$msgs" -v mb="$mb" 'BEGIN {
 		printf "  %-28s %7.2f s %11.0f msg/s %8.1f MB/s   peak RSS %7.1f MB\n", l, s, n / s, mb / s, r / 1024 }'
@@ -61,6 +69,13 @@ row "siptap replay --threads 2" "$t2"
 awk -v c="${cat_r% *}" -v a="${t1% *}" -v b="${t2% *}" 'BEGIN {
 	printf "ratios: 2 threads / 1 thread %.2fx; 1 thread is %.1fx the time of cat\n", a / b, a / c
 }'
+if [ "${PGO:-0}" = 1 ]; then
+	row "PGO build, --threads 1" "$p1"
+	row "PGO build, --threads 2" "$p2"
+	awk -v c="${cat_r% *}" -v a="${p1% *}" -v b="${p2% *}" -v x="${t1% *}" 'BEGIN {
+		printf "PGO ratios: 2 threads / 1 thread %.2fx; 1 thread is %.1fx the time of cat, %.3f of the plain build'"'"'s\n", a / b, a / c, a / x
+	}'
+fi
 # tshark's SIP statistics slow down as the capture grows (on this machine it had not finished the
 # whole file after 30 minutes): compared on the first 330,000 frames, both tools on the same file
 if [ "${TSHARK:-1}" != 0 ] && command -v tshark >/dev/null && command -v editcap >/dev/null; then
