@@ -54,7 +54,7 @@ t1=$(best "$bin" replay --threads 1 --config "$cfg" "$big")
 t2=$(best "$bin" replay --threads 2 --config "$cfg" "$big")
 if [ "${PGO:-0}" = 1 ]; then
 	"$root/packaging/pgo.sh"
-	pgo=$root/target/pgo/use/release/siptap
+	pgo=$root/target/release-pgo/siptap
 	p1=$(best "$pgo" replay --threads 1 --config "$cfg" "$big")
 	p2=$(best "$pgo" replay --threads 2 --config "$cfg" "$big")
 fi
