@@ -8,7 +8,7 @@ pub mod tcp;
 pub mod ws;
 
 use crate::capture::{Frame, Micros};
-use crate::sip::parse::{StartHint, sip_start};
+use crate::sip::parse::{StartHint, sip_start, starts_with_sip};
 use defrag::{Defrag, DefragLimits, FragKey};
 use link::{LinkError, Net};
 use std::collections::hash_map::Entry;
@@ -495,7 +495,7 @@ impl Decoder {
             }
             return;
         }
-        if p.payload_type != 1 || !tcp::starts_with_sip(&p.payload) {
+        if p.payload_type != 1 || !starts_with_sip(&p.payload) {
             self.stats.hep_not_sip += 1;
             return;
         }
@@ -634,7 +634,7 @@ impl Decoder {
                 let key = (s, d, stream);
                 match flags & 0x03 {
                     0x03 => {
-                        if tcp::starts_with_sip(data) {
+                        if starts_with_sip(data) {
                             out(SipBytes { ts, src: s, dst: d, transport: Transport::Sctp, data, start: None });
                         }
                     }
@@ -666,7 +666,7 @@ impl Decoder {
                                 if b == 0x01 {
                                     let msg = self.sctp_partial.remove(&key).expect("present");
                                     self.sctp_bytes -= msg.len();
-                                    if tcp::starts_with_sip(&msg) {
+                                    if starts_with_sip(&msg) {
                                         out(SipBytes {
                                             ts,
                                             src: s,

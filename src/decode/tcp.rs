@@ -6,7 +6,7 @@
 use super::ws::{self, WsFrame};
 use crate::capture::Micros;
 use crate::sip::frame::{Framed, frame, leading_crlf};
-use crate::sip::parse::{header_end, looks_like_start_line};
+use crate::sip::parse::{header_end, looks_like_start_line, starts_with_sip};
 use memchr::memchr;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -561,9 +561,6 @@ fn could_start_sip(p: &[u8]) -> bool {
             .iter()
             .any(|s| prefix_of(s, &uri[..uri.len().min(s.len())]) || prefix_of(uri, s))
 }
-
-/// Whether a payload begins with a SIP start line (cheap test before following a new flow).
-pub use crate::sip::parse::starts_with_sip;
 
 #[cfg(test)]
 mod tests {
