@@ -147,7 +147,7 @@ pub fn replay(
     // the state as it stands at the end of the input: the next replay (or `run`) goes on from it
     if persistent {
         let delta = pipeline.tracker().take_delta();
-        store.commit(&delta, &pipeline.take_new_users())?;
+        store.commit_folded(&delta, &pipeline.take_new_users())?;
     }
     if stats {
         let mut err = std::io::stderr().lock();

@@ -395,7 +395,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
         if tick || stopping {
             // group commit: the state changes of the last second in one transaction
-            save_state(&store, &mut pipeline, &mut unsaved);
+            // (at a stop, with the journal folded: the file holds the state in its tables alone)
+            save_state(&store, &mut pipeline, &mut unsaved, stopping);
         }
         if tick {
             shared.last_tick.store(now_micros(), Ordering::Relaxed);
@@ -508,6 +509,7 @@ fn save_state(
     store: &crate::store::StateStore,
     pipeline: &mut Pipeline,
     unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
+    fold: bool,
 ) {
     let mut delta = pipeline.tracker().take_delta();
     let mut users = pipeline.take_new_users();
@@ -516,7 +518,8 @@ fn save_state(
         u.append(&mut users);
         users = u;
     }
-    if let Err(e) = store.commit(&delta, &users) {
+    let saved = if fold { store.commit_folded(&delta, &users) } else { store.commit(&delta, &users) };
+    if let Err(e) = saved {
         if store.stats.save_errors.load(Ordering::Relaxed) <= 1 {
             tracing::error!(error = %format!("{e:#}"), "cannot save state; will retry every second");
         }
