@@ -2,8 +2,9 @@
 # Live capture cost: a generated capture replayed with tcpreplay onto a veth pair in a network
 # namespace of its own, at fixed rates, while `siptap run` captures the other end (default
 # buffer, default config). For each rate: packets sent, received, dropped by the kernel, CPU
-# microseconds per packet; against `siptap replay --threads 1` of the same file (in this run);
-# and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
+# microseconds per packet while the packets come, and from start to exit (with what the stop
+# does: the state journal's fold); against `siptap replay --threads 1` of the same file (in this
+# run); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
 #   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
 set -euo pipefail
@@ -58,8 +59,10 @@ EOF
 
 one_run() { # one_run RATE LABEL
 	rm -rf "$work/state" "$work/events.jsonl"
-	"$bin" run --allow-root --config "$work/siptap.toml" 2>"$work/siptap.log" &
-	local pid=$!
+	# (under time(1): the CPU of the whole run, start to exit, with the state's fold at the stop)
+	/usr/bin/time -f "%U %S" -o "$work/daemon.time" "$bin" run --allow-root --config "$work/siptap.toml" 2>"$work/siptap.log" &
+	local tpid=$! pid=
+	for _ in $(seq 50); do pid=$(pgrep -P $tpid) && break; sleep 0.1; done
 	for _ in $(seq 50); do curl -sf http://127.0.0.1:19091/health >/dev/null && break; sleep 0.2; done
 	sleep 2
 	local idle_rss cpu0 cpu1 got drops
@@ -73,12 +76,16 @@ one_run() { # one_run RATE LABEL
 	local rss
 	rss=$(rss_of $pid)
 	kill -TERM $pid
-	wait $pid || true
+	wait $tpid || true
+	local whole
+	whole=$(awk '{print $1 + $2}' "$work/daemon.time")
 	awk -v r="$1" -v l="$2" -v n="$n" -v got="$got" -v d="$drops" -v c0="$cpu0" -v c1="$cpu1" -v base="$replay_us" \
-		-v idle="$idle_rss" -v rss="$rss" 'BEGIN {
-		us = (c1 - c0) / (got > 0 ? got : 1) * 1e6
-		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay)  idle RSS %.1f MiB, after %.1f MiB\n",
-			l, r, n, got, d, us, us / base, idle / 1024, rss / 1024
+		-v idle="$idle_rss" -v rss="$rss" -v whole="$whole" 'BEGIN {
+		g = (got > 0 ? got : 1)
+		us = (c1 - c0) / g * 1e6
+		all = whole / g * 1e6
+		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
+			l, r, n, got, d, us, us / base, all, all / base, idle / 1024, rss / 1024
 	}'
 }
 for r in $rates; do one_run "$r" quiet; done

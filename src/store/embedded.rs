@@ -287,9 +287,14 @@ impl StateStore {
             let tx = self.db.begin_write()?;
             {
                 let mut u = tx.open_table(USERS)?;
-                for (aor, ts) in users {
-                    if u.get(aor.as_str())?.is_none() {
-                        u.insert(aor.as_str(), *ts)?;
+                // in key order (neighbours share B-tree pages), one lookup each: a user already
+                // stored (a commit retried) keeps the time stored first
+                let mut sorted: Vec<&(String, Micros)> = users.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (aor, ts) in sorted {
+                    let before = u.insert(aor.as_str(), *ts)?.map(|g| g.value());
+                    if let Some(first) = before.filter(|first| first != ts) {
+                        u.insert(aor.as_str(), first)?;
                     }
                 }
                 let record = (!delta.is_empty()).then(|| delta.encode());
@@ -568,6 +573,20 @@ mod tests {
         store.commit(&delta(vec![change(Table::Aors, 3, Some(&big))], 0), &[]).unwrap();
         assert_eq!((store.stats.folds.load(Relaxed), contents(&store).1), (1, 0), "past FOLD_BYTES");
         assert_eq!(contents(&store).0.len(), 4);
+    }
+
+    #[test]
+    fn a_user_committed_twice_keeps_the_time_stored_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+        let users = |v: &[(&str, Micros)]| v.iter().map(|&(a, t)| (a.to_string(), t)).collect::<Vec<_>>();
+        store.commit(&Delta::default(), &users(&[("b@x", 20), ("a@x", 10)])).unwrap();
+        store.commit(&Delta::default(), &users(&[("a@x", 50), ("c@x", 5)])).unwrap();
+        let tx = store.db.begin_read().unwrap();
+        let t = tx.open_table(USERS).unwrap();
+        let got: Vec<(String, i64)> =
+            t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_string(), v.value())).collect();
+        assert_eq!(got, users(&[("a@x", 10), ("b@x", 20), ("c@x", 5)]));
     }
 
     #[test]
