@@ -4,13 +4,12 @@
 //! Each commit is one redb transaction: a crash mid-write leaves the previous state.
 //!
 //! A commit (one a second while the state changes) appends the delta to a journal table as one
-//! record; every [`FOLD_COMMITS`] commits, [`FOLD_BYTES`] bytes or [`FOLD_CHANGES`] changes, at a
-//! clean stop and at start,
-//! the journal is folded into the four state tables (the newest record of each key, once) and
-//! emptied, in the same transaction. Writing each changed record into a B-tree every second cost
-//! about 5,500 instructions per record, a third of the daemon's work on a registration wave; the
-//! fold writes each key once however often it changed, and not at all when it came and went
-//! between folds (most calls, every pending REGISTER).
+//! record. Every [`FOLD_COMMITS`] commits, [`FOLD_BYTES`] bytes or [`FOLD_CHANGES`] changes, at a
+//! clean stop and at start, the journal is folded into the four state tables (the newest record
+//! of each key, once) and emptied, in the same transaction. Writing each changed record into a
+//! B-tree every second cost about 5,500 instructions per record, a third of the daemon's work on a
+//! registration wave; the fold writes each key once however often it changed, and not at all when
+//! it came and went between folds (most calls, every pending REGISTER).
 use crate::capture::Micros;
 use crate::state::Tracker;
 use crate::state::snapshot::{Delta, FORMAT_VERSION, Table};
@@ -534,6 +533,23 @@ mod tests {
         assert_eq!(contents(&store), (want, 0), "the newest record of each key, the deleted one gone");
         assert_eq!(store.next_leg_id, 3);
         assert_eq!(store.stats.journal_commits.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unreadable_journal_record_is_counted_and_skipped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+            store.commit(&delta(vec![change(Table::Legs, 1, Some(b"a"))], 2), &[]).unwrap();
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(JOURNAL).unwrap().insert(7u64, [0u8; 8 + 3].as_slice()).unwrap();
+            tx.commit().unwrap();
+            store.commit(&delta(vec![change(Table::Legs, 2, Some(b"b"))], 3), &[]).unwrap();
+        }
+        let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.stats.records_unreadable.load(Relaxed), 1);
+        let legs: Vec<u64> = contents(&store).0.iter().map(|r| r.1).collect();
+        assert_eq!(legs, [1, 2], "the records before and after it are kept");
     }
 
     #[test]
