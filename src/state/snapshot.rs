@@ -23,7 +23,7 @@ impl Table {
     fn from_index(i: u8) -> Option<Table> {
         Table::ALL.get(usize::from(i)).copied()
     }
-    fn index(self) -> u8 {
+    pub(crate) fn index(self) -> u8 {
         self as u8
     }
     pub fn name(self) -> &'static str {
@@ -76,8 +76,7 @@ impl Delta {
     /// copy of the already encoded records, where writing each into the tables' B-trees costs
     /// thousands of instructions.
     pub fn encode(&self) -> Vec<u8> {
-        let len = 8 + self.changes.iter().map(|c| 13 + c.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(&self.next_leg_id.to_le_bytes());
         for c in &self.changes {
             out.push(c.table.index());
@@ -91,6 +90,11 @@ impl Delta {
             }
         }
         out
+    }
+
+    /// The length of [`Delta::encode`]'s record, without making it.
+    pub fn encoded_len(&self) -> usize {
+        8 + self.changes.iter().map(|c| 13 + c.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
     }
 
     /// The way back from [`Delta::encode`]; a truncated or unknown record is an error.
@@ -207,6 +211,7 @@ mod tests {
     #[test]
     fn a_journal_record_decodes_to_the_delta_it_was_made_of() {
         let d = delta();
+        assert_eq!(d.encode().len(), d.encoded_len());
         assert_eq!(Delta::decode(&d.encode()), Ok(d));
         let empty = Delta { changes: Vec::new(), next_leg_id: 5 };
         assert_eq!(Delta::decode(&empty.encode()), Ok(empty));

@@ -296,8 +296,8 @@ impl StateStore {
                         u.insert(aor.as_str(), first)?;
                     }
                 }
-                let record = (!delta.is_empty()).then(|| delta.encode());
-                let bytes = record.as_ref().map_or(0, |r| r.len() as u64);
+                // (the record is made only when it goes into the journal, not when it is folded)
+                let bytes = if delta.is_empty() { 0 } else { delta.encoded_len() as u64 };
                 let commits = self.stats.journal_commits.load(Relaxed);
                 if fold_now
                     || commits + 1 >= FOLD_COMMITS
@@ -306,10 +306,10 @@ impl StateStore {
                 {
                     fold(&tx, delta, &self.stats)?;
                     folded = true;
-                } else if let Some(r) = record {
+                } else if !delta.is_empty() {
                     let mut j = tx.open_table(JOURNAL)?;
                     let seq = j.last()?.map_or(0, |(k, _)| k.value() + 1);
-                    j.insert(seq, r.as_slice())?;
+                    j.insert(seq, delta.encode().as_slice())?;
                     journal_add = (1, bytes, delta.changes.len() as u64);
                 }
                 let mut meta = tx.open_table(META)?;
@@ -404,7 +404,7 @@ fn fold(tx: &redb::WriteTransaction, delta: &Delta, stats: &StoreStats) -> Resul
     }
     let mut all: Vec<(Table, u64, Option<&[u8]>)> = latest.iter().map(|(&(t, k), v)| (t, k, v.as_deref())).collect();
     all.extend(delta.changes.iter().map(|c| (c.table, c.key, c.value.as_deref())));
-    all.sort_unstable_by_key(|&(t, k, _)| (t as u8, k));
+    all.sort_unstable_by_key(|&(t, k, _)| (t.index(), k));
     for t in Table::ALL {
         let mut tab = tx.open_table(def(t))?;
         for &(_, key, value) in all.iter().filter(|c| c.0 == t) {
