@@ -38,6 +38,10 @@ enum Cmd {
         /// has two cores or more.
         #[arg(long)]
         threads: Option<usize>,
+        /// A benchmark's aid, with --threads 1: after every N frames, sleep MS milliseconds (the
+        /// cadence of a live capture's batches; the events are the same).
+        #[arg(long, value_name = "N:MS", value_parser = parse_pause, hide = true)]
+        pause_every: Option<(u64, u64)>,
         /// Also write a self-contained HTML page of what was derived (per tenant: events over
         /// time, registrations, call outcomes; the counters that explain what was not an event).
         #[arg(long, value_name = "FILE.html")]
@@ -224,6 +228,14 @@ enum OutboxAction {
     },
 }
 
+/// `N:MS` of `replay --pause-every`.
+fn parse_pause(s: &str) -> Result<(u64, u64), String> {
+    let (n, ms) = s.split_once(':').ok_or("expected N:MS (frames:milliseconds)")?;
+    let n = n.parse().map_err(|e| format!("frames {n:?}: {e}"))?;
+    let ms = ms.parse().map_err(|e| format!("milliseconds {ms:?}: {e}"))?;
+    Ok((n, ms))
+}
+
 fn main() {
     let cli = Cli::parse();
     // JSON logs when `siptap run`'s config asks; plain text without timestamps under journald;
@@ -252,10 +264,15 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Replay { config, state, stats, send, send_timeout, threads, report, captures } => {
+        Cmd::Replay { config, state, stats, send, send_timeout, threads, pause_every, report, captures } => {
             let threads =
                 threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1));
-            cli::replay::replay(config, state, stats, send.then_some(send_timeout), threads, report, captures)
+            if pause_every.is_some() && threads != 1 {
+                anyhow::bail!("--pause-every needs --threads 1");
+            }
+            let pause = pause_every.map(|(n, ms)| (n.max(1), std::time::Duration::from_millis(ms)));
+            let feeding = cli::replay::Feeding { threads: threads.max(1), pause };
+            cli::replay::replay(config, state, stats, send.then_some(send_timeout), feeding, report, captures)
         }
         Cmd::Flush { config, state, timeout, stats } => cli::deliver::flush(config, state, timeout, stats),
         Cmd::Deliver { config, state, until_idle, stats, requeue_rejected, tenant } => {

@@ -461,7 +461,12 @@ fn two_threads_give_the_same_output_as_one() {
     let labs = lab_captures();
     let cfg = root().join("config.toml.example");
     let run = |threads: &str, caps: &[PathBuf]| {
-        let mut args = vec!["replay", "--stats", "--threads", threads, "--config", cfg.to_str().unwrap()];
+        let mut args = vec!["replay", "--stats", "--config", cfg.to_str().unwrap()];
+        // "1:pause": one thread, pausing as the live benchmark's baseline does
+        match threads.split_once(':') {
+            Some((t, pause)) => args.extend(["--threads", t, "--pause-every", pause]),
+            None => args.extend(["--threads", threads]),
+        }
         args.extend(caps.iter().map(|p| p.to_str().unwrap()));
         let out = siptap(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -479,4 +484,21 @@ fn two_threads_give_the_same_output_as_one() {
         assert!(one == two, "events differ between 1 and 2 threads on {caps:?}");
         assert_eq!(one_stats, two_stats, "counters differ on {caps:?}");
     }
+    // the live benchmark's paced baseline derives the same too (the lab captures: a few hundred
+    // pauses of a millisecond)
+    let (one, one_stats) = run("1", &labs);
+    let (paced, paced_stats) = run("1:25:1", &labs);
+    assert!(one == paced, "events differ when replay pauses");
+    assert_eq!(one_stats, paced_stats, "counters differ when replay pauses");
+    let out = siptap(&[
+        "replay",
+        "--threads",
+        "2",
+        "--pause-every",
+        "25:1",
+        "--config",
+        cfg.to_str().unwrap(),
+        labs[0].to_str().unwrap(),
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--pause-every needs --threads 1"));
 }

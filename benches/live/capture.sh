@@ -4,7 +4,9 @@
 # buffer, default config). For each rate: packets sent, received, dropped by the kernel, CPU
 # microseconds per packet while the packets come, and from start to exit (with what the stop
 # does: the state journal's fold); against `siptap replay --threads 1` of the same file (in this
-# run); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
+# run), straight through and paced like the rate (a pause after each batch's worth of frames, as
+# long as the batch takes to arrive: the daemon's core sleeps between batches too, and wakes to
+# caches that went cold); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
 #   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
 set -euo pipefail
@@ -57,6 +59,19 @@ jsonl_path = "$work/events.jsonl"
 domains = ["lab.example"]
 EOF
 
+# replay paced like a live capture at RATE: the daemon's core gets a batch every 50 ms, or
+# sooner when 4,096 frames or 1 MiB are held (src/daemon/live.rs); replay pauses as long after
+# as many frames. Prints us of CPU per packet.
+frame_bytes=$(( $(stat -L -c %s "$cap") / n ))
+paced_us() { # paced_us RATE
+	local every ms
+	every=$(awk -v r="$1" -v fb="$frame_bytes" 'BEGIN { e = r / 20; if (e > 4096) e = 4096; if (e > 1048576 / fb) e = 1048576 / fb; printf "%d", (e < 1 ? 1 : e) }')
+	ms=$(awk -v r="$1" -v e="$every" 'BEGIN { printf "%d", 1000 * e / r + 0.5 }')
+	/usr/bin/time -f "%U %S" -o "$work/paced.time" "${REPLAY_BIN:-$bin}" replay --threads 1 --pause-every "$every:$ms" \
+		--config "$root/config.toml.example" "$cap" >/dev/null
+	awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/paced.time"
+}
+
 one_run() { # one_run RATE LABEL
 	rm -rf "$work/state" "$work/events.jsonl"
 	# (under time(1): the CPU of the whole run, start to exit, with the state's fold at the stop)
@@ -77,15 +92,16 @@ one_run() { # one_run RATE LABEL
 	rss=$(rss_of $pid)
 	kill -TERM $pid
 	wait $tpid || true
-	local whole
+	local whole paced
 	whole=$(awk '{print $1 + $2}' "$work/daemon.time")
+	paced=$(paced_us "$1")
 	awk -v r="$1" -v l="$2" -v n="$n" -v got="$got" -v d="$drops" -v c0="$cpu0" -v c1="$cpu1" -v base="$replay_us" \
-		-v idle="$idle_rss" -v rss="$rss" -v whole="$whole" 'BEGIN {
+		-v idle="$idle_rss" -v rss="$rss" -v whole="$whole" -v paced="$paced" 'BEGIN {
 		g = (got > 0 ? got : 1)
 		us = (c1 - c0) / g * 1e6
 		all = whole / g * 1e6
-		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
-			l, r, n, got, d, us, us / base, all, all / base, idle / 1024, rss / 1024
+		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  replay paced so %.2f us (%.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
+			l, r, n, got, d, us, us / base, all, all / base, paced, us / paced, idle / 1024, rss / 1024
 	}'
 }
 for r in $rates; do one_run "$r" quiet; done

@@ -17,7 +17,7 @@ pub fn replay(
     state: Option<PathBuf>,
     stats: bool,
     send_timeout: Option<u64>,
-    threads: usize,
+    feeding: Feeding,
     report_path: Option<PathBuf>,
     captures: Vec<PathBuf>,
 ) -> Result<()> {
@@ -100,7 +100,7 @@ pub fn replay(
             }
         }
     };
-    let (fed, file_stats) = feed(pipeline, &captures, threads.max(1), &mut emit, &mut after_batch)?;
+    let (fed, file_stats) = feed(pipeline, &captures, feeding, &mut emit, &mut after_batch)?;
     let mut pipeline = fed;
     pipeline.finish(&mut emit);
     if let Some(co) = to_cluster.take()
@@ -311,6 +311,17 @@ const BATCH_BYTES: usize = 1 << 20;
 /// With one thread, `after_batch` runs every this many frames.
 const SOLO_FRAMES: u64 = 1024;
 
+/// How the captures are fed through the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Feeding {
+    /// 1, or 2: decoding and parsing on one thread, state and output on the other
+    pub threads: usize,
+    /// A benchmark's aid (one thread): sleep this long after every so many frames, so that
+    /// replay runs at the cadence of a live capture's batches, each begun with caches that
+    /// went cold while it slept (`benches/live/capture.sh`). The events are the same.
+    pub pause: Option<(u64, std::time::Duration)>,
+}
+
 /// Reads the captures through the pipeline, as one timeline. With two threads, reading,
 /// decoding and parsing run on one and state, output and the store on this one, joined by a
 /// bounded queue of batches; with one, each message goes from one half to the other as it is
@@ -320,20 +331,28 @@ const SOLO_FRAMES: u64 = 1024;
 fn feed(
     pipeline: Pipeline,
     captures: &[PathBuf],
-    threads: usize,
+    feeding: Feeding,
     emit: &mut dyn FnMut(Routed),
     after_batch: &mut dyn FnMut(&mut siptap::pipeline::Back, u64),
 ) -> Result<(Pipeline, (u64, u64, u64))> {
     let Pipeline { mut front, mut back } = pipeline;
     let mut progress = Progress::new(captures);
     let mut file_stats = (0u64, 0u64, 0u64);
-    if threads < 2 {
+    if feeding.threads < 2 {
         let mut frames = 0;
+        let mut since_pause = 0;
         for c in captures {
             let fs = read_file(c, |frame| {
                 progress.frame(frame.data.len());
                 front.frame_to(frame, &mut back, emit);
                 frames += 1;
+                if let Some((every, sleep)) = feeding.pause {
+                    since_pause += 1;
+                    if since_pause >= every {
+                        since_pause = 0;
+                        std::thread::sleep(sleep);
+                    }
+                }
                 if frames == SOLO_FRAMES {
                     after_batch(&mut back, frames);
                     frames = 0;
