@@ -310,8 +310,8 @@ const BATCH_MESSAGES: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 /// How many full batches the decoding thread may be ahead of the state thread (at most
 /// `BATCH_BYTES` each). The halves' shares change along a capture (registrations, calls,
-/// scanners); with 4 the state thread waited 66-157 ms of a 1.2-1.8 s run for batches, with 16
-/// 40-44 ms.
+/// scanners); with 4 the state thread waited 66-236 ms of a 1.2-1.8 s run for batches, with 16
+/// 29-98 ms.
 const BATCHES_AHEAD: usize = 16;
 /// With one thread, `after_batch` runs every this many frames.
 const SOLO_FRAMES: u64 = 1024;
