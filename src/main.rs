@@ -40,7 +40,7 @@ enum Cmd {
         threads: Option<usize>,
         /// A benchmark's aid, with --threads 1: after every N frames, sleep MS milliseconds (the
         /// cadence of a live capture's batches; the events are the same).
-        #[arg(long, value_name = "N:MS", value_parser = parse_pause, hide = true)]
+        #[arg(long, value_name = "N:MS", value_parser = parse_pause)]
         pause_every: Option<(u64, u64)>,
         /// Also write a self-contained HTML page of what was derived (per tenant: events over
         /// time, registrations, call outcomes; the counters that explain what was not an event).

@@ -629,7 +629,7 @@ _siptap() {
             return 0
             ;;
         siptap__subcmd__replay)
-            opts="-h --config --state --stats --send --send-timeout --threads --report --help"
+            opts="-h --config --state --stats --send --send-timeout --threads --pause-every --report --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -648,6 +648,10 @@ _siptap() {
                     return 0
                     ;;
                 --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pause-every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

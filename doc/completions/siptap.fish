@@ -44,6 +44,7 @@ complete -c siptap -n "__fish_siptap_using_subcommand replay" -l config -d 'The 
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l state -d 'State directory holding the known-users store; without it replay starts empty and keeps nothing' -r -F
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l send-timeout -d 'With --send: how long to keep trying before leaving the rest in the outbox' -r
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l threads -d 'Threads: 2 reads, decodes and parses on one and follows the state on the other (the same events, in the same order); 1 does everything on one. Default: 2 when the machine has two cores or more' -r
+complete -c siptap -n "__fish_siptap_using_subcommand replay" -l pause-every -d 'A benchmark\'s aid, with --threads 1: after every N frames, sleep MS milliseconds (the cadence of a live capture\'s batches; the events are the same)' -r
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l report -d 'Also write a self-contained HTML page of what was derived (per tenant: events over time, registrations, call outcomes; the counters that explain what was not an event)' -r -F
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l stats -d 'Print every counter (skipped, malformed, evicted...) on stderr at the end'
 complete -c siptap -n "__fish_siptap_using_subcommand replay" -l send -d 'Also deliver the events of tenants with Firebase settings (needs --state: the outbox lives there, so nothing is lost if delivery is interrupted)'
