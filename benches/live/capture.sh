@@ -42,9 +42,14 @@ cpu_of() { awk -v hz="$hz" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; 
 rss_of() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 metric() { curl -sf http://127.0.0.1:19091/metrics | awk -v m="$1" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
 
+# replay_cpu_us [ARGS...]: us of CPU (user + system) per packet of one-thread replay of the capture
+replay_cpu_us() {
+	/usr/bin/time -f "%U %S" -o "$work/replay.time" "${REPLAY_BIN:-$bin}" replay --threads 1 "$@" \
+		--config "$root/config.toml.example" "$cap" >/dev/null
+	awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/replay.time"
+}
 # the same packets through replay, in this run: the baseline
-/usr/bin/time -f "%U %S" -o "$work/replay.time" "${REPLAY_BIN:-$bin}" replay --threads 1 --config "$root/config.toml.example" "$cap" >/dev/null
-replay_us=$(awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/replay.time")
+replay_us=$(replay_cpu_us)
 echo "capture: $n packets; siptap replay --threads 1: $replay_us us of CPU per packet"
 
 cat >"$work/siptap.toml" <<EOF
@@ -67,9 +72,7 @@ paced_us() { # paced_us RATE
 	local every ms
 	every=$(awk -v r="$1" -v fb="$frame_bytes" 'BEGIN { e = r / 20; if (e > 4096) e = 4096; if (e > 1048576 / fb) e = 1048576 / fb; printf "%d", (e < 1 ? 1 : e) }')
 	ms=$(awk -v r="$1" -v e="$every" 'BEGIN { printf "%d", 1000 * e / r + 0.5 }')
-	/usr/bin/time -f "%U %S" -o "$work/paced.time" "${REPLAY_BIN:-$bin}" replay --threads 1 --pause-every "$every:$ms" \
-		--config "$root/config.toml.example" "$cap" >/dev/null
-	awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/paced.time"
+	replay_cpu_us --pause-every "$every:$ms"
 }
 
 one_run() { # one_run RATE LABEL
