@@ -373,7 +373,25 @@ fn a_delivery_worker_killed_mid_batch_loses_nothing() {
     mp.behaviour.lock().unwrap().hang = true;
     let w1 = Reaped::new(worker("w1", &[]));
     send(&stamped(&capture("split_both.pcap")), |_| vec![s.hep]);
-    wait_until("the first worker's requests", Duration::from_secs(30), || !mp.requests().is_empty());
+    let mut w1 = Some(w1);
+    // generous: under a loaded CI machine the sensor, NATS and the worker all start in this wait
+    wait_or_explain(
+        "the first worker's requests",
+        Duration::from_secs(60),
+        || !mp.requests().is_empty(),
+        || {
+            let mut w = w1.take().unwrap().take();
+            let _ = w.kill();
+            let err = w.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            let counters: String = http_get(s.metrics, "/metrics")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.starts_with('#') && (l.contains("hep") || l.contains("cluster") || l.contains("events")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            format!("the worker's stderr:\n{}\nthe sensor's counters:\n{counters}", err.unwrap_or_default())
+        },
+    );
     let in_flight = mp.requests().len();
     drop(w1); // SIGKILL
     mp.behaviour.lock().unwrap().hang = false;

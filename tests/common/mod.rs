@@ -144,10 +144,18 @@ fn unchunk(mut s: &str) -> String {
     out
 }
 
-pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, within: Duration, f: impl FnMut() -> bool) {
+    wait_or_explain(what, within, f, String::new)
+}
+
+/// `wait_until`, and on a time-out `explain()` (what the processes under test said) goes into
+/// the failure message, so that a timing failure in CI can be read after the fact.
+pub fn wait_or_explain(what: &str, within: Duration, mut f: impl FnMut() -> bool, explain: impl FnOnce() -> String) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < within, "timed out waiting for {what}");
+        if t.elapsed() >= within {
+            panic!("timed out waiting for {what} ({} s)\n{}", within.as_secs(), explain());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
