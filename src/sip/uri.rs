@@ -9,15 +9,24 @@ pub struct Uri<'a> {
     pub port: Option<u16>,
 }
 
+/// The bytes [`Uri::parse`] stops at after the scheme: '@', ':', ';', '?' and '>'.
+const DELIMITER: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'@' as usize] = true;
+    t[b':' as usize] = true;
+    t[b';' as usize] = true;
+    t[b'?' as usize] = true;
+    t[b'>' as usize] = true;
+    t
+};
+
 impl<'a> Uri<'a> {
     /// Parses `sip:user:pw@host:port;params?headers` (also `sips:` and `tel:`). Never fails on junk
     /// after the host; returns `None` only when there is no scheme or no host.
     pub fn parse(s: &'a str) -> Option<Uri<'a>> {
-        // byte searches for the ASCII delimiters (slicing at them keeps to char boundaries)
-        let first = |s: &str, pred: fn(u8) -> bool| s.bytes().position(pred);
-        let last = |s: &str, c: u8| s.bytes().rposition(|b| b == c);
         let s = crate::sip::parse::trim_str(s);
-        let colon = first(s, |b| b == b':')?;
+        let b = s.as_bytes();
+        let colon = b.iter().position(|&c| c == b':')?;
         let scheme = &s[..colon];
         if scheme.is_empty()
             || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
@@ -26,30 +35,53 @@ impl<'a> Uri<'a> {
         }
         let rest = &s[colon + 1..];
         if scheme.eq_ignore_ascii_case("tel") {
-            let num = &rest[..first(rest, |b| b == b';' || b == b'?').unwrap_or(rest.len())];
+            let num = &rest[..rest.bytes().position(|b| b == b';' || b == b'?').unwrap_or(rest.len())];
             if num.is_empty() {
                 return None;
             }
             return Some(Uri { scheme, user: Some(num), host: "", port: None });
         }
-        // user part ends at the last '@' before any ';' or '?' of the host part
-        let (user, hostport) = match last(rest, b'@') {
-            Some(at) => {
-                let u = &rest[..at];
-                let u = &u[..first(u, |b| b == b':').unwrap_or(u.len())]; // drop a password
-                (Some(u), &rest[at + 1..])
+        // one pass over the rest: the user part ends at its last '@'; after that '@', the host
+        // part ends at its first ';', '?' or '>', and its port follows its last ':' before that
+        // (slicing at these ASCII bytes keeps to char boundaries)
+        let r = rest.as_bytes();
+        let (mut at, mut first_colon, mut end, mut port_colon) = (None, None, None, None);
+        for (i, &c) in r.iter().enumerate() {
+            if !DELIMITER[usize::from(c)] {
+                continue;
             }
-            None => (None, rest),
+            match c {
+                b'@' => {
+                    at = Some(i);
+                    end = None;
+                    port_colon = None;
+                }
+                b':' => {
+                    first_colon.get_or_insert(i);
+                    if end.is_none() {
+                        port_colon = Some(i);
+                    }
+                }
+                _ => {
+                    end.get_or_insert(i);
+                }
+            }
+        }
+        let (user, from) = match at {
+            // a password (after the user's first ':') dropped
+            Some(at) => (Some(&rest[..first_colon.filter(|&c| c < at).unwrap_or(at)]), at + 1),
+            None => (None, 0),
         };
-        let hostport = &hostport[..first(hostport, |b| matches!(b, b';' | b'?' | b'>')).unwrap_or(hostport.len())];
+        let end = end.unwrap_or(r.len());
+        let hostport = &rest[from..end];
         let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
-            let end = first(stripped, |b| b == b']')?;
-            let host = &hostport[..end + 2];
-            let port = hostport[end + 2..].strip_prefix(':').and_then(|p| p.parse().ok());
+            let close = stripped.bytes().position(|b| b == b']')?;
+            let host = &hostport[..close + 2];
+            let port = hostport[close + 2..].strip_prefix(':').and_then(|p| p.parse().ok());
             (host, port)
         } else {
-            match last(hostport, b':') {
-                Some(c) => (&hostport[..c], hostport[c + 1..].parse().ok()),
+            match port_colon {
+                Some(c) => (&rest[from..c], crate::sip::parse::decimal(&r[c + 1..end])),
                 None => (hostport, None),
             }
         };
@@ -78,7 +110,27 @@ impl<'a> Uri<'a> {
     /// A key for matching a Request-URI against a registered contact: user, host, port
     /// (default 5060), lower-case host.
     pub fn contact_key(&self) -> String {
-        format!("{}@{}:{}", self.user.unwrap_or(""), self.host.to_ascii_lowercase(), self.port.unwrap_or(5060))
+        let user = self.user.unwrap_or("");
+        let mut s = String::with_capacity(user.len() + self.host.len() + 7);
+        s.push_str(user);
+        s.push('@');
+        let at = s.len();
+        s.push_str(self.host);
+        s[at..].make_ascii_lowercase();
+        s.push(':');
+        let mut port = [0u8; 5];
+        let mut i = port.len();
+        let mut p = self.port.unwrap_or(5060);
+        loop {
+            i -= 1;
+            port[i] = b'0' + (p % 10) as u8;
+            p /= 10;
+            if p == 0 {
+                break;
+            }
+        }
+        s.push_str(std::str::from_utf8(&port[i..]).expect("digits"));
+        s
     }
 }
 
@@ -185,6 +237,8 @@ mod tests {
             "\u{a0}",
             "é",
             "5060",
+            "+",
+            "65536",
             "Host.Example",
             "",
             "+1-555",
@@ -199,7 +253,13 @@ mod tests {
         for _ in 0..200_000 {
             let n = (next() % 9) as usize;
             let s: String = (0..n).map(|_| parts[(next() % parts.len() as u64) as usize]).collect();
-            assert_eq!(Uri::parse(&s), reference_parse(&s), "{s:?}");
+            let u = Uri::parse(&s);
+            assert_eq!(u, reference_parse(&s), "{s:?}");
+            if let Some(u) = u {
+                let key =
+                    format!("{}@{}:{}", u.user.unwrap_or(""), u.host.to_ascii_lowercase(), u.port.unwrap_or(5060));
+                assert_eq!(u.contact_key(), key, "{s:?}");
+            }
         }
     }
 }

@@ -395,15 +395,14 @@ impl Registrations {
         if contacts.len() > max {
             self.stats.contacts_dropped += (contacts.len() - max) as u64;
         }
-        let mut device = None;
+        // the first contact's key names the device when no contact has an instance id
+        let mut first_uri = None;
         let mut instance = None;
         let mut app_instance = None;
         let mut bindings = Vec::with_capacity(contacts.len().min(max));
         for c in contacts.iter().take(max) {
             let Some(uri) = c.addr.parsed_uri() else { continue };
-            if device.is_none() {
-                device = Some(uri.contact_key());
-            }
+            first_uri.get_or_insert(uri);
             if instance.is_none() {
                 instance = c.instance();
             }
@@ -419,7 +418,7 @@ impl Registrations {
         let key = self.pending_key(msg.call_id, msg.cseq);
         let device: Box<str> = match instance {
             Some(i) => i.into(),
-            None => device.unwrap_or_default().into(),
+            None => first_uri.map(|u| u.contact_key()).unwrap_or_default().into(),
         };
         let p = PendingRegister {
             ts,

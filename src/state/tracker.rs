@@ -215,8 +215,15 @@ impl Tracker {
         if msg.is_register() {
             match (msg.status(), hop.from_client) {
                 (None, true) => {
-                    let domain = msg.to.parsed_uri().map(|u| u.host.to_ascii_lowercase()).unwrap_or_default();
-                    let push = self.push_proxies.matches(&domain, msg.user_agent);
+                    // (no User-Agent, no push proxy: the domain is not needed then)
+                    let push = msg.user_agent.is_some() && {
+                        let host = msg.to.parsed_uri().map_or("", |u| u.host);
+                        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                            self.push_proxies.matches(&host.to_ascii_lowercase(), msg.user_agent)
+                        } else {
+                            self.push_proxies.matches(host, msg.user_agent)
+                        }
+                    };
                     self.registrations.request(ts, src, msg, push);
                 }
                 (Some(_), false) => self.registrations.response(ts, dst, msg, out),
