@@ -250,6 +250,7 @@ mod tests {
         let seed = 0x2545_f491_4f6c_dd1du64;
         let mut rng = crate::testkit::Rng(seed);
         let mut next = || rng.next_u64();
+        let fp = crate::state::fingerprint::Fingerprinter::new([3, 4]);
         for _ in 0..200_000 {
             let n = (next() % 9) as usize;
             let s: String = (0..n).map(|_| parts[(next() % parts.len() as u64) as usize]).collect();
@@ -259,6 +260,7 @@ mod tests {
                 let key =
                     format!("{}@{}:{}", u.user.unwrap_or(""), u.host.to_ascii_lowercase(), u.port.unwrap_or(5060));
                 assert_eq!(u.contact_key(), key, "{s:?}");
+                assert_eq!(fp.of_contact(&u), fp.of(&key), "{s:?}");
             }
         }
     }

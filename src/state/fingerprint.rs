@@ -63,19 +63,23 @@ impl Fingerprinter {
     }
 
     /// The fingerprint of a URI's contact key (`Uri::contact_key`: user, `@`, lower-case host,
-    /// `:`, port), hashed as it is read, without building the string.
+    /// `:`, port), without building the string: the key is written into a buffer on the stack
+    /// (the URIs the state keeps are at most `MAX_FIELD` bytes) and hashed in one call.
     pub fn of_contact(&self, uri: &crate::sip::uri::Uri<'_>) -> Fp {
-        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        h.write(uri.user.unwrap_or("").as_bytes());
-        h.write(b"@");
-        let mut lower = [0u8; 64];
-        for chunk in uri.host.as_bytes().chunks(lower.len()) {
-            let l = &mut lower[..chunk.len()];
-            l.copy_from_slice(chunk);
-            l.make_ascii_lowercase();
-            h.write(l);
+        let (user, host) = (uri.user.unwrap_or("").as_bytes(), uri.host.as_bytes());
+        let mut buf = [0u8; 2 * super::tracker::MAX_FIELD];
+        if user.len() + host.len() + 7 > buf.len() {
+            return self.of(&uri.contact_key());
         }
-        h.write(b":");
+        buf[..user.len()].copy_from_slice(user);
+        let mut n = user.len();
+        buf[n] = b'@';
+        n += 1;
+        buf[n..n + host.len()].copy_from_slice(host);
+        buf[n..n + host.len()].make_ascii_lowercase();
+        n += host.len();
+        buf[n] = b':';
+        n += 1;
         let mut digits = [0u8; 5];
         let mut port = uri.port.unwrap_or(5060);
         let mut i = digits.len();
@@ -87,8 +91,9 @@ impl Fingerprinter {
                 break;
             }
         }
-        h.write(&digits[i..]);
-        h.finish()
+        let d = &digits[i..];
+        buf[n..n + d.len()].copy_from_slice(d);
+        self.of_bytes(&buf[..n + d.len()])
     }
 
     pub fn of_bytes(&self, b: &[u8]) -> Fp {
@@ -217,7 +222,11 @@ mod tests {
     fn contact_fingerprint_is_the_contact_key_s() {
         let f = Fingerprinter::new([7, 9]);
         let long_host = format!("sip:u@{}.Example.COM:65535", "H".repeat(150));
-        for uri in ["sip:alice@Lab.Example", "sip:bob@[2001:DB8::1]:5070;lr", "sip:[::1]", "sips:x@h:0", &long_host] {
+        // (and one too long for the stack buffer, hashed from the built string)
+        let too_long = format!("sip:{}@{}.Example.COM:65535", "u".repeat(300), "H".repeat(300));
+        for uri in
+            ["sip:alice@Lab.Example", "sip:bob@[2001:DB8::1]:5070;lr", "sip:[::1]", "sips:x@h:0", &long_host, &too_long]
+        {
             let u = crate::sip::uri::Uri::parse(uri).unwrap();
             assert_eq!(f.of_contact(&u), f.of(&u.contact_key()), "{uri}");
         }

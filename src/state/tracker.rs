@@ -17,8 +17,10 @@ pub struct Servers(pub Vec<(IpAddr, Option<u16>)>);
 
 impl Servers {
     pub fn contains(&self, a: SocketAddr) -> bool {
-        let ip = canonical_ip(a.ip());
-        self.0.iter().any(|(sip, port)| canonical_ip(*sip) == ip && port.is_none_or(|p| p == a.port()))
+        let (ip, port) = (canonical_ip(a.ip()), a.port());
+        // (two lookups per message: the port and the address as they are first, then the
+        // configured address in its canonical form)
+        self.0.iter().any(|(sip, p)| p.is_none_or(|p| p == port) && (*sip == ip || canonical_ip(*sip) == ip))
     }
 }
 
@@ -259,5 +261,32 @@ impl Tracker {
             }
         };
         self.calls.message(ts, msg, keys, hop, resolve, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_match_by_address_in_either_form_and_by_port_when_given() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let servers =
+            Servers(vec![(ip("127.0.0.10"), None), (ip("::ffff:127.0.0.11"), Some(5070)), (ip("::1"), Some(5060))]);
+        for (a, want) in [
+            ("127.0.0.10:5060", true),
+            ("127.0.0.10:1", true),
+            ("[::ffff:127.0.0.10]:5080", true),
+            ("127.0.0.11:5070", true),
+            ("[::ffff:127.0.0.11]:5070", true),
+            ("127.0.0.11:5060", false),
+            ("[::1]:5060", true),
+            ("[::1]:5061", false),
+            ("127.0.0.1:5060", false),
+            ("127.0.0.12:5070", false),
+        ] {
+            assert_eq!(servers.contains(at(a)), want, "{a}");
+        }
     }
 }
