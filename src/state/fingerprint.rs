@@ -2,7 +2,6 @@
 //! for equality (Call-IDs of boot cycles, contacts, tags), so that tables hold 8 bytes instead
 //! of a string. The key is random per state directory (kept with the state, so fingerprints stay
 //! valid across restarts) and unknown to senders, so nobody can craft colliding values.
-use siphasher::sip::SipHasher13;
 use std::hash::{BuildHasherDefault, Hasher};
 
 pub type Fp = u64;
@@ -212,7 +211,7 @@ mod tests {
         for len in 0..600 {
             let b: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
             let (k0, k1) = (rng.next_u64(), rng.next_u64());
-            let mut h = SipHasher13::new_with_keys(k0, k1);
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
             h.write(&b);
             assert_eq!(siphash13(k0, k1, &b), h.finish(), "{len}");
         }
