@@ -141,6 +141,7 @@ struct RawLimits {
     max_sctp_bytes: Option<usize>,
     known_users_cache: Option<usize>,
     store_cache_mib: Option<usize>,
+    store_journal_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +242,8 @@ pub struct Limits {
     pub known_users_cache: usize,
     /// redb's page cache per database file, in MiB.
     pub store_cache_mib: usize,
+    /// The state journal's bound in MiB: reached, it is folded into the state tables.
+    pub store_journal_mib: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -599,6 +602,13 @@ impl Config {
             None => 4 * 3600,
         };
         let l = &raw.limits;
+        let store_journal_mib = match &l.store_journal_mib {
+            Some(v) if !(1..=1024).contains(v.get_ref()) => {
+                return Err(at(v.span(), "limits.store_journal_mib", "must be 1 to 1024 (MiB)".into()));
+            }
+            Some(v) => *v.get_ref(),
+            None => crate::store::embedded::FOLD_BYTES >> 20,
+        };
         let d = &raw.delivery;
         let delivery = DeliveryCfg {
             max_in_flight: d.max_in_flight.unwrap_or(4).max(1),
@@ -834,6 +844,7 @@ impl Config {
                 max_sctp_bytes: l.max_sctp_bytes.unwrap_or(4 << 20).max(1 << 16),
                 known_users_cache: l.known_users_cache.unwrap_or(100_000).max(16),
                 store_cache_mib: l.store_cache_mib.unwrap_or(4).max(1),
+                store_journal_mib,
             },
             tenants,
         })

@@ -56,6 +56,10 @@ fn config_errors_name_key_file_and_line() {
     assert!(e.contains(":3: delivery.when_full:") && e.contains("reject_new"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"\n");
     assert!(e.contains(":1:") || e.contains(":2:"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[limits]\nstore_journal_mib = 0\n");
+    assert!(e.contains(":3: limits.store_journal_mib:") && e.contains("1 to 1024"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[limits]\nstore_journal_mib = 4096\n");
+    assert!(e.contains(":3: limits.store_journal_mib:"), "{e}");
 }
 
 #[test]

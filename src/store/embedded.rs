@@ -29,8 +29,9 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 /// The journal is folded when it holds this many commits (about five minutes of state changes)...
 pub const FOLD_COMMITS: u64 = 300;
-/// ...or this many bytes, or this many changes: bounds on the file's growth and on what one fold
-/// holds in memory (the records, and a map entry per key: about 15 MiB at most).
+/// ...or this many bytes (the default of `limits.store_journal_mib`), or this many changes: bounds
+/// on the file's growth and on what one fold holds in memory (the records, and a map entry per
+/// key: about 15 MiB at most with the default).
 pub const FOLD_BYTES: u64 = 8 << 20;
 pub const FOLD_CHANGES: u64 = 100_000;
 
@@ -95,6 +96,10 @@ pub struct StateStore {
     next_leg_id: u64,
     /// Changes in the journal since the last fold (for `FOLD_CHANGES`).
     journal_changes: AtomicU64,
+    /// The journal's bound in bytes ([`FOLD_BYTES`] unless configured).
+    journal_max_bytes: u64,
+    /// Whether a fold was made because the journal reached its bound in bytes (logged once).
+    journal_full_logged: std::sync::atomic::AtomicBool,
     pub stats: Arc<StoreStats>,
 }
 
@@ -173,6 +178,8 @@ impl StateStore {
             fingerprint_key: key,
             next_leg_id,
             journal_changes: AtomicU64::new(0),
+            journal_max_bytes: FOLD_BYTES,
+            journal_full_logged: Default::default(),
             stats,
         };
         store.refresh_stats();
@@ -181,6 +188,12 @@ impl StateStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bounds the journal at `bytes` (`limits.store_journal_mib`; [`FOLD_BYTES`] by default):
+    /// a commit that would take it there folds it into the tables instead.
+    pub fn set_journal_max_bytes(&mut self, bytes: u64) {
+        self.journal_max_bytes = bytes.max(1);
     }
 
     /// The key of the state's fingerprints (random, made with the store).
@@ -299,9 +312,17 @@ impl StateStore {
                 // (the record is made only when it goes into the journal, not when it is folded)
                 let bytes = if delta.is_empty() { 0 } else { delta.encoded_len() as u64 };
                 let commits = self.stats.journal_commits.load(Relaxed);
+                let full = self.stats.journal_bytes.load(Relaxed) + bytes >= self.journal_max_bytes;
+                if full && !fold_now && !self.journal_full_logged.swap(true, Relaxed) {
+                    tracing::info!(
+                        max_mib = self.journal_max_bytes >> 20,
+                        "the state journal reached its size bound: folded into the state tables early \
+                         (limits.store_journal_mib; counted in store_folds)"
+                    );
+                }
                 if fold_now
+                    || full
                     || commits + 1 >= FOLD_COMMITS
-                    || self.stats.journal_bytes.load(Relaxed) + bytes >= FOLD_BYTES
                     || self.journal_changes.load(Relaxed) + delta.changes.len() as u64 >= FOLD_CHANGES
                 {
                     fold(&tx, delta, &self.stats)?;
@@ -550,6 +571,27 @@ mod tests {
         assert_eq!(store.stats.records_unreadable.load(Relaxed), 1);
         let legs: Vec<u64> = contents(&store).0.iter().map(|r| r.1).collect();
         assert_eq!(legs, [1, 2], "the records before and after it are kept");
+    }
+
+    #[test]
+    fn the_journal_is_folded_at_its_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path(), 1 << 20).unwrap();
+        store.set_journal_max_bytes(64 << 10);
+        let big = vec![b'x'; 4000];
+        let mut folded_at = None;
+        for i in 0..40u64 {
+            store.commit(&delta(vec![change(Table::Legs, i, Some(&big))], i), &[]).unwrap();
+            assert!(store.stats.journal_bytes.load(Relaxed) < 64 << 10, "the journal stays under its bound");
+            if folded_at.is_none() && store.stats.folds.load(Relaxed) == 1 {
+                folded_at = Some(i);
+                assert_eq!(contents(&store), (((0..=i).map(|k| (Table::Legs, k, big.clone()))).collect(), 0));
+            }
+        }
+        // 4,000-byte records: the sixteenth or seventeenth would take the journal past 64 KiB
+        let at = folded_at.expect("folded before 40 commits of 4 KB");
+        assert!((14..=17).contains(&at), "folded at commit {at}");
+        assert_eq!(store.stats.folds.load(Relaxed), 2, "and again 16 or so commits later");
     }
 
     #[test]

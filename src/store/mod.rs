@@ -120,6 +120,7 @@ pub fn open_pipeline(cfg: &crate::config::Config, state: Option<&Path>) -> Resul
         }
     };
     let mut store = StateStore::open(&dir, cfg.limits.store_cache_mib << 20)?;
+    store.set_journal_max_bytes(cfg.limits.store_journal_mib << 20);
     let users = store.users(cfg.limits.known_users_cache);
     let cluster = match &cfg.cluster {
         Some(c) => {
