@@ -1,5 +1,5 @@
-//! Byte-level helpers the hashing code shares (the decoder's packet hash, the state's
-//! fingerprints).
+//! Byte-level helpers the hashing and writing code shares (the decoder's packet hash, the
+//! state's fingerprints and contact keys, JSON lines).
 
 /// Up to seven bytes as a little-endian integer, as if zero-padded to eight: two overlapping
 /// loads instead of a copy into a buffer (which compiles to a `memcpy` call per hashed string).
@@ -19,9 +19,33 @@ pub fn le_tail(b: &[u8]) -> u64 {
     }
 }
 
+/// The decimal digits of `n`, as `n.to_string()` writes them, in `buf` (no allocation).
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let (mut n, mut i) = (n, buf.len());
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_as_to_string_writes_them() {
+        let mut rng = crate::testkit::Rng(5);
+        let mut cases = vec![0, 1, 9, 10, 99, 100, 180, 486, 699, 1000, 5060, 65535, u64::MAX, u64::MAX / 10];
+        cases.extend((0..10_000).map(|_| rng.next_u64() >> rng.below(64)));
+        for n in cases {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn tail_is_the_zero_padded_little_endian_word() {

@@ -118,18 +118,9 @@ impl<'a> Uri<'a> {
         s.push_str(self.host);
         s[at..].make_ascii_lowercase();
         s.push(':');
-        let mut port = [0u8; 5];
-        let mut i = port.len();
-        let mut p = self.port.unwrap_or(5060);
-        loop {
-            i -= 1;
-            port[i] = b'0' + (p % 10) as u8;
-            p /= 10;
-            if p == 0 {
-                break;
-            }
-        }
-        s.push_str(std::str::from_utf8(&port[i..]).expect("digits"));
+        let mut digits = [0; 20];
+        let port = crate::bytes::decimal(u64::from(self.port.unwrap_or(5060)), &mut digits);
+        s.push_str(std::str::from_utf8(port).expect("digits"));
         s
     }
 }

@@ -79,18 +79,8 @@ impl Fingerprinter {
         n += host.len();
         buf[n] = b':';
         n += 1;
-        let mut digits = [0u8; 5];
-        let mut port = uri.port.unwrap_or(5060);
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (port % 10) as u8;
-            port /= 10;
-            if port == 0 {
-                break;
-            }
-        }
-        let d = &digits[i..];
+        let mut digits = [0; 20];
+        let d = crate::bytes::decimal(u64::from(uri.port.unwrap_or(5060)), &mut digits);
         buf[n..n + d.len()].copy_from_slice(d);
         self.of_bytes(&buf[..n + d.len()])
     }
