@@ -33,9 +33,22 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// `s` in ASCII lower case, borrowed when it has no capitals (nearly always, for the domains
+/// the configuration's tables are keyed by).
+pub fn ascii_lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) { s.to_ascii_lowercase().into() } else { s.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_case_borrowed_unless_it_has_capitals() {
+        assert!(matches!(ascii_lowercase("lab.example"), std::borrow::Cow::Borrowed("lab.example")));
+        assert!(matches!(ascii_lowercase("Lab.EXAMPLE"), std::borrow::Cow::Owned(s) if s == "lab.example"));
+        assert_eq!(ascii_lowercase("Élan.Example"), "Élan.example", "only ASCII letters change");
+    }
 
     #[test]
     fn decimals_as_to_string_writes_them() {

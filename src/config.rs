@@ -864,7 +864,7 @@ impl Config {
             .and_then(|id| self.tenants.iter().find(|t| &t.id == id))
             .map(|t| t.push_proxy_user_agents.clone())
             .unwrap_or_else(|| DEFAULT_PUSH_PROXY_AGENTS.iter().map(|s| s.to_string()).collect());
-        let mut tc = TrackerConfig::new(Servers(self.servers.clone()));
+        let mut tc = TrackerConfig::new(Servers::new(self.servers.clone()));
         tc.push_proxies = PushProxyAgents { by_domain, default };
         tc.max_call_secs = self.max_call_duration_secs;
         tc.max_legs = self.limits.max_call_legs;

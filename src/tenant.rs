@@ -75,12 +75,7 @@ impl Router {
     }
 
     pub fn route(&self, ev: &Event) -> Route {
-        let domain = ev.domain();
-        let i = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.by_domain.get(&domain.to_ascii_lowercase())
-        } else {
-            self.by_domain.get(domain)
-        };
+        let i = self.by_domain.get(&*crate::bytes::ascii_lowercase(ev.domain()));
         let Some(i) = i.copied().or(self.default) else {
             return Route::Unrouted;
         };

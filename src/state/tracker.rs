@@ -13,14 +13,18 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The SIP servers siptap sits beside: an address, optionally with a port.
 #[derive(Debug, Clone, Default)]
-pub struct Servers(pub Vec<(IpAddr, Option<u16>)>);
+pub struct Servers(Vec<(IpAddr, Option<u16>)>);
 
 impl Servers {
+    /// The addresses kept in canonical form (IPv4-mapped IPv6 as IPv4), so that each message's
+    /// two lookups compare them as they are.
+    pub fn new(servers: Vec<(IpAddr, Option<u16>)>) -> Self {
+        Servers(servers.into_iter().map(|(ip, port)| (canonical_ip(ip), port)).collect())
+    }
+
     pub fn contains(&self, a: SocketAddr) -> bool {
         let (ip, port) = (canonical_ip(a.ip()), a.port());
-        // (two lookups per message: the port and the address as they are first, then the
-        // configured address in its canonical form)
-        self.0.iter().any(|(sip, p)| p.is_none_or(|p| p == port) && (*sip == ip || canonical_ip(*sip) == ip))
+        self.0.iter().any(|(sip, p)| *sip == ip && p.is_none_or(|p| p == port))
     }
 }
 
@@ -39,10 +43,10 @@ pub struct PushProxyAgents {
 }
 
 impl PushProxyAgents {
-    pub fn matches(&self, domain: &str, user_agent: Option<&str>) -> bool {
-        let Some(ua) = user_agent else { return false };
-        let pats = self.by_domain.get(domain).unwrap_or(&self.default);
-        let ua = ua.as_bytes();
+    /// Whether `user_agent` is a push proxy's for users of `domain` (in any case).
+    pub fn matches(&self, domain: &str, user_agent: &str) -> bool {
+        let pats = self.by_domain.get(&*crate::bytes::ascii_lowercase(domain)).unwrap_or(&self.default);
+        let ua = user_agent.as_bytes();
         pats.iter().any(|p| {
             let p = p.as_bytes();
             p.is_empty() || ua.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
@@ -218,14 +222,9 @@ impl Tracker {
             match (msg.status(), hop.from_client) {
                 (None, true) => {
                     // (no User-Agent, no push proxy: the domain is not needed then)
-                    let push = msg.user_agent.is_some() && {
-                        let host = msg.to.parsed_uri().map_or("", |u| u.host);
-                        if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                            self.push_proxies.matches(&host.to_ascii_lowercase(), msg.user_agent)
-                        } else {
-                            self.push_proxies.matches(host, msg.user_agent)
-                        }
-                    };
+                    let push = msg
+                        .user_agent
+                        .is_some_and(|ua| self.push_proxies.matches(msg.to.parsed_uri().map_or("", |u| u.host), ua));
                     self.registrations.request(ts, src, msg, push);
                 }
                 (Some(_), false) => self.registrations.response(ts, dst, msg, out),
@@ -269,11 +268,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn push_proxies_match_by_domain_in_any_case() {
+        let p = PushProxyAgents {
+            by_domain: HashMap::from([("lab.example".to_string(), vec!["PushGW".to_string()])]),
+            default: vec!["Acrobits SIPIS".into()],
+        };
+        assert!(p.matches("lab.example", "x pushgw/1.0"));
+        assert!(p.matches("Lab.EXAMPLE", "PushGW"), "the domain's case does not matter");
+        assert!(!p.matches("LAB.example", "Acrobits SIPIS/1.0"), "a known domain's own list, not the default");
+        assert!(p.matches("other.example", "acrobits sipis/1.0"), "the default for other domains");
+        assert!(!p.matches("other.example", "PushGW"));
+    }
+
+    #[test]
     fn servers_match_by_address_in_either_form_and_by_port_when_given() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let servers =
-            Servers(vec![(ip("127.0.0.10"), None), (ip("::ffff:127.0.0.11"), Some(5070)), (ip("::1"), Some(5060))]);
+        let servers = Servers::new(vec![
+            (ip("127.0.0.10"), None),
+            (ip("::ffff:127.0.0.11"), Some(5070)),
+            (ip("::1"), Some(5060)),
+        ]);
         for (a, want) in [
             ("127.0.0.10:5060", true),
             ("127.0.0.10:1", true),
