@@ -157,34 +157,45 @@ pub fn start(
                 tx.send(Input::Frames(full)).is_ok()
             };
             while !stop.load(Ordering::Relaxed) {
-                match cap.next_packet() {
-                    Ok(p) => {
-                        let ts = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
-                        if budget.admit(p.data.len()) {
-                            if batch.frames.is_empty() {
-                                batch.linktype = linktype;
-                                first_ts = ts;
-                                started = std::time::Instant::now();
-                            }
-                            let off = batch.data.len() as u32;
-                            batch.data.extend_from_slice(p.data);
-                            batch.frames.push((ts, off, p.data.len() as u32));
+                // every packet the ring holds ready, in one call (`pcap_next_ex` went through the
+                // same read path once per packet: about 300 instructions each, in profiles)
+                let mut gone = false;
+                let got = cap.dispatch(None, |p| {
+                    if gone {
+                        return;
+                    }
+                    let ts = p.header.ts.tv_sec * 1_000_000 + p.header.ts.tv_usec;
+                    if budget.admit(p.data.len()) {
+                        if batch.frames.is_empty() {
+                            batch.linktype = linktype;
+                            first_ts = ts;
+                            started = std::time::Instant::now();
                         }
-                        if (batch.frames.len() >= BATCH_FRAMES
-                            || batch.data.len() >= BATCH_BYTES
-                            || !batch.frames.is_empty() && ts - first_ts >= BATCH_WAIT_MICROS)
-                            && !send(&mut batch)
-                        {
-                            return;
-                        }
+                        let off = batch.data.len() as u32;
+                        batch.data.extend_from_slice(p.data);
+                        batch.frames.push((ts, off, p.data.len() as u32));
+                    }
+                    if (batch.frames.len() >= BATCH_FRAMES
+                        || batch.data.len() >= BATCH_BYTES
+                        || !batch.frames.is_empty() && ts - first_ts >= BATCH_WAIT_MICROS)
+                        && !send(&mut batch)
+                    {
+                        gone = true;
+                    }
+                });
+                if gone {
+                    return;
+                }
+                match got {
+                    Ok(n) if n > 0 => {
                         // the counters, every so many packets
-                        unchecked += 1;
+                        unchecked += n as u64;
                         if unchecked < 256 {
                             continue;
                         }
                         stats.received.fetch_add(std::mem::take(&mut unchecked), Ordering::Relaxed);
                     }
-                    Err(pcap::Error::TimeoutExpired) => {
+                    Ok(_) => {
                         // nothing ready: hand over what we have if it has waited `HOLD`, then
                         // sleep until the kernel retires a block, the batch is due, or a quarter
                         // second passes (to notice a stop)

@@ -42,24 +42,31 @@ fn kind_index(k: Kind) -> usize {
 }
 
 /// How a call ended, as an operator reads it.
-fn outcome(r: &Routed) -> String {
+/// The label of a call's outcome, written into `buf` (the daemon adds every event to its report:
+/// a `String` per event showed in its profile).
+fn outcome<'b>(r: &Routed, buf: &'b mut [u8; 48]) -> &'b str {
+    use std::io::Write as _;
     let p = &r.event.params;
-    if p.answered == Some(true) {
-        return "answered".into();
-    }
     let status = p.status.unwrap_or(0);
-    match p.reason {
-        Some(EndReason::Cancel) => "cancelled".into(),
-        Some(EndReason::Timeout) => format!("no answer, timeout ({status})"),
-        _ => match status {
-            486 | 600 => format!("busy ({status})"),
-            603 => "declined (603)".into(),
-            404 | 484 | 604 => format!("not found ({status})"),
-            480 => "unavailable (480)".into(),
-            300..=399 => format!("redirected ({status})"),
-            s => format!("failed ({s})"),
-        },
-    }
+    let mut w = &mut buf[..];
+    let _ = if p.answered == Some(true) {
+        w.write_all(b"answered")
+    } else {
+        match p.reason {
+            Some(EndReason::Cancel) => w.write_all(b"cancelled"),
+            Some(EndReason::Timeout) => write!(w, "no answer, timeout ({status})"),
+            _ => match status {
+                486 | 600 => write!(w, "busy ({status})"),
+                603 => w.write_all(b"declined (603)"),
+                404 | 484 | 604 => write!(w, "not found ({status})"),
+                480 => w.write_all(b"unavailable (480)"),
+                300..=399 => write!(w, "redirected ({status})"),
+                s => write!(w, "failed ({s})"),
+            },
+        }
+    };
+    let n = 48 - w.len();
+    std::str::from_utf8(&buf[..n]).unwrap_or("failed")
 }
 
 impl Report {
@@ -79,13 +86,24 @@ impl Report {
     }
 
     pub fn add(&mut self, r: &Routed) {
-        let t = self.tenants.entry(r.tenant.to_string()).or_default();
+        // (tenant and outcome names are allocated only the first time they are met)
+        let t = match self.tenants.get_mut(&*r.tenant) {
+            Some(t) => t,
+            None => self.tenants.entry(r.tenant.to_string()).or_default(),
+        };
         let k = kind_index(r.event.kind);
         let minute = r.event.ts.div_euclid(60_000_000);
         t.minutes.entry(minute).or_default()[k] += 1;
         t.totals[k] += 1;
         if r.event.kind == Kind::CallEnded {
-            *t.outcomes.entry(outcome(r)).or_default() += 1;
+            let mut buf = [0; 48];
+            let label = outcome(r, &mut buf);
+            match t.outcomes.get_mut(label) {
+                Some(n) => *n += 1,
+                None => {
+                    t.outcomes.insert(label.to_string(), 1);
+                }
+            }
         }
         if t.minutes.len() > MAX_MINUTES {
             t.minutes.pop_first();
@@ -336,6 +354,51 @@ mod tests {
         r.tenants.insert("t<b>".into(), TenantReport::default());
         let h = r.html();
         assert!(!h.contains("<script>") && !h.contains("t<b>"), "{h}");
+    }
+
+    /// Call ends are counted by label, each label once per tenant (and the labels are the ones
+    /// the page has always shown).
+    #[test]
+    fn call_ends_are_counted_by_outcome() {
+        let end = |tenant: &str, answered: Option<bool>, status: Option<u16>, reason: Option<EndReason>| Routed {
+            tenant: tenant.into(),
+            name: "callend".into(),
+            event: crate::event::Event {
+                ts: 0,
+                kind: Kind::CallEnded,
+                user: "u@d".into(),
+                params: crate::event::Params { answered, status, reason, ..Default::default() },
+                origin: Default::default(),
+            },
+        };
+        let mut r = Report::default();
+        let cases = [
+            (Some(true), Some(200), None, "answered"),
+            (Some(false), Some(487), Some(EndReason::Cancel), "cancelled"),
+            (None, Some(408), Some(EndReason::Timeout), "no answer, timeout (408)"),
+            (None, None, Some(EndReason::Timeout), "no answer, timeout (0)"),
+            (Some(false), Some(486), None, "busy (486)"),
+            (Some(false), Some(600), None, "busy (600)"),
+            (Some(false), Some(603), None, "declined (603)"),
+            (Some(false), Some(404), None, "not found (404)"),
+            (Some(false), Some(604), None, "not found (604)"),
+            (Some(false), Some(480), None, "unavailable (480)"),
+            (Some(false), Some(302), None, "redirected (302)"),
+            (Some(false), Some(65535), None, "failed (65535)"),
+        ];
+        for (i, (answered, status, reason, _)) in cases.iter().enumerate() {
+            for _ in 0..=i {
+                r.add(&end("a", *answered, *status, *reason));
+            }
+        }
+        r.add(&end("b", Some(false), Some(486), None));
+        let a = &r.tenants["a"];
+        for (i, (.., label)) in cases.iter().enumerate() {
+            assert_eq!(a.outcomes.get(*label), Some(&(i as u64 + 1)), "{label}");
+        }
+        assert_eq!(a.outcomes.len(), cases.len());
+        assert_eq!(a.totals[kind_index(Kind::CallEnded)], (1..=cases.len() as u64).sum::<u64>());
+        assert_eq!(r.tenants["b"].outcomes.iter().collect::<Vec<_>>(), [(&"busy (486)".to_string(), &1)]);
     }
 
     #[test]
