@@ -20,22 +20,7 @@ rates=${RATES:-10000 25000 50000}
 packets=${PACKETS:-300000}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
-ip link set lo up
-ip link add v0 type veth peer name v1
-ip link set v0 up
-ip link set v1 up
-
-cap=$work/live.pcap
-if [ -n "${CAPTURE:-}" ]; then
-	cap=$CAPTURE
-else
-	# registrations, calls of every outcome and a scanner, over UDP (tcpreplay sends frames as
-	# they are: TCP streams replay fine, but a veth pair has no reason to reorder them)
-	(cd "$root" && cargo run -q --release --example gencap -- --users 4000 --calls 24000 --scanners 4000 \
-		--duration 900 --tcp 0 "$work/full.pcap")
-	tcpdump -r "$work/full.pcap" -c "$packets" -w "$cap" 2>/dev/null
-fi
-n=$(tcpdump -r "$cap" -nn 2>/dev/null | wc -l)
+. "$here/veth.sh"
 
 hz=$(getconf CLK_TCK)
 cpu_of() { awk -v hz="$hz" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }

@@ -41,9 +41,8 @@ fn kind_index(k: Kind) -> usize {
     Kind::ALL.iter().position(|x| *x == k).unwrap_or(0)
 }
 
-/// How a call ended, as an operator reads it.
-/// The label of a call's outcome, written into `buf` (the daemon adds every event to its report:
-/// a `String` per event showed in its profile).
+/// How a call ended, as an operator reads it: the label, written into `buf` (the daemon adds
+/// every event to its report; a `String` per event showed in its profile).
 fn outcome<'b>(r: &Routed, buf: &'b mut [u8; 48]) -> &'b str {
     use std::io::Write as _;
     let p = &r.event.params;

@@ -6,6 +6,7 @@
 //! machines' own structs; [`FORMAT_VERSION`] changes whenever they do.
 use super::tracker::Tracker;
 use serde::Serialize;
+use std::ops::Range;
 
 /// The version of the record encoding. A store written with another version is not read.
 pub const FORMAT_VERSION: u32 = 1;
@@ -110,24 +111,25 @@ impl Delta {
     /// a range of `b`; returns the next leg id. (Folding the journal reads every record of it:
     /// a vector per record and a map of them cost more than the reading.) A truncated or
     /// unknown record is an error, after the changes before it were given.
-    pub fn walk(b: &[u8], mut change: impl FnMut(Table, u64, Option<std::ops::Range<usize>>)) -> Result<u64, String> {
-        let mut at = 0;
-        let mut take = |n: usize| -> Result<std::ops::Range<usize>, String> {
-            let left = b.len() - at;
+    pub fn walk(b: &[u8], mut change: impl FnMut(Table, u64, Option<Range<usize>>)) -> Result<u64, String> {
+        // the next `n` bytes: their range, and `at` moved past them
+        fn take(b: &[u8], at: &mut usize, n: usize) -> Result<Range<usize>, String> {
+            let left = b.len() - *at;
             if left < n {
                 return Err(format!("journal record truncated ({left} bytes left, {n} needed)"));
             }
-            at += n;
-            Ok(at - n..at)
-        };
-        let word = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
-        let next_leg_id = word(take(8)?);
-        while take(0)?.end < b.len() {
-            let t = b[take(1)?.start];
+            *at += n;
+            Ok(*at - n..*at)
+        }
+        let word = |r: Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        let mut at = 0;
+        let next_leg_id = word(take(b, &mut at, 8)?);
+        while at < b.len() {
+            let t = b[take(b, &mut at, 1)?.start];
             let table = Table::from_index(t).ok_or_else(|| format!("journal record names table {t}"))?;
-            let key = word(take(8)?);
-            let len = u32::from_le_bytes(b[take(4)?].try_into().expect("4 bytes"));
-            let value = if len == u32::MAX { None } else { Some(take(len as usize)?) };
+            let key = word(take(b, &mut at, 8)?);
+            let len = u32::from_le_bytes(b[take(b, &mut at, 4)?].try_into().expect("4 bytes"));
+            let value = if len == u32::MAX { None } else { Some(take(b, &mut at, len as usize)?) };
             change(table, key, value);
         }
         Ok(next_leg_id)
