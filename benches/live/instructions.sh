@@ -80,7 +80,8 @@ def items(path):
 run, replay = items(sys.argv[1]), items(sys.argv[2])
 got, n = int(sys.argv[3]), int(sys.argv[4])
 shown = [
-    ("siptap::pipeline::Front::hep_to::{{closure}}", "decoding, parsing, state machines (as replay)"),
+    ("siptap::decode::Decoder::decode", "decoding and parsing into batches (as replay)"),
+    ("siptap::pipeline::Back::apply", "state machines over the batches, their events out (as replay)"),
     ("siptap::sink::jsonl::append_line", "JSON lines"),
     (("siptap::daemon::run::{{closure}}", "siptap::cli::replay::replay::{{closure}}"),
      "per event: the JSON line (and the daemon's counts, report, outbox)"),

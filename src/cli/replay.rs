@@ -340,16 +340,16 @@ fn feed(
     emit: &mut dyn FnMut(Routed),
     after_batch: &mut dyn FnMut(&mut siptap::pipeline::Back, u64),
 ) -> Result<(Pipeline, (u64, u64, u64))> {
-    let Pipeline { mut front, mut back } = pipeline;
     let mut progress = Progress::new(captures);
     let mut file_stats = (0u64, 0u64, 0u64);
     if feeding.threads < 2 {
+        let mut pipeline = pipeline;
         let mut frames = 0;
         let mut since_pause = 0;
         for c in captures {
             let fs = read_file(c, |frame| {
                 progress.frame(frame.data.len());
-                front.frame_to(frame, &mut back, emit);
+                pipeline.frame(frame, emit);
                 frames += 1;
                 if let Some((every, sleep)) = feeding.pause {
                     since_pause += 1;
@@ -359,7 +359,8 @@ fn feed(
                     }
                 }
                 if frames == SOLO_FRAMES {
-                    after_batch(&mut back, frames);
+                    pipeline.flush(emit);
+                    after_batch(&mut pipeline.back, frames);
                     frames = 0;
                 }
             })?;
@@ -368,10 +369,12 @@ fn feed(
             file_stats.2 += u64::from(fs.truncated);
             tracing::debug!(file = %c.display(), frames = fs.frames, "capture read");
         }
-        after_batch(&mut back, frames);
+        pipeline.flush(emit);
+        after_batch(&mut pipeline.back, frames);
         progress.done();
-        return Ok((Pipeline { front, back }, file_stats));
+        return Ok((pipeline, file_stats));
     }
+    let Pipeline { mut front, mut back, .. } = pipeline;
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<siptap::pipeline::Batch>(BATCHES_AHEAD);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<siptap::pipeline::Batch>();
     let files = captures.to_vec();
@@ -405,7 +408,7 @@ fn feed(
     let (front, stats) = reader.join().map_err(|_| anyhow::anyhow!("the decoding thread failed"))??;
     progress.done();
     file_stats = stats;
-    Ok((Pipeline { front, back }, file_stats))
+    Ok((Pipeline::from_halves(front, back), file_stats))
 }
 
 /// Progress of a long replay on stderr, when stderr is a terminal (and nothing otherwise):

@@ -361,11 +361,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
                         for f in b.iter() {
                             pipeline.frame(f, &mut emit);
                         }
+                        pipeline.flush(&mut emit);
                         budget.release(b.data.len());
                         pool.give(b);
                     }
                     Input::Hep { ts, sender, data } => {
                         pipeline.hep(ts, sender, &data, &mut emit);
+                        pipeline.flush(&mut emit);
                         budget.release(data.len());
                     }
                     Input::Tick => {
@@ -511,6 +513,8 @@ fn save_state(
     unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
     fold: bool,
 ) {
+    // the state saved must not be ahead of the events handed on (a crash would lose them)
+    debug_assert_eq!(pipeline.waiting(), 0, "messages waiting while the state is saved");
     let mut delta = pipeline.tracker().take_delta();
     let mut users = pipeline.take_new_users();
     if let Some((d, mut u)) = unsaved.take() {
