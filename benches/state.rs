@@ -38,6 +38,8 @@ fn run(cfg: &Config, fr: &[F], state: Option<&Path>, every_second: bool) -> (f64
             && let Some(s) = &store
             && f.ts - last_commit >= 1_000_000
         {
+            // as the daemon does: nothing waits in the pipeline's batch when the state is saved
+            p.flush(&mut |_| events += 1);
             let c = Instant::now();
             let d = p.tracker().take_delta();
             s.commit(&d, &p.take_new_users()).unwrap();
