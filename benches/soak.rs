@@ -67,6 +67,7 @@ fn main() {
     generate(&spec, |ts, data| {
         let s = *start.get_or_insert(ts);
         if ts - s >= next_sample {
+            p.flush(&mut |_| events += 1);
             let tr = p.tracker();
             let legs = tr.calls.len();
             let timers = tr.calls.timer_entries();

@@ -330,7 +330,7 @@ impl Pipeline {
 
     /// Users that signed up since the last call, to persist.
     pub fn take_new_users(&mut self) -> Vec<(String, Micros)> {
-        self.back.tracker.registrations.known_mut().take_new()
+        self.tracker().registrations.known_mut().take_new()
     }
 
     /// The latest packet time seen (the replay's "now").
@@ -338,8 +338,10 @@ impl Pipeline {
         self.back.last_ts.max(self.stage.last_ts)
     }
 
-    /// The state machines (for the state store).
+    /// The state machines (for the state store). Nothing may wait in the batch then: a state
+    /// saved ahead of the events handed on would lose them in a crash (flush first).
     pub fn tracker(&mut self) -> &mut Tracker {
+        debug_assert_eq!(self.stage.frames, 0, "the state taken with messages waiting");
         &mut self.back.tracker
     }
 

@@ -513,8 +513,6 @@ fn save_state(
     unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
     fold: bool,
 ) {
-    // the state saved must not be ahead of the events handed on (a crash would lose them)
-    debug_assert_eq!(pipeline.waiting(), 0, "messages waiting while the state is saved");
     let mut delta = pipeline.tracker().take_delta();
     let mut users = pipeline.take_new_users();
     if let Some((d, mut u)) = unsaved.take() {

@@ -259,6 +259,7 @@ mod tests {
         let mut checked = [0usize; 4];
         for c in crate::testkit::lab_captures() {
             crate::capture::file::read_file(&c, |f| p.frame(f, &mut |_| {})).unwrap();
+            p.flush(&mut |_| {});
             let t = p.tracker();
             for d in [t.take_delta(), t.full_delta()] {
                 for ch in &d.changes {
