@@ -248,6 +248,16 @@ fn addr_bytes(a: SocketAddr) -> [u8; 19] {
     b
 }
 
+/// The address [`addr_bytes`] was made from.
+fn addr_from_bytes(b: &[u8; 19]) -> SocketAddr {
+    let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(&b[1..17]).expect("16 bytes"));
+    let ip = match (b[0], v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, u16::from_be_bytes([b[17], b[18]]))
+}
+
 const MAX_DEPTH: u8 = 6;
 
 impl Decoder {

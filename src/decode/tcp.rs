@@ -28,83 +28,113 @@ pub struct TcpStats {
 }
 
 /// What the bytes of a stream are, at its current position.
-#[derive(Debug)]
-enum Mode {
-    Sip,
-    /// After an HTTP upgrade; holds a fragmented message being reassembled.
-    WebSocket {
-        partial: Vec<u8>,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub src: SocketAddr,
     pub dst: SocketAddr,
 }
 
-/// Both addresses packed into one buffer, hashed in one write (the tables keep std's keyed
-/// SipHash, the flows coming from the network): `SocketAddr`'s own `Hash` makes a dozen small
-/// writes, and the flow table is looked in several times per segment.
-impl std::hash::Hash for FlowKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+/// A flow's key as the tables keep it: both addresses in [`super::addr_bytes`]'s form, 38 bytes
+/// where two `SocketAddr`s take 64 (a registered TCP phone keeps two flows, one per direction,
+/// in the flow table and its LRU queue), hashed in one write (the tables keep std's keyed
+/// SipHash, the flows coming from the network).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Packed([u8; 38]);
+
+impl Packed {
+    fn of(k: &FlowKey) -> Packed {
         let mut b = [0u8; 38];
-        b[..19].copy_from_slice(&super::addr_bytes(self.src));
-        b[19..].copy_from_slice(&super::addr_bytes(self.dst));
-        state.write(&b);
+        b[..19].copy_from_slice(&super::addr_bytes(k.src));
+        b[19..].copy_from_slice(&super::addr_bytes(k.dst));
+        Packed(b)
+    }
+
+    fn key(&self) -> FlowKey {
+        let half = |b: &[u8]| super::addr_from_bytes(b.try_into().expect("19 bytes"));
+        FlowKey { src: half(&self.0[..19]), dst: half(&self.0[19..]) }
     }
 }
 
+impl std::hash::Hash for Packed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+/// One direction of a connection. Kept small (64 bytes): an idle connection, one per
+/// registered TCP phone and direction, holds only this; what few flows need (segments held
+/// behind a gap, a WebSocket connection's state) is boxed in [`Rare`].
 struct Flow {
     next_seq: u32,
-    buf: Vec<u8>,
-    /// Segments ahead of `next_seq`, keyed by their offset from `base` (so that the order holds
-    /// across the 2^32 wrap of sequence numbers).
-    ahead: BTreeMap<u32, Vec<u8>>,
-    /// The first sequence number seen: the origin of the `ahead` keys.
+    /// The first sequence number seen: the origin of the keys of [`Rare::ahead`].
     base: u32,
-    /// Since when the bytes at `next_seq` are missing.
-    gap_since: Option<Micros>,
-    /// Whether `buf` starts at a message boundary.
-    synced: bool,
-    mode: Mode,
+    buf: Vec<u8>,
+    rare: Option<Box<Rare>>,
     last_ts: Micros,
     /// The flow's current place in the LRU order.
     stamp: u64,
+    /// Bytes it holds (buffered and held behind a gap), as last counted (the per-stream buffers
+    /// are capped far below 4 GiB: `limits.max_tcp_buffer_bytes`).
+    bytes: u32,
+    /// Whether `buf` starts at a message boundary.
+    synced: bool,
     /// Used since it took that place (it gets a second chance when it reaches the front).
     touched: bool,
-    /// Bytes it holds (buffered and held behind a gap), as last counted.
-    bytes: usize,
+}
+
+/// What few flows hold: segments behind a gap, or a WebSocket connection's state.
+#[derive(Default)]
+struct Rare {
+    /// Segments ahead of `next_seq`, keyed by their offset from `base` (so that the order holds
+    /// across the 2^32 wrap of sequence numbers).
+    ahead: BTreeMap<u32, Vec<u8>>,
+    /// Since when the bytes at `next_seq` are missing.
+    gap_since: Option<Micros>,
+    /// After an HTTP upgrade: the fragmented message being reassembled.
+    websocket: Option<Vec<u8>>,
 }
 
 impl Flow {
     fn held(&self) -> usize {
         self.buf.len()
-            + self.ahead.values().map(Vec::len).sum::<usize>()
-            + match &self.mode {
-                Mode::WebSocket { partial } => partial.len(),
-                Mode::Sip => 0,
-            }
+            + self.rare.as_ref().map_or(0, |r| {
+                r.ahead.values().map(Vec::len).sum::<usize>() + r.websocket.as_ref().map_or(0, Vec::len)
+            })
+    }
+
+    fn gap_since(&self) -> Option<Micros> {
+        self.rare.as_ref().and_then(|r| r.gap_since)
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the box once it holds nothing.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.ahead.is_empty() && r.gap_since.is_none() && r.websocket.is_none()) {
+            self.rare = None;
+        }
     }
 }
 
 pub struct TcpReassembly {
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<Packed, Flow>,
     /// Flows in the order they were queued (the second-chance "clock" approximation of least
     /// recently used): (stamp, key), current when the flow's stamp matches (entries of removed
     /// flows are skipped, and compacted away now and then). A segment only marks its flow
     /// touched; a touched flow reaching the front is queued again instead of being evicted or
     /// expired. So the queue holds about one entry per flow, and eviction and idle expiry cost
     /// O(1) per flow, amortised.
-    lru: VecDeque<(u64, FlowKey)>,
+    lru: VecDeque<(u64, Packed)>,
     stamp: u64,
     /// Flows waiting for missing bytes (for the periodic give-up).
-    gapped: HashSet<FlowKey>,
+    gapped: HashSet<Packed>,
     /// Connections opened on a SIP port that carried no data yet: their initial sequence number,
     /// so that a stream whose first data segments arrive out of order still starts at its
     /// beginning. Small and bounded (oldest forgotten first): a SYN flood only churns it.
-    syns: HashMap<FlowKey, u32>,
-    syn_order: VecDeque<FlowKey>,
+    syns: HashMap<Packed, u32>,
+    syn_order: VecDeque<Packed>,
     max_syns: usize,
     max_flows: usize,
     max_buffer: usize,
@@ -139,9 +169,10 @@ impl TcpReassembly {
             syn_order: VecDeque::new(),
             max_syns: (max_flows / 16).clamp(256, 4096),
             max_flows: max_flows.max(1),
-            max_buffer: max_buffer.max(1024),
+            // (at most 1 GiB: a flow's count of bytes held is 32 bits)
+            max_buffer: max_buffer.clamp(1024, 1 << 30),
             max_ahead: 64,
-            max_total_bytes: max_total_bytes.max(max_buffer.max(1024)),
+            max_total_bytes: max_total_bytes.max(max_buffer.clamp(1024, 1 << 30)),
             held: 0,
             idle_timeout: 300 * 1_000_000,
             full_logged: false,
@@ -155,7 +186,7 @@ impl TcpReassembly {
     }
 
     /// Queues a flow at the back (a new one, or one given a second chance).
-    fn enqueue(&mut self, key: FlowKey) {
+    fn enqueue(&mut self, key: Packed) {
         self.stamp += 1;
         if let Some(f) = self.flows.get_mut(&key) {
             f.stamp = self.stamp;
@@ -169,16 +200,16 @@ impl TcpReassembly {
         }
     }
 
-    fn remove(&mut self, key: &FlowKey) {
+    fn remove(&mut self, key: &Packed) {
         if let Some(f) = self.flows.remove(key) {
-            self.held -= f.bytes;
+            self.held -= f.bytes as usize;
             if !self.gapped.is_empty() {
                 self.gapped.remove(key);
             }
         }
     }
 
-    fn remember_syn(&mut self, key: FlowKey, isn: u32) {
+    fn remember_syn(&mut self, key: Packed, isn: u32) {
         if self.syns.insert(key, isn).is_none() {
             self.syn_order.push_back(key);
             while self.syns.len() > self.max_syns {
@@ -234,6 +265,7 @@ impl TcpReassembly {
         sip_port: bool,
         out: &mut dyn FnMut(&[u8], bool),
     ) {
+        let key = Packed::of(&key);
         self.stats.segments += 1;
         if seg.rst {
             self.remove(&key);
@@ -275,16 +307,14 @@ impl TcpReassembly {
                 key,
                 Flow {
                     next_seq,
-                    buf: Vec::new(),
-                    ahead: BTreeMap::new(),
                     base: next_seq,
-                    gap_since: None,
-                    synced,
-                    mode: Mode::Sip,
+                    buf: Vec::new(),
+                    rare: None,
                     last_ts: ts,
                     stamp: 0,
-                    touched: false,
                     bytes: 0,
+                    synced,
+                    touched: false,
                 },
             );
             self.enqueue(key);
@@ -311,21 +341,23 @@ impl TcpReassembly {
                 append(flow, seg.payload);
             } else {
                 stats.out_of_order += 1;
-                let held: usize = flow.ahead.values().map(Vec::len).sum();
+                let held: usize = flow.rare.as_ref().map_or(0, |r| r.ahead.values().map(Vec::len).sum());
                 if held + seg.payload.len() > max_buffer {
                     // no more room behind the gap: stop waiting for it
                     stats.overflows += 1;
                     give_up = true;
                 } else {
-                    flow.ahead.entry(seq.wrapping_sub(flow.base)).or_insert_with(|| seg.payload.to_vec());
-                    flow.gap_since.get_or_insert(ts);
+                    let base = flow.base;
+                    let rare = flow.rare();
+                    rare.ahead.entry(seq.wrapping_sub(base)).or_insert_with(|| seg.payload.to_vec());
+                    rare.gap_since.get_or_insert(ts);
                 }
             }
             settle(flow, stats, ts, give_up, max_ahead, max_buffer, out);
             let now_held = flow.held();
-            self.held = self.held + now_held - flow.bytes;
-            flow.bytes = now_held;
-            if flow.gap_since.is_some() {
+            self.held = self.held + now_held - flow.bytes as usize;
+            flow.bytes = now_held as u32;
+            if flow.gap_since().is_some() {
                 self.gapped.insert(key);
             } else if !self.gapped.is_empty() {
                 self.gapped.remove(&key);
@@ -345,14 +377,15 @@ impl TcpReassembly {
     /// stream may have no next segment to notice the gap).
     pub fn flush_gaps(&mut self, now: Micros, out: &mut dyn FnMut(FlowKey, &[u8], bool)) {
         let (max_ahead, max_buffer) = (self.max_ahead, self.max_buffer);
-        let gapped: Vec<FlowKey> = self.gapped.iter().copied().collect();
+        let gapped: Vec<Packed> = self.gapped.iter().copied().collect();
         for key in gapped {
             let Some(flow) = self.flows.get_mut(&key) else { continue };
-            settle(flow, &mut self.stats, now, false, max_ahead, max_buffer, &mut |m, ws| out(key, m, ws));
+            let addrs = key.key();
+            settle(flow, &mut self.stats, now, false, max_ahead, max_buffer, &mut |m, ws| out(addrs, m, ws));
             let now_held = flow.held();
-            self.held = self.held + now_held - flow.bytes;
-            flow.bytes = now_held;
-            if flow.gap_since.is_none() {
+            self.held = self.held + now_held - flow.bytes as usize;
+            flow.bytes = now_held as u32;
+            if flow.gap_since().is_none() {
                 self.gapped.remove(&key);
             }
         }
@@ -399,9 +432,12 @@ fn settle(
     max_buffer: usize,
     out: &mut dyn FnMut(&[u8], bool),
 ) {
-    if let Some(since) = flow.gap_since
-        && (give_up || flow.ahead.len() > max_ahead || now - since > GAP_WAIT)
-        && let Some(first) = flow.ahead.keys().next().map(|k| flow.base.wrapping_add(*k))
+    let Some(rare) = &mut flow.rare else {
+        return extract(flow, stats, max_buffer, out);
+    };
+    if let Some(since) = rare.gap_since
+        && (give_up || rare.ahead.len() > max_ahead || now - since > GAP_WAIT)
+        && let Some(first) = rare.ahead.keys().next().map(|k| flow.base.wrapping_add(*k))
     {
         // the missing bytes are not coming: drop the partial message, resynchronise after the gap
         stats.gaps += 1;
@@ -410,18 +446,19 @@ fn settle(
         flow.synced = false;
         flow.next_seq = first;
     }
-    while let Some(&k) = flow.ahead.keys().next() {
+    while let Some(&k) = rare.ahead.keys().next() {
         let off = flow.base.wrapping_add(k).wrapping_sub(flow.next_seq) as i32;
         if off > 0 {
             break;
         }
-        let data = flow.ahead.remove(&k).expect("present");
+        let data = rare.ahead.remove(&k).expect("present");
         let skip = (-(off as i64)) as usize;
         if skip < data.len() {
-            append(flow, &data[skip..]);
+            flow.buf.extend_from_slice(&data[skip..]);
+            flow.next_seq = flow.next_seq.wrapping_add((data.len() - skip) as u32);
         }
     }
-    flow.gap_since = if flow.ahead.is_empty() { None } else { flow.gap_since.or(Some(now)) };
+    rare.gap_since = if rare.ahead.is_empty() { None } else { rare.gap_since.or(Some(now)) };
     extract(flow, stats, max_buffer, out);
 }
 
@@ -433,14 +470,14 @@ fn append(flow: &mut Flow, data: &[u8]) {
 fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut dyn FnMut(&[u8], bool)) {
     let mut start = 0;
     loop {
-        if let Mode::WebSocket { partial } = &mut flow.mode {
+        if let Some(partial) = flow.rare.as_mut().and_then(|r| r.websocket.as_mut()) {
             match ws::frame(&flow.buf[start..], max_buffer) {
                 WsFrame::Incomplete => break,
                 WsFrame::TooLong => {
                     stats.websocket_too_long += 1;
                     stats.skipped_bytes += (flow.buf.len() - start) as u64;
                     start = flow.buf.len();
-                    flow.mode = Mode::Sip;
+                    flow.rare().websocket = None;
                     flow.synced = false;
                     break;
                 }
@@ -498,7 +535,7 @@ fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut d
             };
             if ws::is_upgrade(&rest[..body]) {
                 stats.websocket_upgrades += 1;
-                flow.mode = Mode::WebSocket { partial: Vec::new() };
+                flow.rare().websocket = Some(Vec::new());
             } else {
                 stats.not_sip_messages += 1;
                 flow.synced = false;
@@ -524,6 +561,7 @@ fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut d
         }
     }
     flow.buf.drain(..start);
+    flow.tidy();
     if flow.buf.len() > max_buffer {
         stats.overflows += 1;
         stats.skipped_bytes += flow.buf.len() as u64;
@@ -705,7 +743,7 @@ mod tests {
         t.push(5, k(4), Segment { seq: 1, syn: false, fin: false, rst: false, payload: head }, true, &mut |_, _| {});
         assert_eq!(t.len(), 3);
         assert_eq!(t.stats.evicted, 1);
-        assert!(!t.flows.contains_key(&k(2)));
+        assert!(!t.flows.contains_key(&Packed::of(&k(2))));
         // stream 4 grows past what all may hold: the others go, oldest first, at once
         let mut seq = 1 + head.len() as u32;
         for n in 0..3 {
@@ -719,6 +757,34 @@ mod tests {
             seq += 2000;
             assert!(t.bytes() <= 8192, "{} bytes held", t.bytes());
         }
+    }
+
+    #[test]
+    fn an_idle_flow_is_small_and_keeps_its_addresses() {
+        // the flow table's entry and the LRU queue's, per direction of each registered TCP phone
+        assert!(std::mem::size_of::<(Packed, Flow)>() <= 104, "{}", std::mem::size_of::<(Packed, Flow)>());
+        assert!(std::mem::size_of::<(u64, Packed)>() <= 48);
+        for (src, dst) in [("10.1.2.3:5060", "192.0.2.7:40000"), ("[2001:db8::1]:5061", "[::ffff:10.0.0.1]:1")] {
+            let k = FlowKey { src: src.parse().unwrap(), dst: dst.parse().unwrap() };
+            assert_eq!(Packed::of(&k).key(), k);
+        }
+        // a gap holds its segments in the box, which goes once the gap is filled
+        let mut t = TcpReassembly::new(16, 65536, 1 << 20);
+        let mut got = Vec::new();
+        let (a, b) = M1.split_at(20);
+        t.push(1, key(), Segment { seq: 100, syn: false, fin: false, rst: false, payload: M2 }, true, &mut |m, _| {
+            got.push(m.to_vec())
+        });
+        let at = 100 + M2.len() as u32;
+        for (seq, p) in [(at + 20, b), (at, a)] {
+            t.push(2, key(), Segment { seq, syn: false, fin: false, rst: false, payload: p }, true, &mut |m, _| {
+                got.push(m.to_vec())
+            });
+            let flow = &t.flows[&Packed::of(&key())];
+            assert_eq!(flow.rare.is_some(), seq != at, "boxed while the gap is open, freed after");
+        }
+        assert_eq!(got, [M2.to_vec(), M1.to_vec()]);
+        assert_eq!(t.bytes(), 0);
     }
 
     #[test]
