@@ -67,25 +67,30 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// How many leading bytes of `b` certainly need no escape in a JSON string (a multiple of
-/// eight: the words before the first holding a control character, a quote or a backslash).
+/// How many leading bytes of `b` certainly need no escape in a JSON string: all of them when
+/// none does (nearly always), else a multiple of eight (the words before the first holding a
+/// control character, a quote or a backslash).
 fn clean_prefix(b: &[u8]) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero_in = |w: u64| w.wrapping_sub(LO) & !w & HI != 0;
+    // a byte below 0x20 (bytes of 0x80 and above are not: `& !w` excludes them), a `"`, a `\`
+    let clean = |w: u64| {
+        w.wrapping_sub(LO * 0x20) & !w & HI == 0
+            && !zero_in(w ^ (LO * u64::from(b'"')))
+            && !zero_in(w ^ (LO * u64::from(b'\\')))
+    };
     let mut i = 0;
     while i + 8 <= b.len() {
-        let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        // a byte below 0x20 (bytes of 0x80 and above are not: `& !w` excludes them), a `"`, a `\`
-        if w.wrapping_sub(LO * 0x20) & !w & HI != 0
-            || zero_in(w ^ (LO * u64::from(b'"')))
-            || zero_in(w ^ (LO * u64::from(b'\\')))
-        {
+        if !clean(u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))) {
             return i;
         }
         i += 8;
     }
-    i
+    // the last few bytes, padded with spaces (which need no escape) to a word
+    let mut w = [b' '; 8];
+    w[..b.len() - i].copy_from_slice(&b[i..]);
+    if clean(u64::from_le_bytes(w)) { b.len() } else { i }
 }
 
 fn params(out: &mut Vec<u8>, p: &Params) {

@@ -759,36 +759,41 @@ enum Hdr {
     Authorization,
 }
 
+/// Which of the headers siptap reads a header name is (any case, compact forms). Most lines
+/// are none of them: the length and first letter pick the one candidate, compared once (a
+/// scan over all the names, comparing case-insensitively byte by byte, showed in profiles).
 fn header_id(name: &[u8]) -> Option<Hdr> {
-    if name.len() == 1 {
-        return match name[0].to_ascii_lowercase() {
-            b'i' => Some(Hdr::CallId),
-            b'f' => Some(Hdr::From),
-            b't' => Some(Hdr::To),
-            b'm' => Some(Hdr::Contact),
-            b'l' => Some(Hdr::ContentLength),
-            b'x' => Some(Hdr::SessionExpires),
-            _ => None,
-        };
-    }
-    // most header lines are not one of these: tell them apart by length before comparing
-    if !matches!(name.len(), 2 | 4 | 6 | 7 | 10 | 13 | 14 | 15 | 19) {
-        return None;
-    }
-    const NAMES: [(&[u8], Hdr); 11] = [
-        (b"call-id", Hdr::CallId),
-        (b"from", Hdr::From),
-        (b"to", Hdr::To),
-        (b"cseq", Hdr::CSeq),
-        (b"contact", Hdr::Contact),
-        (b"expires", Hdr::Expires),
-        (b"user-agent", Hdr::UserAgent),
-        (b"session-expires", Hdr::SessionExpires),
-        (b"content-length", Hdr::ContentLength),
-        (b"authorization", Hdr::Authorization),
-        (b"proxy-authorization", Hdr::Authorization),
-    ];
-    NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, h)| *h)
+    let first = name.first()?.to_ascii_lowercase();
+    let (hdr, is) = match (name.len(), first) {
+        (1, b'i') => return Some(Hdr::CallId),
+        (1, b'f') => return Some(Hdr::From),
+        (1, b't') => return Some(Hdr::To),
+        (1, b'm') => return Some(Hdr::Contact),
+        (1, b'l') => return Some(Hdr::ContentLength),
+        (1, b'x') => return Some(Hdr::SessionExpires),
+        (2, b't') => (Hdr::To, is_name(name, b"to")),
+        (4, b'f') => (Hdr::From, is_name(name, b"from")),
+        (4, b'c') => (Hdr::CSeq, is_name(name, b"cseq")),
+        (7, b'c') if name[1].eq_ignore_ascii_case(&b'a') => (Hdr::CallId, is_name(name, b"call-id")),
+        (7, b'c') => (Hdr::Contact, is_name(name, b"contact")),
+        (7, b'e') => (Hdr::Expires, is_name(name, b"expires")),
+        (10, b'u') => (Hdr::UserAgent, is_name(name, b"user-agent")),
+        (13, b'a') => (Hdr::Authorization, is_name(name, b"authorization")),
+        (14, b'c') => (Hdr::ContentLength, is_name(name, b"content-length")),
+        (15, b's') => (Hdr::SessionExpires, is_name(name, b"session-expires")),
+        (19, b'p') => (Hdr::Authorization, is_name(name, b"proxy-authorization")),
+        _ => return None,
+    };
+    is.then_some(hdr)
+}
+
+/// `name.eq_ignore_ascii_case(lower)` for a constant `lower` of lower-case letters and `-`:
+/// a letter matches its own two cases exactly when OR-ing 0x20 into it gives the lower-case
+/// one, and a `-` only itself, so each byte is one OR and one compare against constants.
+#[inline(always)]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower).all(|(&c, &l)| (c | if l.is_ascii_lowercase() { 0x20 } else { 0 }) == l)
 }
 
 /// The `username` of digest credentials (`Digest username="alice", realm=...`).
@@ -1213,6 +1218,71 @@ mod tests {
                 assert_eq!(find_byte(&b[from..], c), b[from..].iter().position(|&x| x == c), "{c} in {b:?}");
             }
         }
+    }
+
+    /// The scan over every name that [`header_id`] replaced.
+    fn reference_header_id(name: &[u8]) -> Option<Hdr> {
+        if name.len() == 1 {
+            return match name[0].to_ascii_lowercase() {
+                b'i' => Some(Hdr::CallId),
+                b'f' => Some(Hdr::From),
+                b't' => Some(Hdr::To),
+                b'm' => Some(Hdr::Contact),
+                b'l' => Some(Hdr::ContentLength),
+                b'x' => Some(Hdr::SessionExpires),
+                _ => None,
+            };
+        }
+        const NAMES: [(&[u8], Hdr); 11] = [
+            (b"call-id", Hdr::CallId),
+            (b"from", Hdr::From),
+            (b"to", Hdr::To),
+            (b"cseq", Hdr::CSeq),
+            (b"contact", Hdr::Contact),
+            (b"expires", Hdr::Expires),
+            (b"user-agent", Hdr::UserAgent),
+            (b"session-expires", Hdr::SessionExpires),
+            (b"content-length", Hdr::ContentLength),
+            (b"authorization", Hdr::Authorization),
+            (b"proxy-authorization", Hdr::Authorization),
+        ];
+        NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, h)| *h)
+    }
+
+    #[test]
+    fn header_id_answers_as_the_scan_it_replaced() {
+        let mut names: Vec<Vec<u8>> = [
+            "call-id", "from", "to", "cseq", "contact", "expires", "user-agent", "session-expires", "content-length",
+            "authorization", "proxy-authorization", "via", "accept", "max-forwards", "record-route", "contacts",
+            "content-type", "www-authenticate", "proxy-authenticate", "supported", "allow", "route", "event",
+        ]
+        .iter()
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+        names.extend((0..=255u8).map(|c| vec![c]));
+        let mut cases = Vec::new();
+        for n in &names {
+            cases.push(n.clone());
+            cases.push(n.to_ascii_uppercase());
+            cases.push(n.iter().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { *c }).collect());
+            // every byte changed to one that case-folding or a mask could confuse with it
+            for i in 0..n.len() {
+                for c in [b'-', b'_', b'\r', b'\0', n[i] ^ 0x20, n[i] ^ 0x40, n[i].wrapping_add(1), 0xc3] {
+                    let mut m = n.clone();
+                    m[i] = c;
+                    cases.push(m);
+                }
+            }
+        }
+        for c in &cases {
+            assert_eq!(
+                header_id(c).map(|h| h as u8),
+                reference_header_id(c).map(|h| h as u8),
+                "{:?}",
+                String::from_utf8_lossy(c)
+            );
+        }
+        assert!(cases.len() > 1000);
     }
 
     #[test]
