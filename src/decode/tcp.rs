@@ -97,9 +97,10 @@ struct Rare {
 impl Flow {
     fn held(&self) -> usize {
         self.buf.len()
-            + self.rare.as_ref().map_or(0, |r| {
-                r.ahead.values().map(Vec::len).sum::<usize>() + r.websocket.as_ref().map_or(0, Vec::len)
-            })
+            + self
+                .rare
+                .as_ref()
+                .map_or(0, |r| r.ahead.values().map(Vec::len).sum::<usize>() + r.websocket.as_ref().map_or(0, Vec::len))
     }
 
     fn gap_since(&self) -> Option<Micros> {
