@@ -406,7 +406,10 @@ fn line_start_kind(buf: &[u8], pos: usize) -> Option<bool> {
     }
 }
 
-/// [`parse`] in one pass over the head's lines.
+/// [`parse`] in one pass over the head's lines. (Inlined into its callers: returned through one
+/// more call, the message was copied once more, 64 instructions per message by callgrind;
+/// inlining [`parse_lines`] as well counted 34 M instructions more on 300,000 messages.)
+#[inline(always)]
 fn parse_head(buf: &[u8], head_end: HeadEnd, hint: Option<StartHint>) -> Result<Message<'_>, Stop> {
     let (head, find) = match head_end {
         HeadEnd::At(end) => (&buf[..end], false),
