@@ -27,7 +27,7 @@ pub struct TcpStats {
     pub not_sip_messages: u64,
 }
 
-/// What the bytes of a stream are, at its current position.
+/// One direction of a connection, as the decoder names it (source and destination).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub src: SocketAddr,
@@ -73,8 +73,9 @@ struct Flow {
     last_ts: Micros,
     /// The flow's current place in the LRU order.
     stamp: u64,
-    /// Bytes it holds (buffered and held behind a gap), as last counted (the per-stream buffers
-    /// are capped far below 4 GiB: `limits.max_tcp_buffer_bytes`).
+    /// Bytes it holds (buffered and held behind a gap), as last counted: under 4 GiB, since
+    /// its buffer, the bytes behind a gap and a WebSocket message are each held to the
+    /// per-stream cap, at most 1 GiB (`limits.max_tcp_buffer_bytes`, clamped in `new`).
     bytes: u32,
     /// Whether `buf` starts at a message boundary.
     synced: bool,
