@@ -50,9 +50,38 @@ impl Nats {
             nats.start(i);
         }
         for i in 0..n {
+            // a port picked by `free_port` is free only until something binds it, and the
+            // tests run in parallel: a server that lost one of its ports to another test's exits
+            // at once, and is started again on fresh ones (its peers' routes to it then fail, but
+            // its own routes to them make the cluster; the client URLs are read after this)
+            for _ in 0..3 {
+                if !nats.exited(i) {
+                    break;
+                }
+                let n = &mut nats.nodes[i];
+                (n.port, n.monitor, n.route) = (free_port(), free_port(), free_port());
+                nats.start(i);
+            }
             nats.wait_ready(i);
         }
         nats
+    }
+
+    /// Whether node `i`'s process has ended (given a moment to fail on a taken port).
+    fn exited(&mut self, i: usize) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            match self.nodes[i].proc.as_mut().map(|p| p.child().try_wait()) {
+                Some(Ok(Some(_))) => return true,
+                None => return false,
+                _ => {}
+            }
+            if super::http_get(self.nodes[i].monitor, "/varz").is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Starts (or restarts, with its store) node `i`.
@@ -64,7 +93,11 @@ impl Nats {
             .arg("-sd")
             .arg(self.dir.path().join(&n.name));
         if self.clustered {
-            cmd.args(["--cluster_name", "siptap-test", "--cluster", &format!("nats://127.0.0.1:{}", n.route)])
+            // a name of its own (the store's directory): should a route port still reach
+            // another test's cluster, the two refuse each other instead of merging
+            let dir = self.dir.path().file_name().unwrap_or_default().to_string_lossy();
+            let name = format!("siptap-test-{}", dir.replace(|c: char| !c.is_ascii_alphanumeric(), ""));
+            cmd.args(["--cluster_name", &name, "--cluster", &format!("nats://127.0.0.1:{}", n.route)])
                 .args(["--routes", &routes.join(",")]);
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
