@@ -69,6 +69,11 @@ impl Batch {
     pub fn bytes(&self) -> usize {
         self.text.len() + self.raw.len() + self.items.len() * std::mem::size_of::<Item>()
     }
+    /// Counts a frame fed to it and moves its latest time on (frames without SIP move time too).
+    fn saw(&mut self, ts: Micros) {
+        self.frames += 1;
+        self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+    }
     pub fn clear(&mut self) {
         self.text.clear();
         self.raw.clear();
@@ -95,8 +100,7 @@ impl Front {
 
     /// Decodes one captured frame into `batch` (for the other thread).
     pub fn frame(&mut self, frame: Frame<'_>, batch: &mut Batch) {
-        batch.frames += 1;
-        batch.last_ts = Some(batch.last_ts.map_or(frame.ts, |t| t.max(frame.ts)));
+        batch.saw(frame.ts);
         let Front { decoder, unfolded, fp } = self;
         decoder.decode(frame, &mut |m| add_message(batch, unfolded, fp, m));
     }
@@ -104,8 +108,7 @@ impl Front {
     /// One HEP packet received by a listener (no link, IP or UDP header around it), decoded
     /// into `batch` as in [`Front::frame`].
     pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], batch: &mut Batch) {
-        batch.frames += 1;
-        batch.last_ts = Some(batch.last_ts.map_or(ts, |t| t.max(ts)));
+        batch.saw(ts);
         let Front { decoder, unfolded, fp } = self;
         decoder.hep(ts, sender, data, &mut |m| add_message(batch, unfolded, fp, m));
     }

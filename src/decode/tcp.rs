@@ -337,10 +337,10 @@ impl TcpReassembly {
                 if skip >= seg.payload.len() {
                     stats.retransmitted += 1;
                 } else {
-                    append(flow, &seg.payload[skip..]);
+                    append(&mut flow.buf, &mut flow.next_seq, &seg.payload[skip..]);
                 }
             } else if off == 0 {
-                append(flow, seg.payload);
+                append(&mut flow.buf, &mut flow.next_seq, seg.payload);
             } else {
                 stats.out_of_order += 1;
                 let held: usize = flow.rare.as_ref().map_or(0, |r| r.ahead.values().map(Vec::len).sum());
@@ -456,17 +456,18 @@ fn settle(
         let data = rare.ahead.remove(&k).expect("present");
         let skip = (-(off as i64)) as usize;
         if skip < data.len() {
-            flow.buf.extend_from_slice(&data[skip..]);
-            flow.next_seq = flow.next_seq.wrapping_add((data.len() - skip) as u32);
+            append(&mut flow.buf, &mut flow.next_seq, &data[skip..]);
         }
     }
     rare.gap_since = if rare.ahead.is_empty() { None } else { rare.gap_since.or(Some(now)) };
     extract(flow, stats, max_buffer, out);
 }
 
-fn append(flow: &mut Flow, data: &[u8]) {
-    flow.buf.extend_from_slice(data);
-    flow.next_seq = flow.next_seq.wrapping_add(data.len() as u32);
+/// In-order bytes onto a flow's buffer (its fields, so that its boxed [`Rare`] may be borrowed
+/// meanwhile).
+fn append(buf: &mut Vec<u8>, next_seq: &mut u32, data: &[u8]) {
+    buf.extend_from_slice(data);
+    *next_seq = next_seq.wrapping_add(data.len() as u32);
 }
 
 fn extract(flow: &mut Flow, stats: &mut TcpStats, max_buffer: usize, out: &mut dyn FnMut(&[u8], bool)) {

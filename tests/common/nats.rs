@@ -1,13 +1,10 @@
 //! Real `nats-server` processes for the cluster tests: one server, or a three-node JetStream
 //! cluster, on loopback ports of their own, with JetStream stores in a temporary directory.
 #![allow(dead_code)]
+use super::free_port;
 use super::live::Reaped;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 pub struct Node {
     pub port: u16,
