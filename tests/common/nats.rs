@@ -97,7 +97,13 @@ impl Nats {
             cmd.args(["--cluster_name", &name, "--cluster", &format!("nats://127.0.0.1:{}", n.route)])
                 .args(["--routes", &routes.join(",")]);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server starts");
+        // its log goes to a file beside its store, so that a node that never gets ready can say why
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("a log file for nats-server");
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("nats-server starts");
         self.nodes[i].proc = Some(Reaped::new(child));
     }
 
@@ -111,7 +117,15 @@ impl Nats {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("nats-server {} not ready within 30 s", self.nodes[i].name);
+        let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!("nats-server {} not ready within 30 s; the end of its log:\n{}", self.nodes[i].name, tail.join("\n"));
+    }
+
+    /// Where node `i`'s stderr (its log) goes: appended to, across restarts.
+    fn log_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("{}.log", self.nodes[i].name))
     }
 
     /// Stops node `i` the hard way (SIGKILL).
