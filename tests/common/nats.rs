@@ -118,9 +118,17 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(200));
         }
         let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("nats-server {} not ready within 30 s; the end of its log:\n{}", self.nodes[i].name, tail.join("\n"));
+        // its errors (a port taken, a store it cannot open), then its last lines (the health
+        // checks this loop made are logged as warnings, and would hide the cause on their own)
+        let lines: Vec<&str> = log.lines().collect();
+        let errors: Vec<&str> =
+            lines.iter().copied().filter(|l| l.contains("[ERR]") || l.contains("[FTL]")).take(10).collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        panic!(
+            "nats-server {} not ready within 30 s; its errors:\n{}\nthe end of its log:\n{tail}",
+            self.nodes[i].name,
+            errors.join("\n")
+        );
     }
 
     /// Where node `i`'s stderr (its log) goes: appended to, across restarts.
