@@ -1,5 +1,44 @@
 //! Byte-level helpers the hashing and writing code shares (the decoder's packet hash, the
-//! state's fingerprints and contact keys, JSON lines).
+//! state's fingerprints and contact keys, JSON lines), and a cache hint for bytes another
+//! thread wrote.
+
+/// Asks for the cache lines of `b` to be brought into this core's caches, ahead of their use:
+/// for bytes filled on another thread (the decoding thread's batches), which are in that
+/// core's cache and whose first touch here is otherwise a miss. A hint only: it changes no
+/// result. (The daemon's core tried it on the capture threads' frames too: 3.90-4.00 us of CPU
+/// per packet at 50,000 packets/s against 3.70 without, so it does not.)
+#[inline(always)]
+pub fn prefetch(b: &[u8]) {
+    prefetch_raw(b.as_ptr(), b.len());
+}
+
+/// [`prefetch`] of any value's memory (padding included, which a `&[u8]` may not cover).
+#[inline(always)]
+pub fn prefetch_value<T>(v: &T) {
+    prefetch_raw((v as *const T).cast::<u8>(), std::mem::size_of::<T>());
+}
+
+#[inline(always)]
+fn prefetch_raw(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for o in (0..len).step_by(64) {
+        // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) reads nothing the program
+        // sees and never faults, whatever the address; this one is inside the object anyway
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(o).cast::<i8>());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if len > 64 {
+        // (the last line, when the start was not on a line's boundary)
+        // SAFETY: as above
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(len - 1).cast::<i8>());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
 
 /// Up to seven bytes as a little-endian integer, as if zero-padded to eight: two overlapping
 /// loads instead of a copy into a buffer (which compiles to a `memcpy` call per hashed string).
