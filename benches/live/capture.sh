@@ -6,7 +6,8 @@
 # does: the state journal's fold); against `siptap replay --threads 1` of the same file (in this
 # run), straight through and paced like the rate (a pause after each batch's worth of frames, as
 # long as the batch takes to arrive: the daemon's core sleeps between batches too, and wakes to
-# caches that went cold); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
+# caches that went cold); the CPU per packet of each of the daemon's threads (capture, core); and
+# the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
 #   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
 set -euo pipefail
@@ -25,6 +26,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 hz=$(getconf CLK_TCK)
 cpu_of() { awk -v hz="$hz" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 rss_of() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# threads_cpu PID: per thread "tid name user system", in seconds (spaces in names made underscores)
+threads_cpu() {
+	local t
+	for t in /proc/"$1"/task/*; do
+		{ tr ' ' _ <"$t/comm"; sed 's/.*) //' "$t/stat"; } 2>/dev/null |
+			awk -v hz="$hz" -v tid="${t##*/}" 'NR == 1 {name = $0} NR == 2 {printf "%s %s %.3f %.3f\n", tid, name, $12 / hz, $13 / hz}'
+	done
+}
 metric() { curl -sf http://127.0.0.1:19091/metrics | awk -v m="$1" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
 
 # replay_cpu_us [ARGS...]: us of CPU (user + system) per packet of one-thread replay of the capture
@@ -71,9 +80,11 @@ one_run() { # one_run RATE LABEL
 	local idle_rss cpu0 cpu1 got drops
 	idle_rss=$(rss_of $pid)
 	cpu0=$(cpu_of $pid)
+	threads_cpu $pid >"$work/threads0"
 	tcpreplay -q -i v0 --pps="$1" "$cap" >"$work/tcpreplay.out" 2>&1
 	sleep 3
 	cpu1=$(cpu_of $pid)
+	threads_cpu $pid >"$work/threads1"
 	got=$(metric siptap_capture_packets_total)
 	drops=$(metric 'siptap_capture_kernel_drops_total')
 	local rss
@@ -91,6 +102,12 @@ one_run() { # one_run RATE LABEL
 		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  replay paced so %.2f us (%.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
 			l, r, n, got, d, us, us / base, all, all / base, paced, us / paced, idle / 1024, rss / 1024
 	}'
+	# where it went, by thread name (threads with less than 0.01 us per packet left out)
+	awk -v g="${got:-1}" 'NR == FNR {u0[$1] = $3; s0[$1] = $4; next} {u[$2] += $3 - u0[$1]; s[$2] += $4 - s0[$1]} END {
+		printf "        by thread, us/packet (user + system):"
+		for (k in u) if ((u[k] + s[k]) / g * 1e6 >= 0.01) printf "  %s %.2f (%.2f + %.2f)", k, (u[k] + s[k]) / g * 1e6, u[k] / g * 1e6, s[k] / g * 1e6
+		printf "\n"
+	}' "$work/threads0" "$work/threads1"
 }
 for r in $rates; do one_run "$r" quiet; done
 if [ -n "${BUSY:-}" ]; then
