@@ -20,24 +20,26 @@ pub fn prefetch_value<T>(v: &T) {
 
 #[inline(always)]
 fn prefetch_raw(p: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
     for o in (0..len).step_by(64) {
-        // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) reads nothing the program
-        // sees and never faults, whatever the address; this one is inside the object anyway
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(o).cast::<i8>());
-        }
+        prefetch_line(p.wrapping_add(o));
     }
-    #[cfg(target_arch = "x86_64")]
     if len > 64 {
         // (the last line, when the start was not on a line's boundary)
-        // SAFETY: as above
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(len - 1).cast::<i8>());
-        }
+        prefetch_line(p.wrapping_add(len - 1));
+    }
+}
+
+/// Asks for the cache line that holds `p` (the capture file's read-ahead uses it too).
+#[inline(always)]
+pub fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) is a hint: it reads nothing into
+    // the program and never faults, whatever the address
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
+    let _ = p;
 }
 
 /// Up to seven bytes as a little-endian integer, as if zero-padded to eight: two overlapping

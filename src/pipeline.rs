@@ -86,13 +86,14 @@ impl Batch {
     /// per message, time enough for the lines asked for to arrive.
     #[inline]
     fn prefetch(&self, i: usize) {
-        if i == 0 {
-            // the first ones have nothing before them to hide behind: asked for at once
-            (0..PREFETCH_HEAD).for_each(|j| self.prefetch_head(j));
-            (0..PREFETCH_ITEM).for_each(|j| self.prefetch_item(j));
-        }
         self.prefetch_head(i + PREFETCH_HEAD);
         self.prefetch_item(i + PREFETCH_ITEM);
+    }
+
+    /// The first messages, which have nothing before them to hide behind: asked for at once.
+    fn prefetch_first(&self) {
+        (0..PREFETCH_HEAD).for_each(|j| self.prefetch_head(j));
+        (0..PREFETCH_ITEM).for_each(|j| self.prefetch_item(j));
     }
 
     fn prefetch_head(&self, i: usize) {
@@ -124,9 +125,9 @@ impl Batch {
 /// How far ahead [`Batch::prefetch`] asks for heads and items, in messages, and how much of a
 /// head (most are shorter). With them, two-thread replay of the large capture took 0.881 of the
 /// time (10 paired rounds), and two threads ran 1.72x and 1.83x one thread against 1.51x and
-/// 1.50x (8 and 10 rounds of alternating runs); one
-/// thread, which does not prefetch, was unchanged. Distances of 1, 2 and 4 heads did as well as
-/// each other within the host's noise (0.86-0.90 of the time without).
+/// 1.50x (8 and 10 rounds of alternating runs); one thread, which does not prefetch, was
+/// unchanged. Distances of 1, 2 and 4 heads did as well as each other within the host's noise
+/// (0.86-0.90 of the time without).
 const PREFETCH_HEAD: usize = 2;
 const PREFETCH_ITEM: usize = 4;
 const PREFETCH_HEAD_BYTES: usize = 1024;
@@ -217,6 +218,9 @@ impl Back {
     fn apply_batch(&mut self, batch: &Batch, prefetch: bool, out: &mut dyn FnMut(Routed)) {
         self.stats.sip_messages += batch.messages;
         self.stats.malformed += batch.malformed;
+        if prefetch {
+            batch.prefetch_first();
+        }
         for (i, it) in batch.items.iter().enumerate() {
             if prefetch {
                 batch.prefetch(i);

@@ -114,21 +114,10 @@ impl Prefetch {
         let end = (consumed + PREFETCH_AHEAD).min(data.len());
         self.next = self.next.max(consumed & !63);
         while self.next < end {
-            prefetch(data[self.next..].as_ptr());
+            crate::bytes::prefetch_line(data[self.next..].as_ptr());
             self.next += 64;
         }
     }
-}
-
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults and reads nothing into the program
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// How many bytes of a mapped capture are read before their pages are handed back.
