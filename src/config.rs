@@ -68,6 +68,7 @@ struct RawRun {
     state_dir: Option<String>,
     stop_timeout_secs: Option<u64>,
     queue_mib: Option<usize>,
+    threads: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +374,9 @@ pub struct RunCfg {
     pub stop_timeout_secs: u64,
     /// Bytes of input (frames, HEP packets) waiting for the core, in MiB.
     pub queue_mib: usize,
+    /// 2: decoding and parsing on one thread, state and output on another (as `replay
+    /// --threads 2`); 1: both on the core thread.
+    pub threads: usize,
 }
 
 pub const DEFAULT_PUSH_PROXY_AGENTS: &[&str] = &["Acrobits SIPIS"];
@@ -756,6 +760,13 @@ impl Config {
                     "metrics and health are served beyond this host, without authentication",
                 );
             }
+            let threads = match &r.threads {
+                Some(t) if !(1..=2).contains(t.get_ref()) => {
+                    return Err(at(t.span(), "run.threads", format!("`{}` is not 1 or 2", t.get_ref())));
+                }
+                Some(t) => *t.get_ref(),
+                None => 2,
+            };
             RunCfg {
                 interfaces: r.interfaces.clone().unwrap_or_else(|| vec!["any".into()]),
                 buffer_mib: r.buffer_mib.unwrap_or(12).max(1),
@@ -765,6 +776,7 @@ impl Config {
                 state_dir: PathBuf::from(r.state_dir.clone().unwrap_or_else(|| "/var/lib/siptap".into())),
                 stop_timeout_secs: r.stop_timeout_secs.unwrap_or(10).max(1),
                 queue_mib: r.queue_mib.unwrap_or(32).max(1),
+                threads,
             }
         };
         for t in &tenants {

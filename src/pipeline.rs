@@ -211,7 +211,7 @@ impl Back {
 
     /// [`Back::apply`] for a batch this thread has just filled, whose heads are still in this
     /// core's cache: nothing to prefetch.
-    fn apply_staged(&mut self, batch: &Batch, out: &mut dyn FnMut(Routed)) {
+    pub fn apply_staged(&mut self, batch: &Batch, out: &mut dyn FnMut(Routed)) {
         self.apply_batch(batch, false, out);
     }
 
@@ -262,6 +262,12 @@ impl Back {
     pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
         self.tracker.tick(now, &mut self.scratch);
         self.drain(out);
+    }
+
+    /// The state half of [`Pipeline::reload`].
+    pub fn reload(&mut self, cfg: &Config) {
+        self.router = Router::new(cfg);
+        self.tracker.reconfigure(cfg.tracker_config([0, 0]));
     }
 
     fn drain(&mut self, out: &mut dyn FnMut(Routed)) {
@@ -338,6 +344,12 @@ impl Pipeline {
         Pipeline { front, back, stage: Batch::default() }
     }
 
+    /// The halves apart, to run on two threads (nothing may wait in the batch).
+    pub fn into_halves(self) -> (Front, Back) {
+        debug_assert_eq!(self.stage.frames, 0, "messages waiting");
+        (self.front, self.back)
+    }
+
     /// Feeds one captured frame; routed events go to `out` in time order, when the batch it
     /// joined is full, or at [`Pipeline::flush`], a tick or [`Pipeline::finish`].
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
@@ -376,8 +388,7 @@ impl Pipeline {
     /// addresses, push proxies and identity names change; table bounds keep their start values.
     pub fn reload(&mut self, cfg: &Config) {
         debug_assert_eq!(self.stage.frames, 0, "messages of the old configuration still waiting");
-        self.back.router = Router::new(cfg);
-        self.back.tracker.reconfigure(cfg.tracker_config([0, 0]));
+        self.back.reload(cfg);
         self.front.decoder.set_hep_trust(cfg.hep.trust());
     }
 
@@ -414,18 +425,45 @@ impl Pipeline {
 
     /// Every counter, as `(name, value)`, for `--stats` and metrics.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        counters(&self.front, &self.back)
+        counters(&FrontCounters::of(&self.front), &self.back)
+    }
+}
+
+/// The front half's counters, copied: on two threads the state thread reports them from the
+/// copy the decoding thread last sent.
+#[derive(Debug, Clone, Default)]
+pub struct FrontCounters {
+    decode: crate::decode::DecodeStats,
+    defrag: crate::decode::defrag::DefragStats,
+    tcp: crate::decode::tcp::TcpStats,
+    tcp_streams: usize,
+    tcp_bytes: usize,
+    fragment_datagrams: usize,
+    fragment_bytes: usize,
+}
+
+impl FrontCounters {
+    pub fn of(front: &Front) -> Self {
+        let d = &front.decoder;
+        FrontCounters {
+            decode: d.stats,
+            defrag: d.defrag.stats,
+            tcp: d.tcp.stats,
+            tcp_streams: d.tcp.len(),
+            tcp_bytes: d.tcp.bytes(),
+            fragment_datagrams: d.defrag.len(),
+            fragment_bytes: d.defrag.bytes(),
+        }
     }
 }
 
 /// Every counter of the two halves, as `(name, value)`.
-pub fn counters(front: &Front, back: &Back) -> Vec<(&'static str, u64)> {
+pub fn counters(front: &FrontCounters, back: &Back) -> Vec<(&'static str, u64)> {
     {
-        let decoder = &front.decoder;
         let tracker = &back.tracker;
-        let d = &decoder.stats;
-        let f = &decoder.defrag.stats;
-        let t = &decoder.tcp.stats;
+        let d = &front.decode;
+        let f = &front.defrag;
+        let t = &front.tcp;
         let r = &tracker.registrations.stats;
         let c = &tracker.calls.stats;
         let p = &back.stats;
@@ -502,10 +540,10 @@ pub fn counters(front: &Front, back: &Back) -> Vec<(&'static str, u64)> {
             ("registrations_bytes", tracker.registrations.bytes().0 as u64),
             ("pending_registers", tracker.registrations.pending() as u64),
             ("pending_registers_bytes", tracker.registrations.bytes().1 as u64),
-            ("tcp_streams_open", decoder.tcp.len() as u64),
-            ("tcp_bytes_held", decoder.tcp.bytes() as u64),
-            ("ip_fragment_datagrams", decoder.defrag.len() as u64),
-            ("ip_fragment_bytes_held", decoder.defrag.bytes() as u64),
+            ("tcp_streams_open", front.tcp_streams as u64),
+            ("tcp_bytes_held", front.tcp_bytes as u64),
+            ("ip_fragment_datagrams", front.fragment_datagrams as u64),
+            ("ip_fragment_bytes_held", front.fragment_bytes as u64),
             ("active_devices", tracker.registrations.active_devices(back.last_ts.unwrap_or(0)) as u64),
             ("known_users", tracker.registrations.known_users()),
         ]

@@ -52,6 +52,8 @@ fn config_errors_name_key_file_and_line() {
     assert!(e.contains(":2:") && e.contains("hep.sources"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"]\n[run]\nlog_format = \"xml\"\n");
     assert!(e.contains(":3:") && e.contains("run.log_format"), "{e}");
+    let e = config_error("sip_servers = [\"127.0.0.10\"]\n[run]\n\nthreads = 3\n");
+    assert!(e.contains(":4: run.threads:") && e.contains("not 1 or 2"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"]\n[delivery]\nwhen_full = \"panic\"\n");
     assert!(e.contains(":3: delivery.when_full:") && e.contains("reject_new"), "{e}");
     let e = config_error("sip_servers = [\"127.0.0.10\"\n");

@@ -182,7 +182,18 @@ fn launch(run: &str, hep: &str, fail: Vec<u16>) -> Option<Running> {
 
 #[test]
 fn live_capture_on_loopback_delivers_what_replay_derives() {
-    let Some(Running { dir, mp, metrics, cfg, child }) = launch("interfaces = [\"lo\"]", "", vec![]) else {
+    live_case("interfaces = [\"lo\"]");
+}
+
+/// `run.threads = 1`: the core decodes inline instead of taking batches from the decoding
+/// thread; the events are the same.
+#[test]
+fn live_capture_with_the_core_on_one_thread_delivers_what_replay_derives() {
+    live_case("interfaces = [\"lo\"]\nthreads = 1");
+}
+
+fn live_case(run: &str) {
+    let Some(Running { dir, mp, metrics, cfg, child }) = launch(run, "", vec![]) else {
         return;
     };
     let caps = dir.path().join("caps");

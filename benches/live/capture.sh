@@ -6,9 +6,12 @@
 # does: the state journal's fold); against `siptap replay --threads 1` of the same file (in this
 # run), straight through and paced like the rate (a pause after each batch's worth of frames, as
 # long as the batch takes to arrive: the daemon's core sleeps between batches too, and wakes to
-# caches that went cold); the CPU per packet of each of the daemon's threads (capture, core); and
-# the idle RSS. With BUSY=1 the runs repeat with a CPU hog on every core.
-#   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N to change)
+# caches that went cold), and, with the daemon on two threads (`run.threads`, default 2), against
+# `replay --threads 2` straight through; the CPU per packet of each of the daemon's threads
+# (capture, decode, core); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on
+# every core.
+#   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N
+#                                      THREADS=1|2 to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
 set -euo pipefail
 if [ -z "${CAP_IN_NS:-}" ]; then
@@ -36,21 +39,29 @@ threads_cpu() {
 }
 metric() { curl -sf http://127.0.0.1:19091/metrics | awk -v m="$1" 'index($1, m) == 1 {s += $2} END {print s + 0}'; }
 
-# replay_cpu_us [ARGS...]: us of CPU (user + system) per packet of one-thread replay of the capture
+# replay_cpu_us [ARGS...]: us of CPU (user + system) per packet of replay of the capture, on one
+# thread (RT=2: two)
 replay_cpu_us() {
-	/usr/bin/time -f "%U %S" -o "$work/replay.time" "${REPLAY_BIN:-$bin}" replay --threads 1 "$@" \
+	/usr/bin/time -f "%U %S" -o "$work/replay.time" "${REPLAY_BIN:-$bin}" replay --threads "${RT:-1}" "$@" \
 		--config "$root/config.toml.example" "$cap" >/dev/null
 	awk -v n="$n" '{printf "%.2f", ($1 + $2) / n * 1e6}' "$work/replay.time"
 }
 # the same packets through replay, in this run: the baseline
 replay_us=$(replay_cpu_us)
 echo "capture: $n packets; siptap replay --threads 1: $replay_us us of CPU per packet"
+# the daemon decodes on a thread of its own unless THREADS=1: replay split the same way, too
+replay2_us=0
+if [ "${THREADS:-2}" != 1 ]; then
+	replay2_us=$(RT=2 replay_cpu_us)
+	echo "siptap replay --threads 2: $replay2_us us of CPU per packet"
+fi
 
 cat >"$work/siptap.toml" <<EOF
 sip_servers = ["127.0.0.10:5060"]
 [run]
 interfaces = ["v1"]
 ${BUFFER_MIB:+buffer_mib = $BUFFER_MIB}
+${THREADS:+threads = $THREADS}
 state_dir = "$work/state"
 metrics_listen = "127.0.0.1:19091"
 jsonl_path = "$work/events.jsonl"
@@ -95,12 +106,13 @@ one_run() { # one_run RATE LABEL
 	whole=$(awk '{print $1 + $2}' "$work/daemon.time")
 	paced=$(paced_us "$1")
 	awk -v r="$1" -v l="$2" -v n="$n" -v got="$got" -v d="$drops" -v c0="$cpu0" -v c1="$cpu1" -v base="$replay_us" \
-		-v idle="$idle_rss" -v rss="$rss" -v whole="$whole" -v paced="$paced" 'BEGIN {
+		-v idle="$idle_rss" -v rss="$rss" -v whole="$whole" -v paced="$paced" -v two="$replay2_us" 'BEGIN {
 		g = (got > 0 ? got : 1)
 		us = (c1 - c0) / g * 1e6
 		all = whole / g * 1e6
 		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  replay paced so %.2f us (%.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
 			l, r, n, got, d, us, us / base, all, all / base, paced, us / paced, idle / 1024, rss / 1024
+		if (two > 0) printf "        against replay --threads 2 straight through: %.2fx\n", us / two
 	}'
 	# where it went, by thread name (threads with less than 0.01 us per packet left out)
 	awk -v g="${got:-1}" 'NR == FNR {u0[$1] = $3; s0[$1] = $4; next} {u[$2] += $3 - u0[$1]; s[$2] += $4 - s0[$1]} END {

@@ -1,7 +1,9 @@
 //! `siptap run`: the daemon. Thin shells around the same sans-IO pipeline as `replay`: capture
-//! threads (libpcap) and a HEP listener feed one core thread; a clock tick drives timeouts when
+//! threads (libpcap) and a HEP listener feed a decoding thread, which feeds the core thread
+//! (state, events, outbox, store), as `replay --threads 2` splits it; a clock tick drives timeouts when
 //! traffic is quiet; events go to the Firebase outbox (tenants with Firebase settings) or to
 //! JSON lines; a tokio thread runs delivery, the metrics endpoint and signal handling.
+pub mod decoding;
 pub mod hep_listener;
 pub mod live;
 pub mod metrics;
@@ -10,19 +12,20 @@ pub mod notify;
 use crate::capture::Micros;
 use crate::clock::now_micros;
 use crate::config::Config;
-use crate::pipeline::{Pipeline, Routed};
+use crate::pipeline::Routed;
 use crate::sink::firebase::mp::QueuedEvent;
 use crate::sink::firebase::outbox::Outbox;
 use crate::sink::firebase::sender::{self, SenderConfig, SenderStats};
 use crate::sink::firebase::{Delivery, Target};
 use crate::sink::jsonl;
 use anyhow::{Context, Result, bail};
+use decoding::Core;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,9 @@ pub enum Input {
     Tick,
     Reload,
     Stop,
+    /// At a stop, after the capture threads have handed over their last frames: the front half
+    /// hands on everything before it, then [`decoding::Core::Flushed`].
+    Flush,
 }
 
 /// Bytes of input (captured frames, HEP packets) waiting for the core: bounded by
@@ -78,6 +84,11 @@ impl InputBudget {
                 "input queue full: the core is behind, new packets are dropped (run.queue_mib); counted in input_dropped"
             );
         }
+    }
+    /// Takes room for `n` bytes already decoded (never refused: they are not dropped once
+    /// decoded, but they make the capture threads drop until the core has caught up).
+    pub fn hold(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
     }
     pub fn release(&self, n: usize) {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
@@ -160,7 +171,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         tracing::warn!("{w}");
     }
     let state = opts.state_dir.clone().unwrap_or_else(|| cfg.run.state_dir.clone());
-    let crate::store::Opened { mut pipeline, store, cluster, .. } = crate::store::open_pipeline(&cfg, Some(&state))?;
+    let crate::store::Opened { pipeline, store, cluster, .. } = crate::store::open_pipeline(&cfg, Some(&state))?;
     // (a state directory: no scratch one to keep)
     // pseudonyms must be the same on every sensor of a cluster: the cluster's key then
     let key = match &cluster {
@@ -224,7 +235,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut counts: BTreeMap<String, EventCounts> =
         cfg.tenants.iter().map(|t| (t.id.to_string(), EventCounts::default())).collect();
     // /metrics serves every metric from the start, not only after the first tick
-    publish(&shared, &pipeline, &store, &budget, &counts);
+    publish(&shared, pipeline.counters(), &store, &budget, &counts);
 
     // the listeners (metrics and health, HEP over TCP) on a runtime of their own, so that they
     // answer whatever delivery or the core is doing
@@ -290,6 +301,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
             }
         })?;
     }
+    // the front half: on a thread of its own (`run.threads = 2`), or inline in the core
+    let (front, mut back) = pipeline.into_halves();
+    let (trust_tx, trust_rx) = std::sync::mpsc::channel();
+    let decoding = decoding::Decoding::new(front, budget.clone(), pool.clone(), trust_rx);
+    let spares = decoding.spares();
+    let mut front_counters = decoding.counters();
+    let threaded = cfg.run.threads > 1;
+    let (mut feed, decode_thread) = if threaded {
+        let (core_tx, core_rx) = std::sync::mpsc::sync_channel(decoding::CORE_QUEUE);
+        let t = decoding::spawn(decoding, rx, core_tx).context("cannot start the decoding thread")?;
+        (decoding::Feed::Thread { batches: core_rx }, Some(t))
+    } else {
+        (decoding::Feed::Inline { inputs: rx, decoding: Box::new(decoding) }, None)
+    };
+    let flush_tx = tx.clone();
     drop(tx);
     notify::notify("READY=1");
     tracing::info!(
@@ -315,30 +341,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let watchdog = notify::watchdog_interval();
     // on a stop, capture stops first and what it captured until then is still derived
     let mut final_pass = false;
+    let mut flush_asked = false;
     loop {
-        let mut batch = Vec::new();
-        if final_pass {
-            while let Ok(i) = rx.try_recv() {
-                batch.push(i);
-            }
-        } else {
-            batch.push(match rx.recv_timeout(Duration::from_secs(2)) {
-                Ok(i) => i,
-                Err(RecvTimeoutError::Timeout) => Input::Tick,
-                Err(RecvTimeoutError::Disconnected) => Input::Stop,
-            });
-            // take what else is waiting, so that one outbox commit covers a burst
-            while batch.len() < 64 {
-                match rx.try_recv() {
-                    Ok(i) => batch.push(i),
-                    Err(_) => break,
-                }
-            }
+        if final_pass && !flush_asked {
+            // (never blocking: with one thread, only this loop empties the queue)
+            flush_asked = !matches!(flush_tx.try_send(Input::Flush), Err(TrySendError::Full(_)));
         }
-        let mut stopping = final_pass;
+        let mut stopping = false;
+        let mut flushed = false;
         let mut tick = false;
         let mut reload = false;
-        {
+        let came = {
             let mut emit = |r: Routed| {
                 match counts.get_mut(&*r.tenant) {
                     Some(c) => c[r.event.kind as usize] += 1,
@@ -355,30 +368,31 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
             };
-            for input in batch {
-                match input {
-                    Input::Frames(b) => {
-                        for f in b.iter() {
-                            pipeline.frame(f, &mut emit);
-                        }
-                        pipeline.flush(&mut emit);
-                        budget.release(b.data.len());
-                        pool.give(b);
+            let mut core = |c: Core| match c {
+                Core::Batch(b) => {
+                    if threaded {
+                        back.apply(&b, &mut emit);
+                    } else {
+                        back.apply_staged(&b, &mut emit);
                     }
-                    Input::Hep { ts, sender, data } => {
-                        pipeline.hep(ts, sender, &data, &mut emit);
-                        pipeline.flush(&mut emit);
-                        budget.release(data.len());
-                    }
-                    Input::Tick => {
-                        pipeline.tick(now_micros(), &mut emit);
-                        tick = true;
-                    }
-                    Input::Reload => reload = true,
-                    Input::Stop => stopping = true,
+                    spares.give(b);
                 }
-            }
-        }
+                Core::Tick(counters) => {
+                    if let Some(c) = counters {
+                        front_counters = *c;
+                    }
+                    back.tick(now_micros(), &mut emit);
+                    tick = true;
+                }
+                Core::Reload => reload = true,
+                Core::Stop => stopping = true,
+                Core::Flushed => flushed = true,
+            };
+            feed.burst(Duration::from_secs(2), &mut core)
+        };
+        // the last pass ends when everything captured before the stop is through (or when
+        // nothing more comes)
+        let stopping = if final_pass { flushed || !came } else { stopping };
         if !queued.is_empty() {
             if let Err(e) = outbox.push(&queued, &delivery.take_sessions()) {
                 tracing::error!(error = %e, events = queued.len(), "cannot queue events in the outbox");
@@ -387,7 +401,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
         let _ = jsonl_out.flush();
         if stopping && !final_pass {
-            // stop capturing (each capture thread hands over its last batch), then one last pass
+            // stop capturing (each capture thread hands over its last batch), then one last
+            // pass, until the front half has handed on all of it
             stop.store(true, Ordering::Relaxed);
             for t in capture_threads.drain(..) {
                 let _ = t.join();
@@ -398,11 +413,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
         if tick || stopping {
             // group commit: the state changes of the last second in one transaction
             // (at a stop, with the journal folded: the file holds the state in its tables alone)
-            save_state(&store, &mut pipeline, &mut unsaved, stopping);
+            save_state(&store, &mut back.tracker, &mut unsaved, stopping);
         }
         if tick {
             shared.last_tick.store(now_micros(), Ordering::Relaxed);
-            publish(&shared, &pipeline, &store, &budget, &counts);
+            publish(&shared, crate::pipeline::counters(&front_counters, &back), &store, &budget, &counts);
             if stopping || report_saved.elapsed() >= Duration::from_secs(60) {
                 report_saved = Instant::now();
                 save_report(&mut report, &shared, &state);
@@ -416,7 +431,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
             notify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
             match Config::load(&opts.config) {
                 Ok(new) => {
-                    pipeline.reload(&new);
+                    back.reload(&new);
+                    let _ = trust_tx.send(new.hep.trust());
                     delivery = Delivery::new(&new, &key);
                     let _ = cmd_tx.send(SenderCmd::Restart(delivery.targets()));
                     tracing::info!(
@@ -447,6 +463,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
             break;
         }
     }
+    // (a decoding thread still sending finds the core gone and ends)
+    drop(feed);
+    let decoding_ok = decode_thread.is_none_or(|t| t.join().is_ok());
     // stop: capture first, then hand what is queued to delivery for a bounded time
     notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
@@ -457,6 +476,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     if !delivery_ok {
         // (what was queued is still in the outbox: the next start delivers it)
         bail!("the delivery thread failed (a bug: please report it with the log above)");
+    }
+    if !decoding_ok {
+        // (the state was saved with what the core had: the next start goes on from there)
+        bail!("the decoding thread failed (a bug: please report it with the log above)");
     }
     Ok(())
 }
@@ -477,13 +500,12 @@ fn save_report(report: &mut crate::sink::report::Report, shared: &Shared, state:
 /// Hands the core's counters to the metrics endpoint.
 fn publish(
     shared: &Shared,
-    pipeline: &Pipeline,
+    pipeline_counters: Vec<(&'static str, u64)>,
     store: &crate::store::StateStore,
     budget: &InputBudget,
     events: &BTreeMap<String, EventCounts>,
 ) {
-    let counters = pipeline
-        .counters()
+    let counters = pipeline_counters
         .into_iter()
         .chain(store.stats.counters())
         .chain(shared.hep.counters())
@@ -509,12 +531,12 @@ type EventCounts = [u64; crate::event::Kind::ALL.len()];
 /// failed save held is tried again with the next.
 fn save_state(
     store: &crate::store::StateStore,
-    pipeline: &mut Pipeline,
+    tracker: &mut crate::state::Tracker,
     unsaved: &mut Option<(crate::state::snapshot::Delta, Vec<(String, Micros)>)>,
     fold: bool,
 ) {
-    let mut delta = pipeline.tracker().take_delta();
-    let mut users = pipeline.take_new_users();
+    let mut delta = tracker.take_delta();
+    let mut users = tracker.registrations.known_mut().take_new();
     if let Some((d, mut u)) = unsaved.take() {
         delta = d.then(delta);
         u.append(&mut users);
