@@ -192,7 +192,10 @@ pub const META: &[Meta] = &[
         "Cluster mode: times the cache of device records written here was full and emptied (cluster.device_cache_entries, cluster.device_cache_mib).",
     ),
     c("input_dropped", "Packets dropped because the input queue (run.queue_mib) was full."),
-    g("input_queue_bytes", "Bytes waiting in the input queue."),
+    g(
+        "input_queue_bytes",
+        "Bytes waiting for the core: captured frames and HEP packets, and the messages decoded from them.",
+    ),
 ];
 
 pub fn meta(key: &str) -> Option<&'static Meta> {

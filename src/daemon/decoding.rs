@@ -4,6 +4,7 @@
 //! Either way the core sees the same batches, ticks, reloads and stops, in the order their
 //! inputs came, so the events are the same.
 use super::{Input, InputBudget, live::BatchPool};
+use crate::clock::now_micros;
 use crate::decode::HepTrust;
 use crate::pipeline::{Batch, Front, FrontCounters};
 use std::sync::Arc;
@@ -12,21 +13,26 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 /// What the core receives from the front half.
 pub enum Core {
     /// Parsed messages, in capture order. Their bytes are held in the input budget until the
-    /// core has applied them and gives the batch back ([`Decoding::recycle`]).
+    /// core has applied them and gives the batch back ([`Spares::give`]).
     Batch(Batch),
-    /// A clock tick, after every message that came before it; with the front half's counters
-    /// (none when the core's own wait ran out).
-    Tick(Option<Box<FrontCounters>>),
+    /// A clock tick, after every message that came before it: the wall-clock time it was sent
+    /// (see [`super::Input::Tick`]), and the front half's counters (none when the core's own
+    /// wait ran out).
+    Tick {
+        sent: crate::capture::Micros,
+        counters: Option<Box<FrontCounters>>,
+    },
     Reload,
     Stop,
     /// Everything that came before a [`Input::Flush`] has been handed on.
     Flushed,
 }
 
-/// A batch for the core is handed on at this many messages or bytes of heads (or sooner, at
-/// the end of a burst of input): small enough that the core starts on a capture thread's
-/// batch of up to 4,096 frames while the rest is decoded, large enough that each costs one
-/// channel send.
+/// On two threads, a batch for the core is handed on at this many messages or bytes of heads
+/// (or sooner, at the end of a burst of input): small enough that the core starts on a capture
+/// thread's batch of up to 4,096 frames while the rest is decoded, large enough that each costs
+/// one channel send. On one, at the one-thread pipeline's `STAGE_MESSAGES` and `STAGE_BYTES`,
+/// whose heads are still in the cache when the core reads them.
 const CORE_MESSAGES: usize = 512;
 const CORE_BYTES: usize = 256 << 10;
 /// Batches (and ticks, reloads, stops) the front half may be ahead of the core on two
@@ -39,6 +45,8 @@ const SPARE_BATCHES: usize = 4;
 pub struct Decoding {
     front: Front,
     batch: Batch,
+    /// Messages and bytes at which a batch is handed on.
+    full_at: (usize, usize),
     budget: Arc<InputBudget>,
     pool: Arc<BatchPool>,
     /// A reload's new HEP trust, from the core.
@@ -47,8 +55,20 @@ pub struct Decoding {
 }
 
 impl Decoding {
-    pub fn new(front: Front, budget: Arc<InputBudget>, pool: Arc<BatchPool>, trust: Receiver<HepTrust>) -> Self {
-        Decoding { front, batch: Batch::default(), budget, pool, trust, spare: Default::default() }
+    /// `threaded`: for a core on another thread (else the core runs it inline).
+    pub fn new(
+        front: Front,
+        threaded: bool,
+        budget: Arc<InputBudget>,
+        pool: Arc<BatchPool>,
+        trust: Receiver<HepTrust>,
+    ) -> Self {
+        let full_at = if threaded {
+            (CORE_MESSAGES, CORE_BYTES)
+        } else {
+            (crate::pipeline::STAGE_MESSAGES, crate::pipeline::STAGE_BYTES)
+        };
+        Decoding { front, batch: Batch::default(), full_at, budget, pool, trust, spare: Default::default() }
     }
 
     /// Where the core gives emptied batches back (shared with the thread that decodes).
@@ -66,9 +86,7 @@ impl Decoding {
             Input::Frames(b) => {
                 for f in b.iter() {
                     self.front.frame(f, &mut self.batch);
-                    if self.batch.len() >= CORE_MESSAGES || self.batch.bytes() >= CORE_BYTES {
-                        self.hand_on(out);
-                    }
+                    self.hand_on_if_full(out);
                 }
                 self.budget.release(b.data.len());
                 self.pool.give(b);
@@ -76,13 +94,11 @@ impl Decoding {
             Input::Hep { ts, sender, data } => {
                 self.front.hep(ts, sender, &data, &mut self.batch);
                 self.budget.release(data.len());
-                if self.batch.len() >= CORE_MESSAGES || self.batch.bytes() >= CORE_BYTES {
-                    self.hand_on(out);
-                }
+                self.hand_on_if_full(out);
             }
-            Input::Tick => {
+            Input::Tick(sent) => {
                 self.hand_on(out);
-                out(Core::Tick(Some(Box::new(FrontCounters::of(&self.front)))));
+                out(Core::Tick { sent, counters: Some(Box::new(FrontCounters::of(&self.front))) });
             }
             Input::Reload => {
                 self.hand_on(out);
@@ -102,6 +118,12 @@ impl Decoding {
     /// The end of a burst of input: what waits goes to the core now.
     pub fn burst_end(&mut self, out: &mut dyn FnMut(Core)) {
         self.hand_on(out);
+    }
+
+    fn hand_on_if_full(&mut self, out: &mut dyn FnMut(Core)) {
+        if self.batch.len() >= self.full_at.0 || self.batch.bytes() >= self.full_at.1 {
+            self.hand_on(out);
+        }
     }
 
     fn hand_on(&mut self, out: &mut dyn FnMut(Core)) {
@@ -196,7 +218,7 @@ impl Feed {
             Feed::Inline { inputs, decoding } => {
                 let (first, came) = match inputs.recv_timeout(wait) {
                     Ok(i) => (i, true),
-                    Err(RecvTimeoutError::Timeout) => (Input::Tick, false),
+                    Err(RecvTimeoutError::Timeout) => (Input::Tick(now_micros()), false),
                     Err(RecvTimeoutError::Disconnected) => (Input::Stop, false),
                 };
                 decoding.input(first, core);
@@ -213,7 +235,7 @@ impl Feed {
                 match batches.recv_timeout(wait) {
                     Ok(c) => core(c),
                     Err(RecvTimeoutError::Timeout) => {
-                        core(Core::Tick(None));
+                        core(Core::Tick { sent: now_micros(), counters: None });
                         return false;
                     }
                     Err(RecvTimeoutError::Disconnected) => {
@@ -249,7 +271,7 @@ mod tests {
         for (n, c) in crate::testkit::lab_captures().into_iter().enumerate() {
             if n == 1 {
                 before_tick = v.iter().map(|i| if let Input::Frames(b) = i { b.frames.len() as u64 } else { 0 }).sum();
-                v.push(Input::Tick);
+                v.push(Input::Tick(1_000));
             }
             let mut b = super::super::live::FrameBatch::default();
             crate::capture::file::read_file(&c, |f| {
@@ -281,7 +303,7 @@ mod tests {
         let (front, mut back) = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]).into_halves();
         let budget = Arc::new(InputBudget::new(64 << 20));
         let (_trust_tx, trust_rx) = std::sync::mpsc::channel();
-        let decoding = Decoding::new(front, budget.clone(), Default::default(), trust_rx);
+        let decoding = Decoding::new(front, threads == 2, budget.clone(), Default::default(), trust_rx);
         let spares = decoding.spares();
         let (tx, rx) = sync_channel(100_000);
         let (inputs, before_tick) = inputs(&budget);
@@ -304,8 +326,9 @@ mod tests {
                     back.apply(&b, &mut |r| lines.push(line(&r)));
                     spares.give(b);
                 }
-                Core::Tick(counters) => {
+                Core::Tick { sent, counters } => {
                     assert!(counters.is_some(), "the front half's counters come with its tick");
+                    assert_eq!(sent, 1_000, "the tick's time is the time it was sent");
                     assert_eq!(applied, before_tick, "the tick overtook frames, or frames overtook it");
                     ticks += 1;
                 }

@@ -38,7 +38,10 @@ pub enum Input {
         sender: IpAddr,
         data: Vec<u8>,
     },
-    Tick,
+    /// A clock tick: the wall-clock time it was sent. Timers fire up to [`CAPTURE_LAG`] before
+    /// it, not at the time the core reads it: frames still on their way (in the ring, in a
+    /// capture thread's batch) come after the tick, and behind a backlog the core reads it late.
+    Tick(Micros),
     Reload,
     Stop,
     /// At a stop, after the capture threads have handed over their last frames: the front half
@@ -46,8 +49,21 @@ pub enum Input {
     Flush,
 }
 
-/// Bytes of input (captured frames, HEP packets) waiting for the core: bounded by
-/// `run.queue_mib`; past it new input is dropped and counted, and logged once.
+/// How long after its capture a frame may reach the channel to the core at most: the ring's block
+/// timeout (50 ms) and a capture thread's hold (50 ms), with room to spare. A tick fires the
+/// timers due this long before it was sent, so it cannot fire a timer that a frame captured
+/// before it, and queued after it, would have stopped: the events are those of replay. Timeouts
+/// in quiet traffic reach the outbox up to this much later; their times are their own.
+const CAPTURE_LAG: Micros = 500_000;
+
+/// A clock tick sent at `sent` (wall clock): the timers due [`CAPTURE_LAG`] before it fire.
+fn fire_timers(back: &mut crate::pipeline::Back, sent: Micros, out: &mut dyn FnMut(Routed)) {
+    back.tick(sent - CAPTURE_LAG, out);
+}
+
+/// Bytes of input (captured frames, HEP packets, and the batches decoded from them) waiting for
+/// the core: bounded by `run.queue_mib`; past it new input is dropped and counted, and logged
+/// once.
 #[derive(Debug)]
 pub struct InputBudget {
     bytes: std::sync::atomic::AtomicUsize,
@@ -295,7 +311,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         std::thread::Builder::new().name("tick".into()).spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1000));
-                if tx.send(Input::Tick).is_err() {
+                if tx.send(Input::Tick(now_micros())).is_err() {
                     return;
                 }
             }
@@ -304,10 +320,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // the front half: on a thread of its own (`run.threads = 2`), or inline in the core
     let (front, mut back) = pipeline.into_halves();
     let (trust_tx, trust_rx) = std::sync::mpsc::channel();
-    let decoding = decoding::Decoding::new(front, budget.clone(), pool.clone(), trust_rx);
+    let threaded = cfg.run.threads > 1;
+    let decoding = decoding::Decoding::new(front, threaded, budget.clone(), pool.clone(), trust_rx);
     let spares = decoding.spares();
     let mut front_counters = decoding.counters();
-    let threaded = cfg.run.threads > 1;
     let (mut feed, decode_thread) = if threaded {
         let (core_tx, core_rx) = std::sync::mpsc::sync_channel(decoding::CORE_QUEUE);
         let t = decoding::spawn(decoding, rx, core_tx).context("cannot start the decoding thread")?;
@@ -377,11 +393,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     }
                     spares.give(b);
                 }
-                Core::Tick(counters) => {
+                Core::Tick { sent, counters } => {
                     if let Some(c) = counters {
                         front_counters = *c;
                     }
-                    back.tick(now_micros(), &mut emit);
+                    fire_timers(&mut back, sent, &mut emit);
                     tick = true;
                 }
                 Core::Reload => reload = true,
@@ -700,4 +716,70 @@ async fn async_main(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Pipeline;
+    use crate::state::users::MemoryUsers;
+
+    /// A tick the core reads late must not fire a timer that a frame captured before the tick
+    /// would have stopped. The lab capture of a call (sipp through Kamailio), its frames after
+    /// the first one that sets a timer moved later, so that the next frame comes 100 ms before
+    /// that timer is due; a clock tick sent 100 ms after it is due overtakes that frame (it was
+    /// still in the ring or a capture thread's batch). The events must be replay's.
+    #[test]
+    fn a_tick_that_overtakes_frames_captured_before_it_changes_no_event() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = Config::load(&root.join("config.toml.example")).unwrap();
+        let mut frames: Vec<(Micros, u32, Vec<u8>)> = Vec::new();
+        crate::capture::file::read_file(&root.join("fixtures/lab/captures/call_caller_bye.pcap"), |f| {
+            frames.push((f.ts, f.linktype, f.data.to_vec()))
+        })
+        .unwrap();
+        let pipeline = || Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);
+        let feed = |p: &mut Pipeline, fs: &[(Micros, u32, Vec<u8>)], lines: &mut Vec<String>| {
+            for (ts, linktype, data) in fs {
+                let f = crate::capture::Frame { ts: *ts, linktype: *linktype, data };
+                p.frame(f, &mut |r| lines.push(format!("{} {:?}", r.name, r.event)));
+            }
+            p.flush(&mut |r| lines.push(format!("{} {:?}", r.name, r.event)));
+        };
+        // the first frame after which a timer is pending, and when it is due
+        let (k, due) = {
+            let mut p = pipeline();
+            (0..frames.len())
+                .find_map(|k| {
+                    feed(&mut p, &frames[k..=k], &mut Vec::new());
+                    p.tracker().calls.next_deadline().map(|d| (k, d))
+                })
+                .expect("a call sets a timer")
+        };
+        assert!(k + 1 < frames.len());
+        let shift = due - 100_000 - frames[k + 1].0;
+        assert!(shift >= 0, "the next frame already comes after the timer");
+        for f in &mut frames[k + 1..] {
+            f.0 += shift;
+        }
+        let (before, after) = frames.split_at(k + 1);
+        let run = |tick: &dyn Fn(&mut Pipeline, &mut Vec<String>)| {
+            let mut p = pipeline();
+            let mut lines = Vec::new();
+            feed(&mut p, before, &mut lines);
+            tick(&mut p, &mut lines);
+            feed(&mut p, after, &mut lines);
+            lines
+        };
+        let replay = run(&|_, _| {});
+        assert!(replay.len() >= 4, "{replay:?}");
+        let sent = due + 100_000;
+        // the tick as the core fires it
+        let live =
+            run(&|p, lines| fire_timers(&mut p.back, sent, &mut |r| lines.push(format!("{} {:?}", r.name, r.event))));
+        assert_eq!(live, replay);
+        // (at the time it was read, the timer would have gone off first: the case is real)
+        let at_read = run(&|p, lines| p.back.tick(sent, &mut |r| lines.push(format!("{} {:?}", r.name, r.event))));
+        assert_ne!(at_read, replay);
+    }
 }

@@ -199,7 +199,7 @@ pub fn write(w: &mut impl Write, r: &Routed) -> std::io::Result<()> {
     w.write_all(&buf)
 }
 
-/// [`write`] with the event's id (cluster mode).
+/// [`write()`] with the event's id (cluster mode).
 pub fn write_with_id(w: &mut impl Write, r: &Routed) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(300);
     append_with_id(&mut buf, r, &r.event.id(&r.tenant));
