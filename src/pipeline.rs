@@ -264,7 +264,9 @@ impl Back {
         self.drain(out);
     }
 
-    /// The state half of [`Pipeline::reload`].
+    /// Applies a reloaded configuration without losing state: tenants, event names, server
+    /// addresses, push proxies and identity names change; table bounds keep their start values.
+    /// (The front half's part, the HEP trust, is the decoder's `set_hep_trust`.)
     pub fn reload(&mut self, cfg: &Config) {
         self.router = Router::new(cfg);
         self.tracker.reconfigure(cfg.tracker_config([0, 0]));
@@ -371,7 +373,7 @@ impl Pipeline {
     }
 
     /// Runs the messages fed so far through the state machines and hands on their events:
-    /// nothing is left waiting (before the state is saved, or the configuration reloaded).
+    /// nothing is left waiting (before the state is saved).
     pub fn flush(&mut self, out: &mut dyn FnMut(Routed)) {
         if self.stage.frames > 0 {
             self.back.apply_staged(&self.stage, out);
@@ -382,14 +384,6 @@ impl Pipeline {
     /// Frames fed and not yet through the state machines (none after [`Pipeline::flush`]).
     pub fn waiting(&self) -> u64 {
         self.stage.frames
-    }
-
-    /// Applies a reloaded configuration without losing state: tenants, event names, server
-    /// addresses, push proxies and identity names change; table bounds keep their start values.
-    pub fn reload(&mut self, cfg: &Config) {
-        debug_assert_eq!(self.stage.frames, 0, "messages of the old configuration still waiting");
-        self.back.reload(cfg);
-        self.front.decoder.set_hep_trust(cfg.hep.trust());
     }
 
     /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).
@@ -555,8 +549,8 @@ mod tests {
     use super::*;
     use crate::state::users::MemoryUsers;
 
-    /// Messages wait in the one-thread pipeline's batch until it is full or flushed: a flush (the
-    /// daemon's, before it saves its state) leaves none waiting and hands on all their events.
+    /// Messages wait in the one-thread pipeline's batch until it is full or flushed: a flush
+    /// (replay's, before it saves its state) leaves none waiting and hands on all their events.
     /// The capture: bob registers, alice calls him through the proxy, and hangs up (20 frames).
     #[test]
     fn a_flush_hands_on_every_event_of_what_was_fed() {
@@ -587,8 +581,8 @@ mod tests {
     }
 
     /// Where the batches between the halves end (1024 messages in a two-thread replay,
-    /// `STAGE_MESSAGES` or a flush in a one-thread replay and the daemon, whatever the capture
-    /// thread had when live) must not change the events, even where packet time goes backwards:
+    /// `STAGE_MESSAGES` or a flush in a one-thread replay, 512 messages or the end of a burst of
+    /// input in the daemon) must not change the events, even where packet time goes backwards:
     /// the lab captures, replayed one after another, jump back hours between files.
     #[test]
     fn where_batches_end_does_not_change_the_events() {

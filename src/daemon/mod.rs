@@ -1,8 +1,9 @@
 //! `siptap run`: the daemon. Thin shells around the same sans-IO pipeline as `replay`: capture
 //! threads (libpcap) and a HEP listener feed a decoding thread, which feeds the core thread
-//! (state, events, outbox, store), as `replay --threads 2` splits it; a clock tick drives timeouts when
-//! traffic is quiet; events go to the Firebase outbox (tenants with Firebase settings) or to
-//! JSON lines; a tokio thread runs delivery, the metrics endpoint and signal handling.
+//! (state, events, outbox, store), as `replay --threads 2` splits it; a clock tick drives
+//! timeouts when traffic is quiet; events go to the Firebase outbox (tenants with Firebase
+//! settings) or to JSON lines; a tokio thread runs delivery, the metrics endpoint and signal
+//! handling.
 pub mod decoding;
 pub mod hep_listener;
 pub mod live;
