@@ -65,6 +65,10 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+    /// Whether it holds `messages` messages or `bytes` bytes (or more): time to hand it on.
+    pub fn full(&self, messages: usize, bytes: usize) -> bool {
+        self.len() >= messages || self.bytes() >= bytes
+    }
     /// Bytes it holds.
     pub fn bytes(&self) -> usize {
         self.text.len() + self.raw.len() + self.items.len() * std::mem::size_of::<Item>()
@@ -353,21 +357,10 @@ impl Pipeline {
     }
 
     /// Feeds one captured frame; routed events go to `out` in time order, when the batch it
-    /// joined is full, or at [`Pipeline::flush`], a tick or [`Pipeline::finish`].
+    /// joined is full, or at [`Pipeline::flush`] or [`Pipeline::finish`].
     pub fn frame(&mut self, frame: Frame<'_>, out: &mut dyn FnMut(Routed)) {
         self.front.frame(frame, &mut self.stage);
-        self.staged(out);
-    }
-
-    /// One HEP packet received by a listener (no link, IP or UDP header around it); events as
-    /// from [`Pipeline::frame`].
-    pub fn hep(&mut self, ts: Micros, sender: std::net::IpAddr, data: &[u8], out: &mut dyn FnMut(Routed)) {
-        self.front.hep(ts, sender, data, &mut self.stage);
-        self.staged(out);
-    }
-
-    fn staged(&mut self, out: &mut dyn FnMut(Routed)) {
-        if self.stage.len() >= STAGE_MESSAGES || self.stage.bytes() >= STAGE_BYTES {
+        if self.stage.full(STAGE_MESSAGES, STAGE_BYTES) {
             self.flush(out);
         }
     }
@@ -384,12 +377,6 @@ impl Pipeline {
     /// Frames fed and not yet through the state machines (none after [`Pipeline::flush`]).
     pub fn waiting(&self) -> u64 {
         self.stage.frames
-    }
-
-    /// Fires the timers that are due at `now` (the end of a capture, or a clock tick when live).
-    pub fn tick(&mut self, now: Micros, out: &mut dyn FnMut(Routed)) {
-        self.flush(out);
-        self.back.tick(now, out);
     }
 
     /// End of input: legs whose timeout passed within the capture's time end; others stay open.

@@ -384,7 +384,7 @@ fn feed(
         for c in &files {
             let fs = read_file(c, |frame| {
                 front.frame(frame, &mut batch);
-                if batch.len() >= BATCH_MESSAGES || batch.bytes() >= BATCH_BYTES {
+                if batch.full(BATCH_MESSAGES, BATCH_BYTES) {
                     let next = empty_rx.try_recv().unwrap_or_default();
                     // (the other side hung up only on an error of its own)
                     let _ = full_tx.send(std::mem::replace(&mut batch, next));

@@ -98,7 +98,7 @@ impl Decoding {
             }
             Input::Tick(sent) => {
                 self.hand_on(out);
-                out(Core::Tick { sent, counters: Some(Box::new(FrontCounters::of(&self.front))) });
+                out(Core::Tick { sent, counters: Some(Box::new(self.counters())) });
             }
             Input::Reload => {
                 self.hand_on(out);
@@ -121,7 +121,7 @@ impl Decoding {
     }
 
     fn hand_on_if_full(&mut self, out: &mut dyn FnMut(Core)) {
-        if self.batch.len() >= self.full_at.0 || self.batch.bytes() >= self.full_at.1 {
+        if self.batch.full(self.full_at.0, self.full_at.1) {
             self.hand_on(out);
         }
     }
@@ -291,6 +291,10 @@ mod tests {
         (v, before_tick)
     }
 
+    fn config() -> Config {
+        Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example")).unwrap()
+    }
+
     fn line(r: &Routed) -> String {
         format!("{} {} {:?}", r.tenant, r.name, r.event)
     }
@@ -299,7 +303,7 @@ mod tests {
     /// batch's bytes are still held in the budget when it is applied; the tick comes after
     /// every frame before it.
     fn core_run(threads: usize) -> Vec<String> {
-        let cfg = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example")).unwrap();
+        let cfg = config();
         let (front, mut back) = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]).into_halves();
         let budget = Arc::new(InputBudget::new(64 << 20));
         let (_trust_tx, trust_rx) = std::sync::mpsc::channel();
@@ -347,7 +351,7 @@ mod tests {
     /// core (frames, then decoded batches) is held in the input budget until applied.
     #[test]
     fn one_thread_or_two_the_core_derives_the_same_events_and_the_budget_empties() {
-        let cfg = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example")).unwrap();
+        let cfg = config();
         let mut p = Pipeline::new(&cfg, Box::new(MemoryUsers::new([])), [1, 2]);
         let mut want = Vec::new();
         for c in crate::testkit::lab_captures() {
