@@ -1,6 +1,8 @@
 //! The cost of restart-safe state (`cargo bench --bench state`): replay throughput with the
 //! derivation state saved as `siptap run` saves it (one commit per second of packet time) against
 //! no persistence, in one run; and the bytes on disk per active registration and per open call leg.
+//! `cargo bench --bench state -- burst [ROUNDS]`: the same at the live bench's pace instead (the
+//! large capture's first 300,000 frames, saved every 50,000), with the time in the saves.
 //! Captures come from the deterministic generator (`siptap::testkit::capgen`).
 use siptap::capture::Frame;
 use siptap::config::Config;
@@ -8,6 +10,10 @@ use siptap::store::{StateStore, open_pipeline};
 use siptap::testkit::capgen::{GenSpec, generate};
 use std::path::Path;
 use std::time::Instant;
+
+/// The daemon's allocator (src/main.rs), so that the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct F {
     ts: i64,
@@ -73,6 +79,10 @@ fn main() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    if std::env::args().any(|a| a == "burst") {
+        burst(&cfg, dir.path());
+        return;
+    }
     // throughput: 5,000 users refreshing every 2 minutes, 20,000 calls, over half an hour
     let spec =
         GenSpec { seed: 3, users: 5000, calls: 20_000, duration_secs: 1800, refresh_secs: 120, ..GenSpec::default() };
@@ -140,4 +150,82 @@ fn main() {
         "  per open call leg (40,000 legs)    {:>10.0} bytes",
         with_calls.saturating_sub(base_users) as f64 / (2 * calls) as f64
     );
+}
+
+/// The live bench's burst in process: the first `n` frames of the large capture's shape (a
+/// registration wave and calls, 50,000 frames a second on the live bench), replayed with the
+/// state saved every `every` frames (a second of that rate), as the daemon's core saves it.
+/// Returns (seconds in all, seconds taking deltas, seconds committing, commits, folds).
+fn burst_run(cfg: &Config, fr: &[F], state: Option<&Path>, every: usize) -> (f64, f64, f64, u64, u64) {
+    let t = Instant::now();
+    let o = open_pipeline(cfg, state).unwrap();
+    let _scratch = o.scratch;
+    let (mut p, store) = (o.pipeline, o.persistent.then_some(o.store));
+    let mut events = 0usize;
+    let (mut in_delta, mut in_commit, mut commits) = (0f64, 0f64, 0u64);
+    for chunk in fr.chunks(every) {
+        for f in chunk {
+            p.frame(Frame { ts: f.ts, linktype: 1, data: &f.data }, &mut |_| events += 1);
+        }
+        if let Some(s) = &store {
+            p.flush(&mut |_| events += 1);
+            let c = Instant::now();
+            let d = p.tracker().take_delta();
+            let u = p.take_new_users();
+            in_delta += c.elapsed().as_secs_f64();
+            let c = Instant::now();
+            s.commit(&d, &u).unwrap();
+            in_commit += c.elapsed().as_secs_f64();
+            commits += 1;
+        }
+    }
+    p.finish(&mut |_| events += 1);
+    std::hint::black_box(events);
+    let folds = store.map_or(0, |s| s.stats.folds.load(std::sync::atomic::Ordering::Relaxed));
+    (t.elapsed().as_secs_f64(), in_delta, in_commit, commits, folds)
+}
+
+fn burst(cfg: &Config, dir: &Path) {
+    const N: usize = 300_000;
+    const EVERY: usize = 50_000;
+    let spec = GenSpec {
+        seed: 1,
+        users: 20_000,
+        calls: 100_000,
+        scanner_attempts: 20_000,
+        duration_secs: 3600,
+        refresh_secs: 1800,
+        ..GenSpec::default()
+    };
+    let mut fr = Vec::with_capacity(N);
+    generate(&spec, |ts, d| {
+        if fr.len() < N {
+            fr.push(F { ts, data: d.to_vec() })
+        }
+    });
+    println!(
+        "Burst: the first {} frames of the large capture's shape, the state saved every {EVERY} frames (a second at the live bench's 50,000/s)",
+        fr.len()
+    );
+    // (`burst 1`: one round, for callgrind)
+    let rounds: usize = std::env::args().skip_while(|a| a != "burst").nth(1).and_then(|n| n.parse().ok()).unwrap_or(5);
+    let (mut base, mut saved) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        base.push(burst_run(cfg, &fr, None, EVERY));
+        saved.push(burst_run(cfg, &fr, Some(&dir.join(format!("b{i}"))), EVERY));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let us = |s: f64| s / fr.len() as f64 * 1e6;
+    let b = median(&mut base.iter().map(|r| r.0).collect());
+    let s = median(&mut saved.iter().map(|r| r.0).collect());
+    let d = median(&mut saved.iter().map(|r| r.1).collect());
+    let c = median(&mut saved.iter().map(|r| r.2).collect());
+    println!("  (medians of {rounds} alternating runs, us per frame)");
+    println!("  no state saved                {:>6.3}", us(b));
+    println!("  saved every {EVERY} frames     {:>6.3}  ({:.2}x)", us(s), s / b);
+    println!("    of it taking the deltas     {:>6.3}", us(d));
+    println!("    of it committing            {:>6.3}  ({} commits, {} folds)", us(c), saved[0].3, saved[0].4);
 }

@@ -3,15 +3,15 @@
 # namespace of its own, at fixed rates, while `siptap run` captures the other end (default
 # buffer, default config). For each rate: packets sent, received, dropped by the kernel, CPU
 # microseconds per packet while the packets come, and from start to exit (with what the stop
-# does: the state journal's fold); against `siptap replay --threads 1` of the same file (in this
-# run), straight through and paced like the rate (a pause after each batch's worth of frames, as
-# long as the batch takes to arrive: the daemon's core sleeps between batches too, and wakes to
-# caches that went cold), and, with the daemon on two threads (`run.threads`, default 2), against
+# does: the state journal's fold); against `siptap replay --threads 1` of the same file (run
+# just before each live run), straight through and paced like the rate (a pause after each
+# batch's worth of frames, as long as the batch takes to arrive: the daemon's core sleeps between
+# batches too, and wakes to caches that went cold), and, with the daemon on two threads (`run.threads`, default 2), against
 # `replay --threads 2` straight through; the CPU per packet of each of the daemon's threads
 # (capture, decode, core); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on
-# every core.
+# every core. With ROUNDS=N every rate runs N times, and the medians of the rounds close it.
 #   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N
-#                                      THREADS=1|2 to change)
+#                                      THREADS=1|2 ROUNDS=N PACE=old to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).
 set -euo pipefail
 if [ -z "${CAP_IN_NS:-}" ]; then
@@ -69,19 +69,27 @@ jsonl_path = "$work/events.jsonl"
 domains = ["lab.example"]
 EOF
 
-# replay paced like a live capture at RATE: the daemon's core gets a batch every 50 ms, or
-# sooner when 4,096 frames or 1 MiB are held (src/daemon/live.rs); replay pauses as long after
-# as many frames. Prints us of CPU per packet.
+# replay paced like a live capture at RATE: the daemon's core gets a batch every 50 ms, or every
+# 200 ms once 50 ms bring 256 frames or more, or sooner when 16,384 frames or 4 MiB are held
+# (src/daemon/live.rs; PACE=old: 50 ms, 4,096 frames, 1 MiB, before the batch-hold round); replay
+# pauses as long after as many frames. Prints us of CPU per packet.
 frame_bytes=$(( $(stat -L -c %s "$cap") / n ))
 paced_us() { # paced_us RATE
 	local every ms
-	every=$(awk -v r="$1" -v fb="$frame_bytes" 'BEGIN { e = r / 20; if (e > 4096) e = 4096; if (e > 1048576 / fb) e = 1048576 / fb; printf "%d", (e < 1 ? 1 : e) }')
+	every=$(awk -v r="$1" -v fb="$frame_bytes" -v old="${PACE:-}" 'BEGIN {
+		if (old == "old") { e = r / 20; fmax = 4096; bmax = 1048576 }
+		else { e = (r / 20 >= 256 ? r / 5 : r / 20); fmax = 16384; bmax = 4194304 }
+		if (e > fmax) e = fmax; if (e > bmax / fb) e = bmax / fb; printf "%d", (e < 1 ? 1 : e) }')
 	ms=$(awk -v r="$1" -v e="$every" 'BEGIN { printf "%d", 1000 * e / r + 0.5 }')
 	replay_cpu_us --pause-every "$every:$ms"
 }
 
 one_run() { # one_run RATE LABEL
 	rm -rf "$work/state" "$work/events.jsonl"
+	# the baseline again, just before: this host's speed drifts by tens of percent within minutes,
+	# so each live run is set against a replay taken next to it
+	local replay_us
+	replay_us=$(replay_cpu_us)
 	# (under time(1): the CPU of the whole run, start to exit, with the state's fold at the stop)
 	/usr/bin/time -f "%U %S" -o "$work/daemon.time" "$bin" run --allow-root --config "$work/siptap.toml" 2>"$work/siptap.log" &
 	local tpid=$! pid=
@@ -110,8 +118,9 @@ one_run() { # one_run RATE LABEL
 		g = (got > 0 ? got : 1)
 		us = (c1 - c0) / g * 1e6
 		all = whole / g * 1e6
-		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay; start to exit %.2f us, %.2fx)  replay paced so %.2f us (%.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
-			l, r, n, got, d, us, us / base, all, all / base, paced, us / paced, idle / 1024, rss / 1024
+		printf "%-5s %7d/s sent %7d received %7d kernel drops %5d  %6.2f us/packet (%.2fx replay, %.2f us, just before; start to exit %.2f us, %.2fx)  replay paced so %.2f us (%.2fx)  idle RSS %.1f MiB, after %.1f MiB\n",
+			l, r, n, got, d, us, us / base, base, all, all / base, paced, us / paced, idle / 1024, rss / 1024
+		printf "%s %d %.4f %.4f %.4f\n", l, r, us, us / base, us / paced >> ENVIRON["work"] "/ratios"
 		if (two > 0) printf "        against replay --threads 2 straight through: %.2fx\n", us / two
 	}'
 	# where it went, by thread name (threads with less than 0.01 us per packet left out)
@@ -121,8 +130,27 @@ one_run() { # one_run RATE LABEL
 		printf "\n"
 	}' "$work/threads0" "$work/threads1"
 }
-for r in $rates; do one_run "$r" quiet; done
+# ROUNDS=N: each rate N times (alternating), then the medians per rate
+rounds=${ROUNDS:-1}
+export work
+summary() { # summary LABEL: medians of the rounds, per rate
+	[ "$rounds" -gt 1 ] || return 0
+	local r
+	for r in $rates; do
+		awk -v l="$1" -v r="$r" 'BEGIN {n = 0} $1 == l && $2 == r {u[n] = $3; a[n] = $4; p[n] = $5; n++}
+			function med(v,   i, j, t) { for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+				return n % 2 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2 }
+			END { if (n) printf "%-5s %7d/s, medians of %d rounds: %.2f us/packet, %.2fx replay straight through (each against the replay just before it), %.2fx replay paced so\n", l, r, n, med(u), med(a), med(p) }' "$work/ratios"
+	done
+}
+for _ in $(seq "$rounds"); do
+	for r in $rates; do one_run "$r" quiet; done
+done
+summary quiet
 if [ -n "${BUSY:-}" ]; then
 	for _ in $(seq "$(nproc)"); do (while :; do :; done) & done
-	for r in $rates; do one_run "$r" busy; done
+	for _ in $(seq "$rounds"); do
+		for r in $rates; do one_run "$r" busy; done
+	done
+	summary busy
 fi

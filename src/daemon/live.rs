@@ -61,34 +61,67 @@ impl FrameBatch {
 pub struct BatchPool(std::sync::Mutex<Vec<FrameBatch>>);
 
 impl BatchPool {
+    /// A batch from the pool, or a new one with room for a full batch (reserved, not touched: it
+    /// never grows by doubling past its bound).
     fn take(&self) -> FrameBatch {
-        self.0.lock().expect("not poisoned").pop().unwrap_or_default()
+        self.0.lock().expect("not poisoned").pop().unwrap_or_else(|| FrameBatch {
+            linktype: 0,
+            data: Vec::with_capacity(BATCH_ROOM),
+            frames: Vec::with_capacity(BATCH_FRAMES),
+        })
     }
-    /// Returns a batch; a few are kept for reuse (at most `POOL_BATCHES` of at most twice
-    /// `BATCH_BYTES`: 8 MiB), the rest freed. The bytes of batches in flight are bounded by the
-    /// input budget (`run.queue_mib`).
+    /// Returns a batch; a few are kept for reuse (at most `POOL_BATCHES` of `BATCH_ROOM`: about
+    /// 8 MiB), the rest freed. The bytes of batches in flight are bounded by the input budget
+    /// (`run.queue_mib`).
     pub fn give(&self, mut b: FrameBatch) {
         b.clear();
         let mut v = self.0.lock().expect("not poisoned");
-        if v.len() < POOL_BATCHES && b.data.capacity() <= 2 * BATCH_BYTES {
+        if v.len() < POOL_BATCHES && b.data.capacity() <= BATCH_ROOM {
             v.push(b);
         }
     }
 }
 
 /// Batches kept for reuse.
-const POOL_BATCHES: usize = 4;
+const POOL_BATCHES: usize = 2;
 /// A batch goes to the core when it holds this many frames or bytes...
-const BATCH_FRAMES: usize = 4096;
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_FRAMES: usize = 16_384;
+const BATCH_BYTES: usize = 4 << 20;
+/// The largest frame captured (libpcap's snapshot length).
+const SNAPLEN: usize = 65_535;
+/// A batch's bytes at most: it is handed over once it reaches `BATCH_BYTES`, so the last frame
+/// added may take it past by one frame.
+const BATCH_ROOM: usize = BATCH_BYTES + SNAPLEN;
 /// ...or when a frame comes this long (by packet time, in microseconds) after its first one...
-const BATCH_WAIT_MICROS: crate::capture::Micros = 100_000;
-/// ...or when the ring has nothing more ready and the batch was begun this long ago. Handing
-/// over every block as the kernel retired it woke the core a few hundred times a second at
-/// 50,000 packets/s, each time with caches other work had cooled (two paired probes: 2.37 ->
-/// 1.93 and 2.70 -> 2.20 us of CPU per packet); 50 ms more latency is nothing to an analytics
+const BATCH_WAIT_MICROS: crate::capture::Micros = 250_000;
+/// ...or when the ring has nothing more ready and the batch was begun [`HOLD_FEW`] ago, or
+/// [`HOLD`] once it holds [`FEW_FRAMES`] or more (traffic of over about 5,000 packets/s). Each
+/// hand-over wakes the decoding thread and the core to caches that other work cooled: handing over
+/// every block as the kernel retired it cost 2.37 -> 1.93 and 2.70 -> 2.20 us of CPU per packet
+/// at 50,000 packets/s against a 50 ms hold (two paired probes), and at 10,000 packets/s a 200 ms
+/// hold instead of 50 ms (2,000 frames a batch, not 500; with room for 4 MiB, not 1 MiB, which cut
+/// it short) took a median 3.29 us against 3.69 (six and eight paired runs, all threads). A
+/// little traffic goes on after 50 ms, as before: its wake-ups cost next to nothing, and its
+/// state reaches the once-a-second save sooner. 200 ms more latency is nothing to an analytics
 /// event.
-const HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+const HOLD_FEW: std::time::Duration = std::time::Duration::from_millis(50);
+const HOLD: std::time::Duration = std::time::Duration::from_millis(200);
+const FEW_FRAMES: usize = 256;
+
+/// The longest a frame stays in the capture path before it is handed on: the ring's block
+/// timeout, then a batch held while the ring is empty or spanning its packet-time limit.
+pub(super) const MAX_HOLD_MICROS: crate::capture::Micros = READ_TIMEOUT_MS as crate::capture::Micros * 1000
+    + if BATCH_WAIT_MICROS > HOLD.as_micros() as crate::capture::Micros {
+        BATCH_WAIT_MICROS
+    } else {
+        HOLD.as_micros() as crate::capture::Micros
+    };
+
+/// How long a batch of `frames` frames is held while the ring has nothing ready.
+fn hold(frames: usize) -> std::time::Duration {
+    if frames < FEW_FRAMES { HOLD_FEW } else { HOLD }
+}
+
 /// libpcap's read timeout: without immediate mode, Linux captures through TPACKET_V3, where the
 /// kernel fills whole blocks of the ring and hands one over when it is full or this old: one
 /// wake-up per block instead of one per packet, and packets packed tightly (immediate mode
@@ -126,7 +159,7 @@ pub fn start(
         let cap = pcap::Capture::from_device(name.as_str())
             .with_context(|| format!("capture device {name}"))?
             .immediate_mode(false)
-            .snaplen(65_535)
+            .snaplen(SNAPLEN as i32)
             .buffer_size((cfg.run.buffer_mib as i32).saturating_mul(1 << 20))
             .timeout(READ_TIMEOUT_MS)
             .open()
@@ -147,11 +180,14 @@ pub fn start(
             let mut batch = pool.take();
             // the first frame's time, by its packet time: no clock read per packet
             let mut first_ts = 0;
-            // and when it was begun, by the clock (one read per batch): for `HOLD`
+            // and when it was begun, by the clock (one read per batch): for `hold`
             let mut started = std::time::Instant::now();
             // packets received and not yet added to the shared counter (an atomic add per
             // packet showed in profiles)
             let mut unchecked = 0u64;
+            // (a small `run.queue_mib` is not filled by one batch in the making: its frames
+            // count against the budget from the start)
+            let batch_bytes = BATCH_BYTES.min(budget.max_bytes() / 4);
             let send = |batch: &mut FrameBatch| -> bool {
                 let full = std::mem::replace(batch, pool.take());
                 tx.send(Input::Frames(full)).is_ok()
@@ -176,7 +212,7 @@ pub fn start(
                         batch.frames.push((ts, off, p.data.len() as u32));
                     }
                     if (batch.frames.len() >= BATCH_FRAMES
-                        || batch.data.len() >= BATCH_BYTES
+                        || batch.data.len() >= batch_bytes
                         || !batch.frames.is_empty() && ts - first_ts >= BATCH_WAIT_MICROS)
                         && !send(&mut batch)
                     {
@@ -196,19 +232,19 @@ pub fn start(
                         stats.received.fetch_add(std::mem::take(&mut unchecked), Ordering::Relaxed);
                     }
                     Ok(_) => {
-                        // nothing ready: hand over what we have if it has waited `HOLD`, then
-                        // sleep until the kernel retires a block, the batch is due, or a quarter
-                        // second passes (to notice a stop)
+                        // nothing ready: hand over what we have if it has been held long
+                        // enough (`hold`), then sleep until the kernel retires a block, the batch
+                        // is due, or a quarter second passes (to notice a stop)
                         stats.received.fetch_add(std::mem::take(&mut unchecked), Ordering::Relaxed);
                         let mut wait_ms = 250;
                         if !batch.frames.is_empty() {
-                            let age = started.elapsed();
-                            if age >= HOLD {
+                            let (age, hold) = (started.elapsed(), hold(batch.frames.len()));
+                            if age >= hold {
                                 if !send(&mut batch) {
                                     return;
                                 }
                             } else {
-                                wait_ms = (HOLD - age).as_millis() as i32 + 1;
+                                wait_ms = (hold - age).as_millis() as i32 + 1;
                             }
                         }
                         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };

@@ -51,11 +51,14 @@ pub enum Input {
 }
 
 /// How long after its capture a frame may reach the channel to the core at most: the ring's block
-/// timeout (50 ms) and a capture thread's hold (50 ms), with room to spare. A tick fires the
-/// timers due this long before it was sent, so it cannot fire a timer that a frame captured
-/// before it, and queued after it, would have stopped: the events are those of replay. Timeouts
-/// in quiet traffic reach the outbox up to this much later; their times are their own.
-const CAPTURE_LAG: Micros = 500_000;
+/// timeout (50 ms) and a capture thread's hold (at most 250 ms: `live::hold`, and a batch's span
+/// by packet time), with room to spare. A tick fires the timers due this long before it was
+/// sent, so it cannot fire a timer that a frame captured before it, and queued after it, would
+/// have stopped: the events are those of replay. Timeouts in quiet traffic reach the outbox up to
+/// this much later; their times are their own.
+const CAPTURE_LAG: Micros = 1_000_000;
+// (room to spare: a capture thread may be late to read the ring, the decoding thread to hand on)
+const _: () = assert!(3 * live::MAX_HOLD_MICROS <= CAPTURE_LAG);
 
 /// A clock tick sent at `sent` (wall clock): the timers due [`CAPTURE_LAG`] before it fire.
 fn fire_timers(back: &mut crate::pipeline::Back, sent: Micros, out: &mut dyn FnMut(Routed)) {
@@ -81,6 +84,10 @@ impl InputBudget {
             dropped: std::sync::atomic::AtomicU64::new(0),
             logged: AtomicBool::new(false),
         }
+    }
+    /// The bound, in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max
     }
     /// Takes room for `n` bytes; `false` (counted) when the queue is full.
     pub fn admit(&self, n: usize) -> bool {
