@@ -30,9 +30,9 @@ pub enum Core {
 
 /// On two threads, a batch for the core is handed on at this many messages or bytes of heads
 /// (or sooner, at the end of a burst of input): small enough that the core starts on a capture
-/// thread's batch of up to 4,096 frames while the rest is decoded, large enough that each costs
-/// one channel send. On one, at the one-thread pipeline's `STAGE_MESSAGES` and `STAGE_BYTES`,
-/// whose heads are still in the cache when the core reads them.
+/// thread's batch (up to 16,384 frames: `live::BATCH_FRAMES`) while the rest is decoded, large
+/// enough that each costs one channel send. On one, at the one-thread pipeline's
+/// `STAGE_MESSAGES` and `STAGE_BYTES`, whose heads are still in the cache when the core reads them.
 const CORE_MESSAGES: usize = 512;
 const CORE_BYTES: usize = 256 << 10;
 /// Batches (and ticks, reloads, stops) the front half may be ahead of the core on two

@@ -238,13 +238,13 @@ pub fn start(
                         stats.received.fetch_add(std::mem::take(&mut unchecked), Ordering::Relaxed);
                         let mut wait_ms = 250;
                         if !batch.frames.is_empty() {
-                            let (age, hold) = (started.elapsed(), hold(batch.frames.len()));
-                            if age >= hold {
+                            let (age, held_for) = (started.elapsed(), hold(batch.frames.len()));
+                            if age >= held_for {
                                 if !send(&mut batch) {
                                     return;
                                 }
                             } else {
-                                wait_ms = (hold - age).as_millis() as i32 + 1;
+                                wait_ms = (held_for - age).as_millis() as i32 + 1;
                             }
                         }
                         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };

@@ -39,7 +39,7 @@ pub enum Input {
         sender: IpAddr,
         data: Vec<u8>,
     },
-    /// A clock tick: the wall-clock time it was sent. Timers fire up to [`CAPTURE_LAG`] before
+    /// A clock tick: the wall-clock time it was sent. Timers fire up to `CAPTURE_LAG` before
     /// it, not at the time the core reads it: frames still on their way (in the ring, in a
     /// capture thread's batch) come after the tick, and behind a backlog the core reads it late.
     Tick(Micros),
