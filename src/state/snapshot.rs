@@ -77,9 +77,34 @@ impl Delta {
     /// copy of the already encoded records, where writing each into the tables' B-trees costs
     /// thousands of instructions.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        out.extend_from_slice(&self.next_leg_id.to_le_bytes());
+        let mut record = Vec::new();
+        let whole: Result<(), std::convert::Infallible> = self.encode_records(usize::MAX, |r| {
+            record = r.to_vec();
+            Ok(())
+        });
+        let Ok(()) = whole;
+        record
+    }
+
+    /// The same changes as records of about `max` bytes at most (a change longer than that alone
+    /// in its own), each one a [`Delta::encode`] record of its own, in order, made in one reused
+    /// buffer and handed to `each`. (One record per save made a value of megabytes under load,
+    /// which the store put in a page of its own, allocated afresh and zero-filled, then read
+    /// back whole at the next save to find the journal's last key: a fifth of the saving
+    /// thread's page faults at 50,000 packets/s.)
+    pub fn encode_records<E>(&self, max: usize, mut each: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let mut out = Vec::with_capacity(max.min(self.encoded_len()));
+        let start = |out: &mut Vec<u8>| {
+            out.clear();
+            out.extend_from_slice(&self.next_leg_id.to_le_bytes());
+        };
+        start(&mut out);
         for c in &self.changes {
+            let len = 13 + c.value.as_ref().map_or(0, Vec::len);
+            if out.len() > 8 && out.len() + len > max {
+                each(&out)?;
+                start(&mut out);
+            }
             out.push(c.table.index());
             out.extend_from_slice(&c.key.to_le_bytes());
             match &c.value {
@@ -90,7 +115,10 @@ impl Delta {
                 None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
             }
         }
-        out
+        if out.len() > 8 || self.changes.is_empty() {
+            each(&out)?;
+        }
+        Ok(())
     }
 
     /// The length of [`Delta::encode`]'s record, without making it.
@@ -306,5 +334,41 @@ mod tests {
         let mut bad = b.clone();
         bad[8] = 9;
         assert!(Delta::decode(&bad).unwrap_err().contains("table 9"));
+    }
+
+    /// [`Delta::encode_records`] gives the changes of [`Delta::encode`]'s one record, in order,
+    /// cut into records within the bound (a change longer than the bound alone in its own),
+    /// each a record of its own with the next leg id.
+    #[test]
+    fn records_of_a_bounded_size_hold_the_same_changes() {
+        let mut rng = crate::testkit::Rng(5);
+        for _ in 0..200 {
+            let changes: Vec<Change> = (0..rng.below(60))
+                .map(|i| Change {
+                    table: Table::ALL[rng.below(4) as usize],
+                    key: i,
+                    value: (rng.below(5) != 0).then(|| vec![i as u8; rng.below(700) as usize]),
+                })
+                .collect();
+            let d = Delta { changes, next_leg_id: rng.below(1000) };
+            let max = 13 + rng.below(1500) as usize;
+            let mut records = Vec::new();
+            let r: Result<(), ()> = d.encode_records(max, |r| {
+                records.push(r.to_vec());
+                Ok(())
+            });
+            r.unwrap();
+            assert!(!records.is_empty());
+            let mut got = Vec::new();
+            for r in &records {
+                let one = Delta::decode(r).unwrap();
+                assert_eq!(one.next_leg_id, d.next_leg_id);
+                assert!(r.len() <= max || one.changes.len() == 1, "{} bytes over {max}", r.len());
+                got.extend(one.changes);
+            }
+            assert_eq!(got, d.changes);
+            assert_eq!(Delta::decode(&d.encode()).unwrap(), d);
+            assert_eq!(d.encode().len(), d.encoded_len());
+        }
     }
 }

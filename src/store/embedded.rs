@@ -3,13 +3,14 @@
 //! `state::snapshot`) and a small meta table (format version, fingerprint key, next leg id).
 //! Each commit is one redb transaction: a crash mid-write leaves the previous state.
 //!
-//! A commit (one a second while the state changes) appends the delta to a journal table as one
-//! record. Every [`FOLD_COMMITS`] commits, [`FOLD_BYTES`] bytes or [`FOLD_CHANGES`] changes, at a
-//! clean stop and at start, the journal is folded into the four state tables (the newest record
-//! of each key, once) and emptied, in the same transaction. Writing each changed record into a
-//! B-tree every second cost about 5,500 instructions per record, a third of the daemon's work on a
-//! registration wave; the fold writes each key once however often it changed, and not at all when
-//! it came and went between folds (most calls, every pending REGISTER).
+//! A commit (one a second while the state changes) appends the delta to a journal table, as
+//! records of at most [`JOURNAL_RECORD_BYTES`] each. Every [`FOLD_COMMITS`] commits,
+//! [`FOLD_BYTES`] bytes or [`FOLD_CHANGES`] changes, at a clean stop and at start, the journal is
+//! folded into the four state tables (the newest record of each key, once) and emptied, in the
+//! same transaction. Writing each changed record into a B-tree every second cost about 5,500
+//! instructions per record, a third of the daemon's work on a registration wave; the fold writes
+//! each key once however often it changed, and not at all when it came and went between folds
+//! (most calls, every pending REGISTER).
 use crate::capture::Micros;
 use crate::state::Tracker;
 use crate::state::snapshot::{Delta, FORMAT_VERSION, Table};
@@ -34,6 +35,13 @@ pub const FOLD_COMMITS: u64 = 300;
 /// key: about 15 MiB at most with the default).
 pub const FOLD_BYTES: u64 = 8 << 20;
 pub const FOLD_CHANGES: u64 = 100_000;
+/// A save's delta goes into the journal as records of this many bytes at most: redb keeps a
+/// value larger than a page in a page of its own, of the next power of two, allocated and
+/// zero-filled at each write (a second's 2.3 MB under load took a 4 MiB page, fresh memory each
+/// time); under 64 KiB those pages stay small. (The page-fault round in the README: a third
+/// fewer page faults on the saving thread, with the journal's next key kept in memory and the
+/// fold's buffers sized once.)
+pub const JOURNAL_RECORD_BYTES: usize = 60 << 10;
 
 fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     TableDefinition::new(t.name())
@@ -96,6 +104,10 @@ pub struct StateStore {
     next_leg_id: u64,
     /// Changes in the journal since the last fold (for `FOLD_CHANGES`).
     journal_changes: AtomicU64,
+    /// The journal's next key (it is empty after each fold, and at start: the opening folds it).
+    journal_seq: AtomicU64,
+    /// A journal record's size bound ([`JOURNAL_RECORD_BYTES`]; smaller in tests).
+    record_bytes: usize,
     /// The journal's bound in bytes ([`FOLD_BYTES`] unless configured).
     journal_max_bytes: u64,
     /// Whether a fold was made because the journal reached its bound in bytes (logged once).
@@ -166,7 +178,7 @@ impl StateStore {
                 .and_then(|v| v.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes));
             let next = next.unwrap_or(0);
             // what the last run journalled and did not fold (a kill, a crash): into the tables
-            fold(&tx, &Delta::default(), &stats)?;
+            fold(&tx, &Delta::default(), &stats, 0)?;
             let k0 = u64::from_le_bytes(key[..8].try_into().expect("16 bytes"));
             let k1 = u64::from_le_bytes(key[8..].try_into().expect("16 bytes"));
             ([k0, k1], next)
@@ -178,6 +190,8 @@ impl StateStore {
             fingerprint_key: key,
             next_leg_id,
             journal_changes: AtomicU64::new(0),
+            journal_seq: AtomicU64::new(0),
+            record_bytes: JOURNAL_RECORD_BYTES,
             journal_max_bytes: FOLD_BYTES,
             journal_full_logged: Default::default(),
             stats,
@@ -294,6 +308,7 @@ impl StateStore {
         let started = std::time::Instant::now();
         // what this commit adds to the journal, counted once the transaction is durable
         let mut journal_add = (0, 0, 0);
+        let mut seq = self.journal_seq.load(Relaxed);
         let mut folded = false;
         let res = (|| -> Result<()> {
             let tx = self.db.begin_write()?;
@@ -325,13 +340,17 @@ impl StateStore {
                     || commits + 1 >= FOLD_COMMITS
                     || self.journal_changes.load(Relaxed) + delta.changes.len() as u64 >= FOLD_CHANGES
                 {
-                    fold(&tx, delta, &self.stats)?;
+                    fold(&tx, delta, &self.stats, self.journal_changes.load(Relaxed))?;
                     folded = true;
                 } else if !delta.is_empty() {
                     let mut j = tx.open_table(JOURNAL)?;
-                    let seq = j.last()?.map_or(0, |(k, _)| k.value() + 1);
-                    j.insert(seq, delta.encode().as_slice())?;
-                    journal_add = (1, bytes, delta.changes.len() as u64);
+                    let mut written = 0;
+                    delta.encode_records(self.record_bytes, |record| {
+                        j.insert(seq, record)?;
+                        (seq, written) = (seq + 1, written + record.len() as u64);
+                        Ok::<_, redb::StorageError>(())
+                    })?;
+                    journal_add = (1, written, delta.changes.len() as u64);
                 }
                 let mut meta = tx.open_table(META)?;
                 meta.insert("next_leg_id", delta.next_leg_id.to_le_bytes().as_slice())?;
@@ -347,7 +366,9 @@ impl StateStore {
                     self.stats.journal_bytes.store(0, Relaxed);
                     self.journal_changes.store(0, Relaxed);
                     self.stats.folds.fetch_add(1, Relaxed);
+                    seq = 0;
                 }
+                self.journal_seq.store(seq, Relaxed);
                 self.stats.journal_commits.fetch_add(journal_add.0, Relaxed);
                 self.stats.journal_bytes.fetch_add(journal_add.1, Relaxed);
                 self.journal_changes.fetch_add(journal_add.2, Relaxed);
@@ -405,12 +426,15 @@ impl StateStore {
 /// Folds the journal, then `delta`, into the state tables inside `tx`: the newest record of each
 /// key written once, table by table in key order (neighbouring keys share B-tree pages), and the
 /// journal emptied. A journal record that does not decode is counted and skipped.
-fn fold(tx: &redb::WriteTransaction, delta: &Delta, stats: &StoreStats) -> Result<()> {
+fn fold(tx: &redb::WriteTransaction, delta: &Delta, stats: &StoreStats, journal_changes: u64) -> Result<()> {
     let mut journal = tx.open_table(JOURNAL)?;
     // the journal's records copied into one buffer (at most the journal's size bound) and read
     // in place: (table, key, record as a range of the buffer) per change, oldest first
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut changes: Vec<(Table, u64, Option<std::ops::Range<usize>>)> = Vec::new();
+    // (sized once from what the journal is known to hold: grown by doubling, they touched about
+    // twice their size in fresh pages at each fold, page faults that showed in the daemon's
+    // profile under load)
+    let mut bytes: Vec<u8> = Vec::with_capacity(stats.journal_bytes.load(Relaxed) as usize);
+    let mut changes: Vec<(Table, u64, Option<std::ops::Range<usize>>)> = Vec::with_capacity(journal_changes as usize);
     for row in journal.iter()? {
         let (seq, v) = row?;
         let (base, mark) = (bytes.len(), changes.len());
@@ -428,16 +452,26 @@ fn fold(tx: &redb::WriteTransaction, delta: &Delta, stats: &StoreStats) -> Resul
         }
     }
     journal.retain(|_, _| false)?;
-    // then `delta`'s, the newest; newest first, so that after a stable sort by key the first of
-    // each key is its newest record, the one kept
-    let mut all: Vec<(Table, u64, Option<&[u8]>)> = Vec::with_capacity(changes.len() + delta.changes.len());
-    all.extend(delta.changes.iter().rev().map(|c| (c.table, c.key, c.value.as_deref())));
-    all.extend(changes.into_iter().rev().map(|(t, k, r)| (t, k, r.map(|r| &bytes[r]))));
-    all.sort_by_key(|&(t, k, _)| (t.index(), k));
-    all.dedup_by_key(|&mut (t, k, _)| (t, k));
+    // then `delta`'s, the newest; numbered newest first, so that after sorting by key and number
+    // the first of each key is its newest record, the one kept (an in-place sort: a stable one
+    // takes a scratch buffer as large as the changes; a 1 GiB journal, the bound's most, holds
+    // fewer than 2^32 changes of 13 bytes or more)
+    let mut all: Vec<(Table, u64, u32, Option<&[u8]>)> = Vec::with_capacity(changes.len() + delta.changes.len());
+    all.extend(
+        delta
+            .changes
+            .iter()
+            .rev()
+            .map(|c| (c.table, c.key, c.value.as_deref()))
+            .chain(changes.into_iter().rev().map(|(t, k, r)| (t, k, r.map(|r| &bytes[r]))))
+            .enumerate()
+            .map(|(i, (t, k, v))| (t, k, i as u32, v)),
+    );
+    all.sort_unstable_by_key(|&(t, k, i, _)| (t.index(), k, i));
+    all.dedup_by_key(|&mut (t, k, _, _)| (t, k));
     for t in Table::ALL {
         let mut tab = tx.open_table(def(t))?;
-        for &(_, key, value) in all.iter().filter(|c| c.0 == t) {
+        for &(_, key, _, value) in all.iter().filter(|c| c.0 == t) {
             match value {
                 Some(v) => {
                     tab.insert(key, v)?;
@@ -517,6 +551,23 @@ mod tests {
     use super::*;
     use crate::state::snapshot::Change;
 
+    impl StateStore {
+        /// Injects a journal record where the next commit would put its first (what a record
+        /// damaged on disk would look like).
+        fn inject_record(&self, record: &[u8]) {
+            let tx = self.db.begin_write().unwrap();
+            let seq = self.journal_seq.fetch_add(1, Relaxed);
+            tx.open_table(JOURNAL).unwrap().insert(seq, record).unwrap();
+            tx.commit().unwrap();
+        }
+
+        fn journal_records(&self) -> Vec<Vec<u8>> {
+            let tx = self.db.begin_read().unwrap();
+            let j = tx.open_table(JOURNAL).unwrap();
+            j.iter().unwrap().map(|r| r.unwrap().1.value().to_vec()).collect()
+        }
+    }
+
     fn change(table: Table, key: u64, value: Option<&[u8]>) -> Change {
         Change { table, key, value: value.map(<[u8]>::to_vec) }
     }
@@ -591,6 +642,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(dir.path(), 1 << 20).unwrap();
         store.set_journal_max_bytes(32 << 10);
+        // (commits of more than a kilobyte go into the journal as several records)
+        store.record_bytes = 1 << 10;
         let mut model = std::collections::BTreeMap::new();
         let mut rng = crate::testkit::Rng(21);
         for i in 0..400u64 {
@@ -614,16 +667,11 @@ mod tests {
             let d = delta(changes, i);
             if rng.below(25) == 0 { store.commit_folded(&d, &[]) } else { store.commit(&d, &[]) }.unwrap();
             if i == 200 {
-                let tx = store.db.begin_write().unwrap();
-                let mut j = tx.open_table(JOURNAL).unwrap();
-                let seq = j.last().unwrap().map_or(0, |(k, _)| k.value() + 1);
                 // a change of table 0 (key 1,000, which no commit uses), then a cut: nothing of it may
                 // reach the tables
                 let mut bad = 0u64.to_le_bytes().to_vec();
                 bad.extend_from_slice(&[0, 0xe8, 3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, b'z', 0]);
-                j.insert(seq, bad.as_slice()).unwrap();
-                drop(j);
-                tx.commit().unwrap();
+                store.inject_record(&bad);
             }
         }
         store.commit_folded(&delta(vec![], 400), &[]).unwrap();
@@ -716,8 +764,39 @@ mod tests {
             |from: u64, n: u64| delta((from..from + n).map(|k| change(Table::Pending, k, None)).collect(), 0);
         store.commit(&deletions(0, FOLD_CHANGES / 2), &[]).unwrap();
         store.commit(&deletions(FOLD_CHANGES, FOLD_CHANGES / 2 - 1), &[]).unwrap();
-        assert_eq!((store.stats.folds.load(Relaxed), contents(&store).1), (0, 2));
+        assert_eq!((store.stats.folds.load(Relaxed), store.stats.journal_commits.load(Relaxed)), (0, 2));
         store.commit(&deletions(3 * FOLD_CHANGES, 1), &[]).unwrap();
         assert_eq!((store.stats.folds.load(Relaxed), contents(&store).1), (1, 0), "at FOLD_CHANGES");
+    }
+
+    /// A save's delta larger than a journal record's bound goes in as several records, each
+    /// within the bound, in order; after a kill, the next start folds them into exactly what the
+    /// delta held.
+    #[test]
+    fn a_large_delta_is_journalled_in_records_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = |k: u64| vec![(k % 251) as u8; 100 + (k % 7) as usize * 300];
+        let want: Vec<(Table, u64, Vec<u8>)> = (0..3_000).map(|k| (Table::Legs, k, value(k))).collect();
+        {
+            let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+            let changes = want.iter().map(|(t, k, v)| change(*t, *k, Some(v))).collect();
+            let d = delta(changes, 7);
+            assert!(d.encoded_len() > 10 * JOURNAL_RECORD_BYTES);
+            store.commit(&d, &[]).unwrap();
+            let records = store.journal_records();
+            assert!(records.len() > 10, "{} records", records.len());
+            assert!(records.iter().all(|r| r.len() <= JOURNAL_RECORD_BYTES));
+            let mut keys = Vec::new();
+            for r in &records {
+                assert_eq!(Delta::walk(r, |_, k, _| keys.push(k)), Ok(7), "each record whole, with the next leg id");
+            }
+            assert_eq!(keys, (0..3_000).collect::<Vec<_>>(), "every change once, in order");
+            assert_eq!(store.stats.journal_bytes.load(Relaxed), records.iter().map(|r| r.len() as u64).sum::<u64>());
+            assert_eq!(contents(&store).0, vec![], "nothing folded yet");
+            // dropped without a clean stop: what a kill -9 leaves
+        }
+        let store = StateStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(contents(&store), (want, 0));
+        assert_eq!(store.next_leg_id, 7);
     }
 }
