@@ -105,6 +105,8 @@ pub struct StateStore {
     /// Changes in the journal since the last fold (for `FOLD_CHANGES`).
     journal_changes: AtomicU64,
     /// The journal's next key (it is empty after each fold, and at start: the opening folds it).
+    /// Like the counters above it, it assumes one thread saves (the daemon's core thread, or
+    /// replay's): redb locks the file against other processes.
     journal_seq: AtomicU64,
     /// A journal record's size bound ([`JOURNAL_RECORD_BYTES`]; smaller in tests).
     record_bytes: usize,
