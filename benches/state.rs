@@ -208,7 +208,12 @@ fn burst(cfg: &Config, dir: &Path) {
         fr.len()
     );
     // (`burst 1`: one round, for callgrind)
-    let rounds: usize = std::env::args().skip_while(|a| a != "burst").nth(1).and_then(|n| n.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "burst")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
     let (mut base, mut saved) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         base.push(burst_run(cfg, &fr, None, EVERY));

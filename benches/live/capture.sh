@@ -6,10 +6,11 @@
 # does: the state journal's fold); against `siptap replay --threads 1` of the same file (run
 # just before each live run), straight through and paced like the rate (a pause after each
 # batch's worth of frames, as long as the batch takes to arrive: the daemon's core sleeps between
-# batches too, and wakes to caches that went cold), and, with the daemon on two threads (`run.threads`, default 2), against
-# `replay --threads 2` straight through; the CPU per packet of each of the daemon's threads
-# (capture, decode, core); and the idle RSS. With BUSY=1 the runs repeat with a CPU hog on
-# every core. With ROUNDS=N every rate runs N times, and the medians of the rounds close it.
+# batches too, and wakes to caches that went cold), and, with the daemon on two threads
+# (`run.threads`, default 2), against `replay --threads 2` straight through; the CPU per packet
+# of each of the daemon's threads (capture, decode, core); and the idle RSS. With BUSY=1 the runs
+# repeat with a CPU hog on every core. With ROUNDS=N every rate runs N times, and the medians of
+# the rounds close it.
 #   sudo benches/live/capture.sh      (RATES="10000 25000 50000" PACKETS=300000 BUFFER_MIB=N
 #                                      THREADS=1|2 ROUNDS=N PACE=old to change)
 # Needs root, tcpreplay, iproute2, curl and a release build (cargo build --release).

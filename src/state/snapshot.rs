@@ -72,10 +72,9 @@ impl Delta {
         Delta { changes, next_leg_id: self.next_leg_id.max(newer.next_leg_id) }
     }
 
-    /// The delta as one journal record: the next leg id (8 bytes), then per change its table
-    /// (1 byte), key (8) and record length (4; `u32::MAX` for a deletion) and the record. One
-    /// copy of the already encoded records, where writing each into the tables' B-trees costs
-    /// thousands of instructions.
+    /// The delta as one journal record: [`Delta::encode_records`] without a bound (the tests'
+    /// reference; the store writes bounded records).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut record = Vec::new();
         let whole: Result<(), std::convert::Infallible> = self.encode_records(usize::MAX, |r| {
@@ -86,12 +85,14 @@ impl Delta {
         record
     }
 
-    /// The same changes as records of about `max` bytes at most (a change longer than that alone
-    /// in its own), each one a [`Delta::encode`] record of its own, in order, made in one reused
-    /// buffer and handed to `each`. (One record per save made a value of megabytes under load,
-    /// which the store put in a page of its own, allocated afresh and zero-filled, then read
-    /// back whole at the next save to find the journal's last key: a fifth of the saving
-    /// thread's page faults at 50,000 packets/s.)
+    /// The delta as journal records of about `max` bytes at most (a change longer than that alone
+    /// in its own), in order, made in one reused buffer and handed to `each`. A record is the
+    /// next leg id (8 bytes), then per change its table (1 byte), key (8) and record length (4;
+    /// `u32::MAX` for a deletion) and the record: one copy of the already encoded records, where
+    /// writing each into the tables' B-trees costs thousands of instructions. (One record per
+    /// save made a value of megabytes under load, which the store put in a page of its own,
+    /// allocated afresh and zero-filled, then read back whole at the next save to find the
+    /// journal's last key: a fifth of the saving thread's page faults at 50,000 packets/s.)
     pub fn encode_records<E>(&self, max: usize, mut each: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let mut out = Vec::with_capacity(max.min(self.encoded_len()));
         let start = |out: &mut Vec<u8>| {
@@ -121,12 +122,13 @@ impl Delta {
         Ok(())
     }
 
-    /// The length of [`Delta::encode`]'s record, without making it.
+    /// The length of the delta as one record ([`Delta::encode_records`] without a bound), without
+    /// making it.
     pub fn encoded_len(&self) -> usize {
         8 + self.changes.iter().map(|c| 13 + c.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
     }
 
-    /// The way back from [`Delta::encode`], owned; a truncated or unknown record is an error.
+    /// The way back from [`Delta::encode_records`]'s records, owned; a truncated or unknown record is an error.
     /// (The tests' round trip of the format: the store reads records with [`Delta::walk`].)
     #[cfg(test)]
     pub fn decode(b: &[u8]) -> Result<Delta, String> {
@@ -137,7 +139,7 @@ impl Delta {
         Ok(Delta { changes, next_leg_id })
     }
 
-    /// Reads a [`Delta::encode`] record without copying it: each change in order, its record as
+    /// Reads a [`Delta::encode_records`] record without copying it: each change in order, its record as
     /// a range of `b`; returns the next leg id. (Folding the journal reads every record of it:
     /// a vector per record and a map of them cost more than the reading.) A truncated or
     /// unknown record is an error, after the changes before it were given.

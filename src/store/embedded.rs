@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// address of record -> first signup time (microseconds since the epoch; 0 when seeded)
 const USERS: TableDefinition<&str, i64> = TableDefinition::new("known_users");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// commit sequence number -> the delta of that commit ([`Delta::encode`]), until the next fold
+/// record number -> a commit's delta, or a piece of it ([`Delta::encode_records`]), until the
+/// next fold
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 /// The journal is folded when it holds this many commits (about five minutes of state changes)...
