@@ -12,7 +12,37 @@ pub fn private_network() -> bool {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return false;
     }
+    one_receive_time();
     Command::new("ip").args(["link", "set", "lo", "up"]).status().is_ok_and(|s| s.success())
+}
+
+/// Makes every capture handle read the same time for a packet, for as long as the tests run.
+/// The live tests compare siptap's events with those of tcpdump's capture of the same traffic,
+/// time for time. Loopback clears a packet's time as it sends it, and unless some socket on the
+/// host asked for receive times (SO_TIMESTAMP), the kernel then stamps each capture socket's
+/// copy as it hands it over, one after the other: a microsecond apart, but a CI runner's
+/// descheduled vCPU once put 2.8 ms between them (tcpdump's copy, then siptap's). With one such
+/// socket open the kernel stamps the packet once, as it is received, and both handles read that
+/// (tried on this host: two tcpdumps on lo, 1 us apart without it, equal with it). The switch is
+/// the kernel's, for all namespaces; the socket is kept until the test binary exits.
+fn one_receive_time() {
+    static STAMPING: std::sync::OnceLock<std::net::UdpSocket> = std::sync::OnceLock::new();
+    STAMPING.get_or_init(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option value, for the duration of the call
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMP,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_TIMESTAMP: {}", std::io::Error::last_os_error());
+        s
+    });
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, pass or fail.
