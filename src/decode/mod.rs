@@ -729,4 +729,22 @@ mod tests {
         d.hep(ts + 10_000_000, sender, &pkt, &mut |m| seen.push((m.src, m.dst)));
         assert_eq!(seen.len(), 5);
     }
+
+    /// A HEP message is stamped with the time in its header (when the agent saw it on the wire),
+    /// not with when its datagram reached siptap; only a header without a time falls back to that.
+    #[test]
+    fn hep_messages_take_the_agents_time() {
+        let mut d = Decoder::new(
+            DecodeLimits { hep_trust: HepTrust { sources: vec![], allow_any: true }, ..DecodeLimits::default() },
+            vec![5060],
+        );
+        let sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n";
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:5060".parse().unwrap(), "127.0.0.2:5060".parse().unwrap());
+        let (wire, arrived) = (1_700_000_000_123_456, 1_700_000_000_180_000);
+        let mut times = Vec::new();
+        d.hep(arrived, "127.0.0.9".parse().unwrap(), &hep::build(a, b, wire, 17, 1, None, sip), &mut |m| {
+            times.push(m.ts)
+        });
+        assert_eq!(times, vec![wire]);
+    }
 }
