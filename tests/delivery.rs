@@ -537,12 +537,13 @@ fn deadlines_are_kept_to_the_second_with_requests_hanging() {
     let out = s.replay_send(2);
     let took = t.elapsed();
     assert!(!out.status.success());
-    assert!(took < Duration::from_secs(4), "replay --send-timeout 2 took {took:?}");
+    // (a hung request would hold it for the 60 s request timeout; the margin is for a loaded runner)
+    assert!(took < Duration::from_secs(6), "replay --send-timeout 2 took {took:?}");
     let t = Instant::now();
     let out =
         run(&["flush", "--timeout", "2", "--state", s.state.to_str().unwrap(), "--config", s.config.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(t.elapsed() < Duration::from_secs(3), "flush --timeout 2 took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "flush --timeout 2 took {:?}", t.elapsed());
     // the events of the cancelled requests stayed queued
     mp.behaviour.lock().unwrap().hang = false;
     assert!(s.flush().status.success());

@@ -276,8 +276,9 @@ fn sigterm_while_firebase_is_down_loses_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     stop(child);
-    // stop_timeout_secs = 2, kept to within a second although Firebase keeps failing
-    assert!(t.elapsed() < Duration::from_secs(3), "stopped in {:?}", t.elapsed());
+    // stop_timeout_secs = 2, kept although Firebase keeps failing (unbounded, the retries would
+    // go on until stop()'s 20 s; the margin is for a loaded runner)
+    assert!(t.elapsed() < Duration::from_secs(5), "stopped in {:?}", t.elapsed());
     assert!(mp.accepted_events().is_empty());
     // the events waited in the outbox: a flush once Firebase is back delivers them all
     mp.behaviour.lock().unwrap().fail.clear();
