@@ -701,15 +701,21 @@ impl Decoder {
 mod tests {
     use super::*;
 
+    /// A decoder that takes HEP from any sender.
+    fn hep_from_anyone() -> Decoder {
+        Decoder::new(
+            DecodeLimits { hep_trust: HepTrust { sources: vec![], allow_any: true }, ..DecodeLimits::default() },
+            vec![5060],
+        )
+    }
+
+    const SIP: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n";
+
     /// Copies of one HEP message (two agents mirroring it) are dropped; a message that differs in
     /// an address, even only in its family, is not a copy.
     #[test]
     fn hep_copies_are_dropped_by_addresses_time_and_payload() {
-        let mut d = Decoder::new(
-            DecodeLimits { hep_trust: HepTrust { sources: vec![], allow_any: true }, ..DecodeLimits::default() },
-            vec![5060],
-        );
-        let sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n";
+        let mut d = hep_from_anyone();
         let a: SocketAddr = "127.0.0.1:5060".parse().unwrap();
         let b: SocketAddr = "127.0.0.2:5060".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:5060".parse().unwrap();
@@ -719,13 +725,13 @@ mod tests {
         let sender: IpAddr = "127.0.0.9".parse().unwrap();
         let mut seen = Vec::new();
         for (src, dst) in [(a, b), (a, b), (other_port, b), (mapped, b6), (mapped, b6), (b, a)] {
-            let pkt = hep::build(src, dst, ts, 17, 1, None, sip);
+            let pkt = hep::build(src, dst, ts, 17, 1, None, SIP);
             d.hep(ts, sender, &pkt, &mut |m| seen.push((m.src, m.dst)));
         }
         assert_eq!(seen, vec![(a, b), (other_port, b), (mapped, b6), (b, a)]);
         assert_eq!(d.stats.duplicates, 2);
         // the same message later than the window is not a copy
-        let pkt = hep::build(a, b, ts + 10_000_000, 17, 1, None, sip);
+        let pkt = hep::build(a, b, ts + 10_000_000, 17, 1, None, SIP);
         d.hep(ts + 10_000_000, sender, &pkt, &mut |m| seen.push((m.src, m.dst)));
         assert_eq!(seen.len(), 5);
     }
@@ -734,15 +740,11 @@ mod tests {
     /// not with when its datagram reached siptap; only a header without a time falls back to that.
     #[test]
     fn hep_messages_take_the_agents_time() {
-        let mut d = Decoder::new(
-            DecodeLimits { hep_trust: HepTrust { sources: vec![], allow_any: true }, ..DecodeLimits::default() },
-            vec![5060],
-        );
-        let sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n";
+        let mut d = hep_from_anyone();
         let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:5060".parse().unwrap(), "127.0.0.2:5060".parse().unwrap());
         let (wire, arrived) = (1_700_000_000_123_456, 1_700_000_000_180_000);
         let mut times = Vec::new();
-        d.hep(arrived, "127.0.0.9".parse().unwrap(), &hep::build(a, b, wire, 17, 1, None, sip), &mut |m| {
+        d.hep(arrived, "127.0.0.9".parse().unwrap(), &hep::build(a, b, wire, 17, 1, None, SIP), &mut |m| {
             times.push(m.ts)
         });
         assert_eq!(times, vec![wire]);
