@@ -526,7 +526,7 @@ fn after_a_one_second_blip_the_outbox_drains_at_full_speed() {
 }
 
 #[test]
-fn deadlines_are_kept_to_the_second_with_requests_hanging() {
+fn deadlines_are_kept_with_requests_hanging() {
     let mp = FakeMp::start();
     mp.behaviour.lock().unwrap().hang = true;
     let s = setup(&mp.url());

@@ -228,8 +228,8 @@ fn hep_from_kamailio_siptrace_delivers_the_same_events() {
     stop(child);
     // Kamailio stamps HEP with its own clock as it receives and sends, so each time is the wire's
     // plus however long Kamailio waited for a CPU: up to 1.8 ms apart on this host at rest; a
-    // loaded 2-core CI runner can make that tens of ms (one live test there once saw a 2.8 ms
-    // stall between two capture sockets), so the margin is generous. That siptap takes the HEP
+    // loaded 2-core CI runner can make that more (one live test there once saw two capture
+    // sockets 2.8 ms apart), so the margin is generous. That siptap takes the HEP
     // header's time, not its own, is a unit test (decode: hep_messages_take_the_agents_time).
     assert_same("hep", got, want, 100_000);
 }

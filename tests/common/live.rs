@@ -20,8 +20,8 @@ pub fn private_network() -> bool {
 /// The live tests compare siptap's events with those of tcpdump's capture of the same traffic,
 /// time for time. Loopback clears a packet's time as it sends it, and unless some socket on the
 /// host asked for receive times (SO_TIMESTAMP), the kernel then stamps each capture socket's
-/// copy as it hands it over, one after the other: a microsecond apart, but a CI runner's
-/// descheduled vCPU once put 2.8 ms between them (tcpdump's copy, then siptap's). With one such
+/// copy as it hands it over, one after the other: a microsecond apart, but once 2.8 ms apart on
+/// a CI runner (most likely its vCPU descheduled between the two hand-overs). With one such
 /// socket open the kernel stamps the packet once, as it is received, and both handles read that
 /// (tried on this host: two tcpdumps on lo, 1 us apart without it, equal with it). The switch is
 /// the kernel's, for all namespaces; the socket is kept until the test binary exits.
