@@ -45,6 +45,13 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
 }
 
+impl Change {
+    /// Its bytes in a journal record: table (1), key (8), length (4), then the record.
+    fn encoded_len(&self) -> usize {
+        13 + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// What changed since the last delta.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Delta {
@@ -101,8 +108,7 @@ impl Delta {
         };
         start(&mut out);
         for c in &self.changes {
-            let len = 13 + c.value.as_ref().map_or(0, Vec::len);
-            if out.len() > 8 && out.len() + len > max {
+            if out.len() > 8 && out.len() + c.encoded_len() > max {
                 each(&out)?;
                 start(&mut out);
             }
@@ -125,7 +131,7 @@ impl Delta {
     /// The length of the delta as one record ([`Delta::encode_records`] without a bound), without
     /// making it.
     pub fn encoded_len(&self) -> usize {
-        8 + self.changes.iter().map(|c| 13 + c.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
+        8 + self.changes.iter().map(Change::encoded_len).sum::<usize>()
     }
 
     /// The way back from [`Delta::encode_records`]'s records, owned; a truncated or unknown record is an error.
