@@ -20,21 +20,73 @@ const DELIMITER: [bool; 256] = {
     t
 };
 
+/// Calls `f(i, r[i])` for each byte of `r` that is in [`DELIMITER`], in order. Sixteen bytes at
+/// a time where SSE2 is there (every x86-64): five compares and one mask per 16 bytes, then one
+/// step per delimiter found, where the byte loop took eight instructions per byte (callgrind).
+/// Bytes past the last whole block are read by one load that ends at `r`'s end, their earlier
+/// bytes (already seen) masked off; a URI shorter than 16 bytes is read byte by byte.
+#[inline(always)]
+fn for_each_delimiter(r: &[u8], mut f: impl FnMut(usize, u8)) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if r.len() >= 16 {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is part of the x86-64 baseline; every load reads the 16 bytes from `p`,
+        // and `p + 16 <= r.len()` for each `p` below (`r.len() >= 16` for the last one)
+        let mask_at = |p: usize| unsafe {
+            let v = _mm_loadu_si128(r.as_ptr().add(p).cast::<__m128i>());
+            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+            let m = _mm_or_si128(
+                _mm_or_si128(eq(b'@'), eq(b':')),
+                _mm_or_si128(_mm_or_si128(eq(b';'), eq(b'?')), eq(b'>')),
+            );
+            _mm_movemask_epi8(m) as u32
+        };
+        let mut each = |base: usize, mut m: u32| {
+            while m != 0 {
+                let j = base + m.trailing_zeros() as usize;
+                f(j, r[j]);
+                m &= m - 1;
+            }
+        };
+        while i + 16 <= r.len() {
+            each(i, mask_at(i));
+            i += 16;
+        }
+        if i < r.len() {
+            let last = r.len() - 16;
+            let seen = i - last;
+            each(last, mask_at(last) >> seen << seen);
+        }
+        return;
+    }
+    for (j, &c) in r.iter().enumerate().skip(i) {
+        if DELIMITER[usize::from(c)] {
+            f(j, c);
+        }
+    }
+}
+
 impl<'a> Uri<'a> {
     /// Parses `sip:user:pw@host:port;params?headers` (also `sips:` and `tel:`). Never fails on junk
     /// after the host; returns `None` only when there is no scheme or no host.
     pub fn parse(s: &'a str) -> Option<Uri<'a>> {
         let s = crate::sip::parse::trim_str(s);
         let b = s.as_bytes();
-        let colon = b.iter().position(|&c| c == b':')?;
+        // `sip:` (nearly every URI) is a scheme that passes the checks below and is not `tel`
+        let sip = b.len() >= 4 && crate::sip::parse::is_name(&b[..4], b"sip:");
+        let colon = if sip { 3 } else { b.iter().position(|&c| c == b':')? };
         let scheme = &s[..colon];
-        if scheme.is_empty()
-            || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        if !sip
+            && (scheme.is_empty()
+                || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.'))
         {
             return None;
         }
         let rest = &s[colon + 1..];
-        if scheme.eq_ignore_ascii_case("tel") {
+        if !sip && scheme.eq_ignore_ascii_case("tel") {
             let num = &rest[..rest.bytes().position(|b| b == b';' || b == b'?').unwrap_or(rest.len())];
             if num.is_empty() {
                 return None;
@@ -46,27 +98,22 @@ impl<'a> Uri<'a> {
         // (slicing at these ASCII bytes keeps to char boundaries)
         let r = rest.as_bytes();
         let (mut at, mut first_colon, mut end, mut port_colon) = (None, None, None, None);
-        for (i, &c) in r.iter().enumerate() {
-            if !DELIMITER[usize::from(c)] {
-                continue;
+        for_each_delimiter(r, |i, c| match c {
+            b'@' => {
+                at = Some(i);
+                end = None;
+                port_colon = None;
             }
-            match c {
-                b'@' => {
-                    at = Some(i);
-                    end = None;
-                    port_colon = None;
-                }
-                b':' => {
-                    first_colon.get_or_insert(i);
-                    if end.is_none() {
-                        port_colon = Some(i);
-                    }
-                }
-                _ => {
-                    end.get_or_insert(i);
+            b':' => {
+                first_colon.get_or_insert(i);
+                if end.is_none() {
+                    port_colon = Some(i);
                 }
             }
-        }
+            _ => {
+                end.get_or_insert(i);
+            }
+        });
         let (user, from) = match at {
             // a password (after the user's first ':') dropped
             Some(at) => (Some(&rest[..first_colon.filter(|&c| c < at).unwrap_or(at)]), at + 1),
@@ -211,6 +258,7 @@ mod tests {
         let parts = [
             "sip",
             "SIPS",
+            "sIp:",
             "tel",
             ":",
             "@",
@@ -243,7 +291,8 @@ mod tests {
         let mut next = || rng.next_u64();
         let fp = crate::state::fingerprint::Fingerprinter::new([3, 4]);
         for _ in 0..200_000 {
-            let n = (next() % 9) as usize;
+            // (up to 12 pieces: URIs past one and two 16-byte blocks, for `for_each_delimiter`)
+            let n = (next() % 13) as usize;
             let s: String = (0..n).map(|_| parts[(next() % parts.len() as u64) as usize]).collect();
             let u = Uri::parse(&s);
             assert_eq!(u, reference_parse(&s), "{s:?}");
