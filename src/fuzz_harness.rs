@@ -44,7 +44,11 @@ pub fn sip_parse(data: &[u8]) -> bool {
     for c in &m.contacts() {
         let _ = (c.expires(), c.instance(), c.addr.parsed_uri().map(|u| (u.aor(), u.contact_key())));
     }
-    let _ = (m.from.tag(), m.to.tag(), m.from.parsed_uri().map(|u| u.aor()));
+    // a tag read directly in its usual shape (`;tag=` first) is the one `param` finds
+    for na in [&m.from, &m.to] {
+        assert_eq!(na.tag(), parse::param(na.params, "tag"), "the tag differs from param's");
+    }
+    let _ = m.from.parsed_uri().map(|u| u.aor());
     if let parse::StartLine::Request { uri, .. } = m.start {
         let _ = Uri::parse(uri).map(|u| u.contact_key());
     }
