@@ -27,7 +27,6 @@ const DELIMITER: [bool; 256] = {
 /// bytes (already seen) masked off; a URI shorter than 16 bytes is read byte by byte.
 #[inline(always)]
 fn for_each_delimiter(r: &[u8], mut f: impl FnMut(usize, u8)) {
-    let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if r.len() >= 16 {
         use std::arch::x86_64::{
@@ -44,6 +43,7 @@ fn for_each_delimiter(r: &[u8], mut f: impl FnMut(usize, u8)) {
             );
             _mm_movemask_epi8(m) as u32
         };
+        let mut i = 0;
         let mut each = |base: usize, mut m: u32| {
             while m != 0 {
                 let j = base + m.trailing_zeros() as usize;
@@ -62,7 +62,7 @@ fn for_each_delimiter(r: &[u8], mut f: impl FnMut(usize, u8)) {
         }
         return;
     }
-    for (j, &c) in r.iter().enumerate().skip(i) {
+    for (j, &c) in r.iter().enumerate() {
         if DELIMITER[usize::from(c)] {
             f(j, c);
         }
